@@ -1,0 +1,1 @@
+"""The inference engine: a parent-side Engine driving llama-cpp-python in a child process."""
