@@ -40,34 +40,152 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
 
 
 def cmd_make_test_model(args: argparse.Namespace) -> int:
-    raise NotImplementedError("make-test-model")
+    from edgekit.testmodels import make_test_model
+
+    folder = make_test_model(args.dir, args.preset, args.dtype, args.shard_size, args.tied, args.seed)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    for path in files:
+        print(f"{path.stat().st_size:>14,}  {path}")
+    print(f"wrote {args.preset} ({args.dtype}) to {folder}")
+    return 0
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    raise NotImplementedError("pull")
+    from edgekit.hub import pull
+
+    # Only the path on stdout, for scripts: MODEL=$(edgekit pull ...); progress bars go to stderr.
+    print(pull(args.repo, file=args.file, quant=args.quant, revision=args.revision, offline=args.offline))
+    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    raise NotImplementedError("convert")
+    import tempfile
+
+    from edgekit.atomic import check_writable_dir
+    from edgekit.convert import convert_checkpoint
+
+    def show(name: str, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r  [{done}/{total}] {name:<40}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    levels = _csv(str)(args.quant) if args.quant else []
+    check_writable_dir(args.output)  # before minutes of work
+    with tempfile.TemporaryDirectory(dir=args.output.resolve().parent, prefix=".edgekit-convert-") as scratch:
+        # With --quant the converted file is an intermediate: -o names the quantized output
+        # (one level) or the stem of one output per level (OUT-Q4_K_M.gguf, ...).
+        converted = Path(scratch) / f"model.{args.outtype}.gguf" if levels else args.output
+        result = convert_checkpoint(args.hf_dir, converted, args.outtype, progress=show)
+        if not levels:
+            print(f"wrote {result.path} ({result.outtype}, {result.tensor_count} tensors, "
+                  f"{result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s)")
+            return 0
+        from edgekit.quantize import quantize_file
+
+        for level in levels:
+            out = args.output if len(levels) == 1 else args.output.with_name(f"{args.output.stem}-{level}{args.output.suffix}")
+            quantize_file(converted, level, out)
+            print(f"wrote {out} ({level}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    raise NotImplementedError("quantize")
+    from edgekit.quantize import Progress, quantize
+
+    def show(p: Progress) -> None:
+        if sys.stderr.isatty():
+            done = p.tensor_index == p.tensor_count and p.tensor_index > 0
+            print(f"\r  [{p.level_index}/{p.level_count}] {p.level:<7} tensor {p.tensor_index}/{p.tensor_count}"
+                  f"  {p.elapsed_s:5.1f} s", end="\n" if done else "", file=sys.stderr, flush=True)
+
+    results = quantize(args.input, args.levels, out_dir=args.out_dir, output=args.output, threads=args.threads,
+                       allow_requantize=args.allow_requantize, progress=show)
+    for r in results:
+        print(f"wrote {r.path} ({r.level}, {r.size / 1e6:.1f} MB, {r.bits_per_weight:.2f} bits/weight, {r.seconds:.1f} s)")
+    if args.report:
+        from edgekit.bench.output import format_table
+        from edgekit.bench.quality import compare_quality, quality_table
+
+        print(format_table(quality_table(compare_quality(args.input, [r.path for r in results], threads=args.threads))), end="")
+    return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    raise NotImplementedError("inspect")
+    from edgekit.gguf_file import validate
+
+    info = validate(args.file)
+    if args.json:
+        _print_json(info.to_dict(tensors=args.tensors))
+        return 0
+    for label, value in _inspect_rows(info):
+        print(f"{label:<15}{value}")
+    if args.tensors:
+        print()
+        for t in info.tensors:
+            print(f"{t.name:<40} {t.type:<7} {str(list(t.shape)):<22} {t.nbytes:>14,}")
+    return 0
+
+
+def _inspect_rows(info: Any) -> list[tuple[str, str]]:
+    """The human summary of a GGUFInfo, one (label, value) row per line."""
+    template = (info.chat_template or "").splitlines()
+    mix = "; ".join(f"{name} x{q.count} {q.nbytes / 1e6:.1f} MB" for name, q in info.quant_mix.items())
+    rows = [
+        ("file", f"{info.path} ({info.size / 1e6:.1f} MB, GGUF v{info.version})"),
+        ("architecture", f"{info.architecture}" + (f" ({info.name})" if info.name else "")),
+        ("parameters", _human_count(info.parameter_count)),
+        ("file type", f"{info.file_type or '?'}, {info.bits_per_weight:.2f} bits/weight"),
+        ("quant mix", mix),
+        ("context", f"{info.context_length}  (embedding {info.embedding_length}, {info.block_count} blocks, "
+                    f"{info.head_count}/{info.head_count_kv} heads, vocab {info.vocab_size})"),
+        ("tokenizer", str(info.tokenizer_model)),
+        ("chat template", (template[0] + (f"  (+{len(template) - 1} lines)" if len(template) > 1 else "")) if template else "none"),
+    ]
+    rows += [("provenance", f"{key} = {value}") for key, value in info.provenance.items()]
+    return rows
+
+
+def _human_count(n: int) -> str:
+    for size, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(n)
 
 
 # --- hardware: detect, plan, tune ---------------------------------------------------------
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    raise NotImplementedError("detect")
+    from edgekit.hardware import detect
+    from edgekit.profiles import choose_profile
+
+    hardware = detect(args.root)
+    profile, reason = choose_profile(hardware)
+    if args.json:
+        _print_json({"hardware": hardware.to_dict(), "profile": profile.name, "reason": reason,
+                     "cmake_args": profile.build.cmake_args})
+        return 0
+    print(f"profile:  {reason}")
+    for line in hardware.describe():
+        print(line)
+    print(f"build:    CMAKE_ARGS=\"{profile.build.cmake_args}\"")
+    return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    raise NotImplementedError("plan")
+    from edgekit.hardware import detect
+    from edgekit.plan import plan_for
+    from edgekit.profiles import resolve_profile
+
+    hardware = detect(args.root)
+    profile, reason = resolve_profile(args.profile, hardware)
+    plan = plan_for(list(args.model), profile, hardware, ctx=args.ctx)
+    if args.json:
+        _print_json({**plan.to_dict(), "profile_reason": reason})
+        return 0
+    print(f"profile:  {reason}")
+    for line in plan.describe():
+        print(line)
+    return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -77,38 +195,215 @@ def cmd_tune(args: argparse.Namespace) -> int:
 # --- engine: run, chat ----------------------------------------------------------------------
 
 
+def _run_settings(args: argparse.Namespace) -> Any:
+    """Settings for `run`/`chat`: the plan for this box (or --profile), with --ctx if given."""
+    from edgekit.hardware import detect
+    from edgekit.plan import plan_for
+    from edgekit.profiles import choose_profile, load_profile
+
+    hardware = detect()
+    profile = load_profile(args.profile) if args.profile else choose_profile(hardware)[0]
+    return plan_for(args.model, profile, hardware, ctx=args.ctx).settings
+
+
+def _timings_line(result: Any) -> str:
+    t = result.timings
+    return (
+        f"[{result.completion_tokens} tokens, {result.finish_reason}] "
+        f"prompt {t.prompt_tokens} tok ({t.cached_prompt_tokens} cached) {t.prompt_tokens_per_s:.1f} tok/s | "
+        f"first token {t.time_to_first_token_ms:.0f} ms | generation {t.generation_tokens_per_s:.1f} tok/s | "
+        f"total {t.total_ms:.0f} ms"
+    )
+
+
+def _stream_answer(engine: Any, request: Any) -> Any:
+    """Print the answer as it comes, then its timings on stderr; Ctrl-C cancels it (None)."""
+    from edgekit.engine import Result
+
+    stream = engine.stream(request)
+    try:
+        for item in stream:
+            if isinstance(item, Result):
+                print(file=sys.stdout, flush=True)
+                print(_timings_line(item), file=sys.stderr)
+                return item
+            sys.stdout.write(item.text)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        engine.cancel(request.id)
+        stream.close()  # lets the engine finish the cancel before the next request
+        print("\n[cancelled]", file=sys.stderr)
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("run")
+    from edgekit.engine import Engine, Request
+    from edgekit.errors import UsageError
+
+    if args.raw and args.system:
+        raise UsageError("--system needs the chat template: with --raw, put the system text in the prompt")
+    schema = None
+    if args.json_schema is not None:
+        try:
+            schema = json.loads(args.json_schema.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--json-schema {args.json_schema}: {exc}") from None
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
+    request = Request(
+        prompt=args.prompt if args.raw else None,
+        messages=None if args.raw else tuple(messages),
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        json_schema=schema,
+    )
+    with Engine(args.model, _run_settings(args)) as engine:
+        return 0 if _stream_answer(engine, request) is not None else 130
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    raise NotImplementedError("chat")
+    from edgekit.engine import Engine, Request
+    from edgekit.errors import BadRequest
+
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(start)
+    with Engine(args.model, _run_settings(args)) as engine:
+        print(f"{args.model.name}: context {engine.info.n_ctx} tokens. /reset starts over, /exit (or Ctrl-D) ends.", file=sys.stderr)
+        while True:
+            try:
+                line = input("> ").strip()
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+            if line == "/exit":
+                return 0
+            if line == "/reset":
+                messages = list(start)
+                print("[conversation reset]", file=sys.stderr)
+                continue
+            if not line:
+                continue
+            messages.append({"role": "user", "content": line})
+            request = Request(messages=tuple(messages), max_tokens=args.max_tokens, temperature=args.temperature)
+            try:
+                result = _stream_answer(engine, request)
+            except BadRequest as exc:  # e.g. the conversation outgrew the context
+                print(f"edgekit: {exc} (or /reset)", file=sys.stderr)
+                result = None
+            if result is None or result.finish_reason == "cancelled":
+                messages.pop()  # the question stays unanswered: forget it
+            else:
+                messages.append({"role": "assistant", "content": result.text})
 
 
 # --- daemon: serve, request, install-service ------------------------------------------------
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    raise NotImplementedError("serve")
+    from edgekit.serve.config import load_config
+    from edgekit.serve.daemon import Daemon
+
+    config = load_config(args.config, flags=vars(args))
+    if not (args.debug or args.verbose):  # a daemon logs its normal events (journald keeps them)
+        logging.getLogger("edgekit").setLevel(config.daemon.log_level.upper())
+    Daemon(config).run()
+    return 0
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    raise NotImplementedError("request")
+    from edgekit.serve.client import RequestClient, chat_body, raise_for_error, timings_line
+    from edgekit.serve.config import load_config
+
+    config = load_config(None, flags={"broker": args.broker, "prefix": args.prefix})
+    schema = json.loads(args.json_schema.read_text()) if args.json_schema else None
+    body = chat_body(args.prompt, system=args.system, max_tokens=args.max_tokens, stream=args.stream,
+                     json_schema=schema)
+    with RequestClient(config.broker.url, config.prefix, broker=config.broker, timeout_s=args.timeout) as client:
+        answer = _print_stream(client, body, args.json) if args.stream else client.ask(body)
+    raise_for_error(answer.final)
+    if args.json:
+        _print_json(answer.final)
+    elif not args.stream:
+        print(answer.text)
+    print(timings_line(answer.final, answer.round_trip_ms), file=sys.stderr)
+    return 0
+
+
+def _print_stream(client: Any, body: dict[str, Any], quiet: bool) -> Any:
+    """Print streamed text as it arrives; returns the Answer."""
+    import time
+
+    from edgekit.serve.client import Answer
+
+    answer, t0 = Answer(), time.perf_counter()
+    for ms, message in client.messages(client.send(body), t0):
+        answer.messages.append(message)
+        answer.arrival_ms.append(ms)
+        if message.get("type") == "chunk" and not quiet:
+            print(message["text"], end="", flush=True)
+    if not quiet and answer.final.get("type") == "result":
+        print(flush=True)
+    return answer
 
 
 def cmd_install_service(args: argparse.Namespace) -> int:
-    raise NotImplementedError("install-service")
+    from edgekit.serve.service import BoxSettings, plan_installation, write_installation
+
+    box = BoxSettings(model=args.model, profile=args.profile, broker=args.broker, instance=args.instance,
+                      device_id=args.device_id, password_file=args.password_file)
+    installation = plan_installation(box, dest=args.dest, env_dir=args.env_dir)
+    for warning in installation.warnings:
+        print(f"edgekit: warning: {warning}", file=sys.stderr)
+    if args.dry_run:
+        for file in installation.files:
+            print(f"# --- {file.path} (mode {file.mode:o}; not written: --dry-run)\n{file.text}")
+    else:
+        for path in write_installation(installation):
+            print(f"wrote {path}")
+    print("\nnext:\n" + "\n".join(f"  {command}" for command in installation.next_commands))
+    return 0
 
 
 # --- measurement: bench, quality, recommend -----------------------------------------------
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    raise NotImplementedError("bench")
+    from edgekit.atomic import check_writable_dir, write_text
+    from edgekit.bench.output import output_format, render
+    from edgekit.bench.report import write_report
+    from edgekit.bench.runner import BenchConfig, run_bench
+
+    for path in (args.output, args.report):
+        if path is not None:
+            check_writable_dir(path)  # fail before minutes of measuring, not after
+    config = BenchConfig(
+        models=tuple(args.models), prompt_tokens=tuple(args.prompt_tokens), gen_tokens=args.gen_tokens,
+        repeat=args.repeat, concurrency=tuple(args.concurrency), threads=args.threads, profile=args.profile,
+        via=args.via, prefix=args.prefix, llama_bench=args.compare_llama_bench,
+    )
+    run = run_bench(config, progress=lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True))
+    fmt = output_format(args.json, args.csv, args.jsonl, str(args.output) if args.output else None)
+    if args.output:  # the file gets the data; the terminal still gets the table
+        write_text(args.output, render(run, fmt if fmt != "table" else "json"))
+        print(f"[bench] wrote {args.output}", file=sys.stderr)
+    print(render(run, "table" if args.output else fmt), end="")
+    if args.report:
+        write_report(args.report, run)
+        print(f"[bench] wrote {args.report}", file=sys.stderr)
+    return 0
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
-    raise NotImplementedError("quality")
+    from edgekit.bench.output import format_table
+    from edgekit.bench.quality import compare_quality, quality_table, read_text
+
+    text = read_text(args.text) if args.text else None
+    results = compare_quality(args.reference, args.candidates, text=text, ctx=args.ctx, chunks=args.chunks)
+    if args.json:
+        _print_json([r.to_dict() for r in results])
+    else:
+        print(format_table(quality_table(results)), end="")
+    return 0
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -141,7 +436,9 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("hf_dir", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
-    p.add_argument("--quant", default=None, help="also quantize to these levels, e.g. Q4_K_M")
+    p.add_argument("--quant", default=None,
+                   help="quantize to these levels, e.g. Q4_K_M: -o is then the quantized file "
+                        "(several levels: OUT-LEVEL.gguf each); the converted file is not kept")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("quantize", help="quantize a GGUF to one or more llama.cpp levels")
@@ -173,6 +470,7 @@ def _add_hardware(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default=None)
     p.add_argument("--ctx", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("tune", help="measure the fastest threads/batch settings on this box")
@@ -235,6 +533,9 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instance", default=None, help="render the template unit edgekit@INSTANCE")
     p.add_argument("--dest", type=Path, default=Path("/etc/systemd/system"))
     p.add_argument("--env-dir", type=Path, default=Path("/etc/edgekit"))
+    p.add_argument("--device-id", default=None, help="default: the hostname (plus -INSTANCE with --instance)")
+    p.add_argument("--password-file", type=Path, default=None,
+                   help="broker password, loaded as a systemd credential (default: ENV_DIR/mqtt-password if present)")
     p.add_argument("--dry-run", action="store_true", help="print what would be written")
     p.set_defaults(func=cmd_install_service)
 

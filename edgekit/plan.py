@@ -1,12 +1,25 @@
 """Memory estimate for a GGUF on a box, and the llama.cpp settings that fit it.
 
-(Being written: the estimate and plan_for() come with the planning work. The
-Settings dataclass below is the contract the engine already uses.)
+``plan_for(models, profile, hardware)`` starts from the profile's settings, resolves
+"auto" against the detected box, and walks down a ladder until the model fits: the
+profile's quant level, then the other files best quality first, then halved contexts
+down to the profile's floor. Every decision leaves a sentence in ``Plan.reasons``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import DoesNotFit
+from edgekit.gguf_file import GGUFInfo, validate
+from edgekit.hardware import Hardware
+from edgekit.memory import MiB, MemoryEstimate, estimate_memory, shape_of, smaller_level_that_fits
+from edgekit.profiles import Profile
+
+__all__ = ["Settings", "Plan", "Budget", "MemoryEstimate", "estimate_memory", "plan_for", "budget_for"]
 
 
 @dataclass(frozen=True)
@@ -25,3 +38,219 @@ class Settings:
     use_mmap: bool = True
     use_mlock: bool = False
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Memory the model may take on this box, after the profile's headroom (bytes)."""
+
+    ram: int
+    vram: int  # free VRAM of the GPU llama.cpp uses; 0 without one; the pool itself when unified
+    unified: bool
+    headroom: int
+    vram_headroom: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run, with which settings, what it will take, and why."""
+
+    model: Path
+    profile: str
+    settings: Settings
+    estimate: MemoryEstimate
+    budget: Budget
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for `edgekit plan --json`."""
+        return {
+            "model": str(self.model),
+            "profile": self.profile,
+            "settings": asdict(self.settings),
+            "estimate": self.estimate.to_dict(),
+            "budget": {k: (round(v / MiB, 1) if isinstance(v, int) and not isinstance(v, bool) else v)
+                       for k, v in asdict(self.budget).items()},
+            "reasons": list(self.reasons),
+        }
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    info: GGUFInfo
+    settings: Settings
+    estimate: MemoryEstimate
+    shortfall: int  # bytes over the budget; <= 0 means it fits
+    note: str
+
+
+def plan_for(
+    models: str | os.PathLike[str] | GGUFInfo | list[Any],
+    profile: Profile,
+    hardware: Hardware,
+    ctx: int | None = None,
+) -> Plan:
+    """Choose the file and settings that fit ``hardware``; DoesNotFit says by how much none did."""
+    infos = [m if isinstance(m, GGUFInfo) else validate(m) for m in (models if isinstance(models, list) else [models])]
+    budget = budget_for(profile, hardware)
+    base, reasons = _base_settings(profile, hardware, infos, ctx)
+    candidates = _by_preference(infos, profile.quant)
+    attempts: list[_Attempt] = []
+    for n_ctx in _context_ladder(base.n_ctx, min(profile.run.min_ctx, base.n_ctx)):
+        for info in candidates:
+            attempt = _fit(info, replace(base, n_ctx=n_ctx), profile, hardware, budget)
+            attempts.append(attempt)
+            if attempt.shortfall <= 0:
+                return _accept(attempt, profile, budget, base, reasons, attempts, candidates)
+    raise DoesNotFit(_refusal(attempts, budget))
+
+
+def budget_for(profile: Profile, hw: Hardware) -> Budget:
+    """RAM (and VRAM) left for the model once the profile's headroom is kept free."""
+    headroom = profile.memory.headroom_mb * MiB
+    vram_headroom = profile.memory.vram_headroom_mb * MiB
+    ram = max(0, hw.usable_memory_mb * MiB - headroom)
+    unified = profile.memory.unified or hw.unified_memory
+    if unified:
+        return Budget(ram, ram, True, headroom, 0)
+    gpu = _main_gpu(hw)
+    vram = max(0, gpu.free_mb * MiB - vram_headroom) if gpu else 0
+    return Budget(ram, vram, False, headroom, vram_headroom if gpu else 0)
+
+
+def _main_gpu(hw: Hardware) -> Any:
+    discrete = [g for g in hw.gpus if not g.integrated]
+    return discrete[0] if discrete else None  # llama.cpp's main_gpu 0
+
+
+def _base_settings(profile: Profile, hw: Hardware, infos: list[GGUFInfo], ctx: int | None) -> tuple[Settings, list[str]]:
+    run, reasons = profile.run, []
+    threads = hw.big_cores if run.threads == "auto" else run.threads
+    threads_batch = hw.physical_cores if run.threads_batch == "auto" else run.threads_batch
+    if run.threads == "auto":
+        reasons.append(f"{threads} generation threads: the big cores ({_cores(hw)})")
+    if run.threads_batch == "auto":
+        reasons.append(f"{threads_batch} prompt threads: all physical cores")
+    n_ctx = ctx or run.n_ctx
+    reasons.append(f"n_ctx {n_ctx} from {'--ctx' if ctx else 'profile ' + profile.name}")
+    trained = min((shape_of(i).n_ctx_train for i in infos if shape_of(i).n_ctx_train), default=0)
+    if trained and n_ctx > trained:
+        reasons.append(f"n_ctx capped from {n_ctx} to {trained}, the context the model was trained for")
+        n_ctx = trained
+    settings = Settings(
+        n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads_batch, n_gpu_layers=0,
+        n_batch=min(run.n_batch, n_ctx), n_ubatch=min(run.n_ubatch, n_ctx), flash_attn=run.flash_attn,
+        type_k=run.type_k, type_v=run.type_v, use_mmap=run.use_mmap, use_mlock=run.use_mlock,
+    )
+    return settings, reasons
+
+
+def _cores(hw: Hardware) -> str:
+    if hw.big_cores < hw.physical_cores:
+        return f"{hw.cpu_model}: {hw.big_cores} big of {hw.physical_cores}"
+    return hw.cpu_model
+
+
+def _by_preference(infos: list[GGUFInfo], default_level: str) -> list[GGUFInfo]:
+    """The profile's quant level first, then best quality (most bits per weight) first."""
+    return sorted(infos, key=lambda i: (i.file_type != default_level, -i.bits_per_weight))
+
+
+def _context_ladder(start: int, floor: int) -> list[int]:
+    sizes = [start]
+    while sizes[-1] // 2 >= floor:
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+def _fit(info: GGUFInfo, settings: Settings, profile: Profile, hw: Hardware, budget: Budget) -> _Attempt:
+    """Resolve GPU layers for one file at one context and measure it against the budget."""
+    wanted = profile.run.n_gpu_layers
+    has_gpu = bool(hw.gpus) if budget.unified else _main_gpu(hw) is not None
+    arch = hw.arch
+    if wanted == 0 or not has_gpu:
+        note = "CPU only" if wanted == 0 else "CPU only: the profile offloads layers but no GPU was found"
+        return _check(info, replace(settings, n_gpu_layers=0), budget, arch, note)
+    if budget.unified:
+        layers = -1 if wanted == "auto" else wanted
+        note = "unified memory: GPU and CPU share one pool, counted once"
+        return _check(info, replace(settings, n_gpu_layers=layers), budget, arch, note)
+    if wanted != "auto":
+        return _check(info, replace(settings, n_gpu_layers=wanted), budget, arch, f"{wanted} GPU layers from the profile")
+    return _most_layers(info, settings, budget, arch)
+
+
+def _most_layers(info: GGUFInfo, settings: Settings, budget: Budget, arch: str) -> _Attempt:
+    """The most layers (counted from the last one) whose weights, KV and buffers fit in free VRAM."""
+    n_layer = shape_of(info).n_layer
+    for layers in range(n_layer + 1, -1, -1):
+        estimate = estimate_memory(info, settings, layers, arch)
+        if estimate.vram <= budget.vram:
+            count = -1 if layers > n_layer else layers
+            note = "all layers and the output on the GPU" if count == -1 else (
+                f"{layers} of {n_layer} layers on the GPU (the last ones); the rest and the output on the CPU")
+            return _check(info, replace(settings, n_gpu_layers=count), budget, arch, note)
+    return _check(info, replace(settings, n_gpu_layers=0), budget, arch, "no layer fits in free VRAM: CPU only")
+
+
+def _check(info: GGUFInfo, settings: Settings, budget: Budget, arch: str, note: str) -> _Attempt:
+    estimate = estimate_memory(info, settings, arch=arch)
+    if budget.unified:
+        shortfall = estimate.total - estimate.reclaimable - budget.ram
+    else:
+        shortfall = max(estimate.ram_required - budget.ram, estimate.vram - budget.vram)
+    return _Attempt(info, settings, estimate, shortfall, note)
+
+
+def _accept(
+    chosen: _Attempt, profile: Profile, budget: Budget, base: Settings,
+    reasons: list[str], attempts: list[_Attempt], candidates: list[GGUFInfo],
+) -> Plan:
+    reasons = list(reasons)
+    level = chosen.info.file_type or "unknown level"
+    why = "the profile's default level" if chosen.info.file_type == profile.quant else "the best quality that fits"
+    if len(candidates) > 1:
+        reasons.append(f"chose {chosen.info.path.name} ({level}): {why}")
+    for failed in attempts[:-1]:
+        reasons.append(
+            f"{failed.info.path.name} at n_ctx {failed.settings.n_ctx} does not fit: "
+            f"{_gb(failed.shortfall)} GB short"
+        )
+    if chosen.settings.n_ctx < base.n_ctx:
+        reasons.append(f"n_ctx reduced from {base.n_ctx} to {chosen.settings.n_ctx} to fit")
+    reasons.append(chosen.note)
+    reasons.append(_usage(chosen.estimate, budget))
+    return Plan(chosen.info.path, profile.name, chosen.settings, chosen.estimate, budget, tuple(reasons))
+
+
+def _usage(e: MemoryEstimate, budget: Budget) -> str:
+    if budget.unified:
+        return f"needs {_gb(e.total - e.reclaimable)} GB of the {_gb(budget.ram)} GB pool left after {_gb(budget.headroom)} GB headroom"
+    text = f"needs {_gb(e.ram_required)} GB RAM of {_gb(budget.ram)} GB left after {_gb(budget.headroom)} GB headroom"
+    if e.vram:
+        text += f", {_gb(e.vram)} GB VRAM of {_gb(budget.vram)} GB free after {_gb(budget.vram_headroom)} GB headroom"
+    return text
+
+
+def _refusal(attempts: list[_Attempt], budget: Budget) -> str:
+    closest = min(attempts, key=lambda a: a.shortfall)
+    need, left, headroom, where = _binding_limit(closest.estimate, budget)
+    level = smaller_level_that_fits(closest.info, closest.shortfall)
+    way_out = f"use {level} or a smaller context" if level else "use a smaller model or a box with more memory"
+    return (
+        f"{closest.info.path.name} needs {_gb(need)} GB (n_ctx {closest.settings.n_ctx}), {where} leaves "
+        f"{_gb(left)} GB after {_gb(headroom)} GB headroom: {_gb(closest.shortfall)} GB short; {way_out}"
+    )
+
+
+def _binding_limit(e: MemoryEstimate, budget: Budget) -> tuple[int, int, int, str]:
+    """Which memory ran out: (needed, left, headroom, where)."""
+    if budget.unified:
+        return e.total - e.reclaimable, budget.ram, budget.headroom, "the box"
+    if e.vram - budget.vram > e.ram_required - budget.ram:
+        return e.vram, budget.vram, budget.vram_headroom, "the GPU"
+    return e.ram_required, budget.ram, budget.headroom, "the box"
+
+
+def _gb(n: int) -> str:
+    return f"{n / (1 << 30):.1f}"

@@ -69,3 +69,19 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     timings: Timings
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the loaded model is: read from llama.cpp once the worker has loaded it."""
+
+    path: str
+    n_ctx: int  # the context the engine runs with
+    n_ctx_train: int
+    n_vocab: int
+    chat_template: str | None
+    architecture: str
+    quant: str  # file type as llama.cpp names it: Q4_K_M, Q8_0, F16, ...
+    load_ms: float
+    bos_token: str = ""  # token texts the chat template may use
+    eos_token: str = ""

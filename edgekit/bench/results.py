@@ -1,0 +1,138 @@
+"""The values a benchmark produces: one Sample per request, one Measurement per setting.
+
+Plain data so that output.py, report.py and recommend.py can read a bench JSON written
+earlier (``BenchRun.from_dict``) exactly as they read a fresh run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from edgekit.bench.stats import Summary, summarize
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured request, from the engine's own timings and chunk timestamps."""
+
+    ttft_ms: float
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    prompt_ms: float
+    prompt_tps: float
+    gen_tokens: int
+    generation_ms: float
+    gen_tps: float
+    queue_ms: float
+    total_ms: float  # the engine's own total: from the call (queue included) to the last token
+    e2e_ms: float  # submit to final record, as the caller saw it
+    itl_ms: tuple[float, ...] = ()  # per-token gaps after the first token
+
+    @property
+    def transport_ms(self) -> float:
+        """What the caller waited beyond the engine's own total (which includes its queue): MQTT's cost."""
+        return max(0.0, self.e2e_ms - self.total_ms)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The file measured, as gguf_file describes it."""
+
+    path: str
+    file_name: str
+    file_type: str
+    architecture: str
+    size_bytes: int
+    n_params: int
+    tensor_bytes: int
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """All repeats of one (model, mode, prompt size, concurrency) setting, summarized."""
+
+    model: ModelFacts
+    mode: str  # "engine" (in-process) or "mqtt" (through a daemon)
+    prompt_tokens: int
+    gen_tokens: int
+    concurrency: int
+    repeats: int
+    warmup: int
+    n_threads: int
+    n_batch: int
+    n_ubatch: int
+    n_ctx: int
+    n_gpu_layers: int
+    type_k: str
+    type_v: str
+    flash_attn: bool
+    load_cold_ms: float | None
+    load_warm_ms: float | None
+    peak_rss_bytes: int | None
+    gpu_memory_bytes: int | None
+    samples: tuple[Sample, ...]
+    measured_on: str  # the box the figures come from, e.g. "x86_64, 2 cores (this machine)"
+    test_time: str
+    llama_bench_pp_ts: float | None = None
+    llama_bench_tg_ts: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def figure(self, name: str) -> Summary:
+        """Summary of one per-request figure over all counted samples, e.g. "ttft_ms"."""
+        if name == "itl_ms":
+            return summarize([gap for s in self.samples for gap in s.itl_ms])
+        if name == "transport_ms":
+            return summarize([s.transport_ms for s in self.samples])
+        return summarize([getattr(s, name) for s in self.samples])
+
+    @property
+    def label(self) -> str:
+        """Short name of the setting for tables and charts."""
+        return f"{self.model.file_type} pp{self.prompt_tokens} tg{self.gen_tokens} c{self.concurrency} {self.mode}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["summary"] = {name: self.figure(name).to_dict() for name in SUMMARY_FIGURES}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["model"] = ModelFacts(**data["model"])
+        values["samples"] = tuple(
+            Sample(**{**s, "itl_ms": tuple(s.get("itl_ms", ()))}) for s in data["samples"]
+        )
+        return cls(**values)
+
+
+# Per-request figures summarized in outputs, in the order a reader wants them.
+SUMMARY_FIGURES = ("ttft_ms", "prompt_tps", "gen_tps", "itl_ms", "e2e_ms", "queue_ms", "transport_ms")
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """A whole `edgekit bench` run: what was asked, where, and every measurement."""
+
+    edgekit_version: str
+    llama_cpp_version: str
+    host: dict[str, Any]
+    measurements: tuple[Measurement, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "edgekit_version": self.edgekit_version,
+            "llama_cpp_version": self.llama_cpp_version,
+            "host": self.host,
+            "measurements": [m.to_dict() for m in self.measurements],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchRun:
+        return cls(
+            edgekit_version=data.get("edgekit_version", "?"),
+            llama_cpp_version=data.get("llama_cpp_version", "?"),
+            host=data.get("host", {}),
+            measurements=tuple(Measurement.from_dict(m) for m in data["measurements"]),
+        )

@@ -1,0 +1,298 @@
+"""Run `edgekit bench`: load each model, send exact-length prompts, keep the engine's timings.
+
+The engine's records carry their own timings (Result.timings, Chunk.elapsed_ms); the
+runner only times model loads (cold: the file dropped from the page cache first; warm:
+the second load), and, through a daemon, the caller's own wait (the MQTT client's timing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit import __version__, gguf_file
+from edgekit.bench import memory
+from edgekit.bench.llama_bench import llama_bench_command, run_llama_bench
+from edgekit.bench.prompts import PromptMaker
+from edgekit.bench.quality import calibration_text
+from edgekit.bench.results import BenchRun, Measurement, ModelFacts, Sample
+from edgekit.bench.stats import differences
+from edgekit.engine.records import Chunk, Request, Result
+from edgekit.errors import EngineError, UsageError
+from edgekit.plan import Settings
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+# A function that runs one request and returns its chunks, final Result and the caller's wait in ms.
+Send = Callable[[Request], tuple[list[Chunk], Result, float]]
+
+_CTX_MARGIN = 16  # context beyond prompt + answer: BOS and the engine's +1 check
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure: `edgekit bench`'s options as plain data."""
+
+    models: tuple[Path, ...]
+    prompt_tokens: tuple[int, ...] = (32, 256)
+    gen_tokens: int = 128
+    repeat: int = 3
+    concurrency: tuple[int, ...] = (1,)
+    warmup: int = 1
+    threads: int | None = None
+    profile: str | None = None
+    via: str | None = None  # mqtt://host:port: also measure through a running daemon
+    prefix: str | None = None
+    llama_bench: Path | None = None
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.repeat < 1 or self.gen_tokens < 2 or self.warmup < 0:
+            raise UsageError("--repeat must be at least 1 and --gen-tokens at least 2")
+        if any(n < 1 for n in self.prompt_tokens) or any(c < 1 for c in self.concurrency):
+            raise UsageError("--prompt-tokens and --concurrency take positive numbers, e.g. 32,256 and 1,4")
+
+
+def run_bench(config: BenchConfig, progress: Progress = log.info) -> BenchRun:
+    """Measure every model in ``config``; returns all measurements, in the order run."""
+    config.check()
+    measurements: list[Measurement] = []
+    for path in config.models:
+        measurements += bench_model(path, config, progress)
+    return BenchRun(
+        edgekit_version=__version__, llama_cpp_version=_llama_cpp_version(),
+        host=host_facts(), measurements=tuple(measurements),
+    )
+
+
+def bench_model(path: Path, config: BenchConfig, progress: Progress) -> list[Measurement]:
+    """All settings of one model: in-process, then through the daemon if asked."""
+    info = gguf_file.validate(path)
+    settings = resolve_settings(info, config)
+    facts = model_facts(info)
+    from edgekit.engine import Engine  # the engine pulls in llama.cpp: import on use
+
+    progress(f"{info.path.name}: cold load")
+    cold_ms = _timed_load(Engine, info.path, settings, drop_cache=True)
+    progress(f"{info.path.name}: warm load")
+    started = time.perf_counter()
+    with Engine(info.path, settings, **config.engine_options) as engine:
+        warm_ms = _load_ms(engine, started)
+        maker = PromptMaker(calibration_text(), lambda text: engine.tokenize(text, add_bos=True, special=True))
+        context = MeasureContext(facts, settings, cold_ms, warm_ms, "engine", config)
+        found = [
+            measure(context, engine_send(engine), maker, n, c, progress)
+            for n in config.prompt_tokens for c in config.concurrency
+        ]
+        pid = _child_pid(engine)
+        rss, gpu = memory.peak_rss_bytes(pid), memory.gpu_memory_bytes(pid)
+        found = [dataclasses.replace(m, peak_rss_bytes=rss, gpu_memory_bytes=gpu) for m in found]
+        if config.via:
+            found += _via_mqtt(config, facts, settings, maker, progress)
+    if config.llama_bench:
+        found = _compare_llama_bench(config, info.path, settings, found, progress)
+    return found
+
+
+def resolve_settings(info: gguf_file.GGUFInfo, config: BenchConfig) -> Settings:
+    """The profile's plan for this file (or llama.cpp's defaults), with room for the longest test."""
+    settings = Settings()
+    if config.profile:
+        settings = _planned_settings(info.path, config.profile)
+    threads = config.threads or settings.n_threads or os.cpu_count() or 1
+    need = max(config.prompt_tokens) + config.gen_tokens + _CTX_MARGIN
+    return dataclasses.replace(
+        settings, n_threads=threads, n_threads_batch=config.threads or settings.n_threads_batch or threads,
+        n_ctx=max(settings.n_ctx, need),
+    )
+
+
+def _planned_settings(path: Path, profile_name: str) -> Settings:
+    from edgekit import plan, profiles  # planner: only with --profile
+
+    profile = profiles.load_profile(profile_name)
+    return plan.plan_for([path], profile).settings
+
+
+@dataclass(frozen=True)
+class MeasureContext:
+    """What every measurement of one model shares."""
+
+    facts: ModelFacts
+    settings: Settings
+    cold_ms: float | None
+    warm_ms: float | None
+    mode: str
+    config: BenchConfig
+
+
+def measure(ctx: MeasureContext, send: Send, maker: PromptMaker, n_prompt: int, concurrency: int,
+             progress: Progress) -> Measurement:
+    """Warm-up runs (not counted), then ``repeat`` rounds of ``concurrency`` requests sent at once."""
+    config = ctx.config
+    for i in range(config.warmup):
+        progress(f"{ctx.facts.file_name} {ctx.mode} pp{n_prompt} c{concurrency}: warm-up {i + 1}/{config.warmup}")
+        _round(send, maker, n_prompt, config.gen_tokens, 1)
+    samples: list[Sample] = []
+    for r in range(config.repeat):
+        progress(f"{ctx.facts.file_name} {ctx.mode} pp{n_prompt} tg{config.gen_tokens} c{concurrency}: "
+                 f"repeat {r + 1}/{config.repeat}")
+        samples += _round(send, maker, n_prompt, config.gen_tokens, concurrency)
+    s = ctx.settings
+    return Measurement(
+        model=ctx.facts, mode=ctx.mode, prompt_tokens=n_prompt, gen_tokens=config.gen_tokens,
+        concurrency=concurrency, repeats=config.repeat, warmup=config.warmup,
+        n_threads=s.n_threads or 0, n_batch=s.n_batch, n_ubatch=s.n_ubatch, n_ctx=s.n_ctx,
+        n_gpu_layers=s.n_gpu_layers, type_k=s.type_k, type_v=s.type_v, flash_attn=s.flash_attn,
+        load_cold_ms=ctx.cold_ms, load_warm_ms=ctx.warm_ms, peak_rss_bytes=None, gpu_memory_bytes=None,
+        samples=tuple(samples), measured_on=measured_on(), test_time=_now(),
+    )
+
+
+def _round(send: Send, maker: PromptMaker, n_prompt: int, gen_tokens: int, concurrency: int) -> list[Sample]:
+    """``concurrency`` requests submitted at once, each with a prompt that starts elsewhere."""
+    requests = [
+        Request(prompt=maker.next(n_prompt), max_tokens=gen_tokens, temperature=0.0, seed=0)
+        for _ in range(concurrency)
+    ]
+    if concurrency == 1:
+        return [_sample(*send(requests[0]))]
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return [_sample(*done) for done in pool.map(send, requests)]
+
+
+def engine_send(engine: Any) -> Send:
+    """Run a request in-process; the caller's wait is the engine's own total (call to last token)."""
+
+    def send(request: Request) -> tuple[list[Chunk], Result, float]:
+        chunks, result = _collect(engine.stream(request))
+        return chunks, result, result.timings.total_ms
+
+    return send
+
+
+def _collect(records: Iterable[Chunk | Result]) -> tuple[list[Chunk], Result]:
+    chunks: list[Chunk] = []
+    for record in records:
+        if isinstance(record, Result):
+            return chunks, record
+        chunks.append(record)
+    raise EngineError("the engine's stream ended without a final result")
+
+
+def _sample(chunks: list[Chunk], result: Result, e2e_ms: float) -> Sample:
+    t = result.timings
+    itl = differences([c.elapsed_ms for c in chunks], [c.tokens for c in chunks])
+    return Sample(
+        ttft_ms=t.time_to_first_token_ms, prompt_tokens=t.prompt_tokens,
+        cached_prompt_tokens=t.cached_prompt_tokens, prompt_ms=t.prompt_ms,
+        prompt_tps=t.prompt_tokens_per_s, gen_tokens=t.completion_tokens,
+        generation_ms=t.generation_ms, gen_tps=t.generation_tokens_per_s,
+        queue_ms=t.queue_ms, total_ms=t.total_ms, e2e_ms=e2e_ms, itl_ms=tuple(itl),
+    )
+
+
+def _via_mqtt(config: BenchConfig, facts: ModelFacts, settings: Settings, maker: PromptMaker,
+              progress: Progress) -> list[Measurement]:
+    """The same settings through a running daemon: e2e from the client, the engine's own timings inside."""
+    from edgekit.bench.via_mqtt import mqtt_send  # paho and the daemon's protocol: only with --via
+
+    with mqtt_send(config.via or "", config.prefix) as send:
+        context = MeasureContext(facts, settings, None, None, "mqtt", config)
+        return [
+            measure(context, send, maker, n, c, progress)
+            for n in config.prompt_tokens for c in config.concurrency
+        ]
+
+
+def _compare_llama_bench(config: BenchConfig, path: Path, settings: Settings, found: list[Measurement],
+                         progress: Progress) -> list[Measurement]:
+    """Run llama-bench on the same file and threads, and attach its rates to every measurement."""
+    progress(f"{path.name}: llama-bench")
+    argv = llama_bench_command(
+        config.llama_bench or Path(), path, config.prompt_tokens, config.gen_tokens,
+        settings.n_threads or 1, config.repeat, settings.n_batch, settings.n_ubatch, settings.n_gpu_layers,
+    )
+    figures = run_llama_bench(argv)
+    return [
+        dataclasses.replace(m, llama_bench_pp_ts=figures.pp_ts.get(m.prompt_tokens), llama_bench_tg_ts=figures.tg_ts)
+        for m in found
+    ]
+
+
+def _timed_load(engine_cls: Any, path: Path, settings: Settings, drop_cache: bool) -> float | None:
+    """Load the model once and close it; the cold figure when the page cache could be dropped."""
+    dropped = memory.drop_from_page_cache(path) if drop_cache else False
+    started = time.perf_counter()
+    with engine_cls(path, settings) as engine:
+        ms = _load_ms(engine, started)
+    if drop_cache and not dropped:
+        log.warning("could not drop %s from the page cache: the cold load figure may be warm", path)
+    return ms
+
+
+def _load_ms(engine: Any, started: float) -> float:
+    """The engine's own load time when it reports one, else the time the context manager took."""
+    info = getattr(engine, "info", None)
+    load_ms = getattr(info, "load_ms", None)
+    return float(load_ms) if load_ms else (time.perf_counter() - started) * 1000
+
+
+def _child_pid(engine: Any) -> int | None:
+    for owner in (engine, getattr(engine, "info", None)):
+        for name in ("pid", "child_pid", "worker_pid"):
+            pid = getattr(owner, name, None)
+            if isinstance(pid, int):
+                return pid
+    log.warning("the engine does not tell its worker's pid: peak RSS is not measured")
+    return None
+
+
+def model_facts(info: gguf_file.GGUFInfo) -> ModelFacts:
+    return ModelFacts(
+        path=str(info.path), file_name=info.path.name, file_type=info.file_type or "?",
+        architecture=info.architecture, size_bytes=info.size, n_params=info.parameter_count,
+        tensor_bytes=info.tensor_bytes,
+    )
+
+
+def host_facts() -> dict[str, Any]:
+    """The box the figures come from."""
+    return {"machine": platform.machine(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+            "system": platform.platform(), "backend": "CPU", "gpu": ""}
+
+
+def measured_on() -> str:
+    return f"this machine: {_cpu_name() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _llama_cpp_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("llama-cpp-python")
+    except Exception:  # metadata missing: not worth failing a benchmark for
+        return "?"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,100 @@
+"""Tensors converted chunk by chunk as GGUFWriter writes them, so memory stays small.
+
+A StreamedTensor looks to GGUFWriter like the numpy array it expects (shape, dtype, nbytes,
+tofile); tofile() reads a few rows of the checkpoint at a time, permutes, converts, writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
+
+import gguf
+import numpy as np
+from gguf.quants import quant_shape_to_byte_shape, quantize
+
+from edgekit.convert.checkpoint import TensorRef, to_float32
+from edgekit.convert.halfcast import to_float16
+from edgekit.convert.llama import permute_rows
+
+Q = gguf.GGMLQuantizationType
+# edgekit/llama.cpp output type name -> (GGML type of 2-D weights, llama.cpp file type)
+OUTTYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
+    "f32": (Q.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+    "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+CHUNK_ELEMENTS = 1 << 20  # ~4 MB of float32 per step: cache-friendly, and RSS stays flat
+NATIVE = {Q.F32: np.dtype(np.float32), Q.F16: np.dtype(np.float16)}  # types GGUFWriter infers from the dtype
+
+
+def tensor_type(ref: TensorRef, outtype: str) -> gguf.GGMLQuantizationType:
+    """The GGML type a tensor gets: 1-D tensors (norms, biases) stay F32 as in llama.cpp;
+    rows that do not fill whole Q8_0 blocks fall back to F16, as llama.cpp's converter does."""
+    qtype = OUTTYPES[outtype][0]
+    if len(ref.shape) < 2:
+        return Q.F32
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    return qtype if ref.row_size % block == 0 else Q.F16
+
+
+@dataclass
+class StreamedTensor:
+    """One checkpoint tensor, converted to ``qtype`` while it is written."""
+
+    source: TensorRef
+    qtype: gguf.GGMLQuantizationType
+    permute_heads: int | None = None  # Q/K: rows are regrouped per head (see llama.permute_rows)
+    on_written: Callable[[], None] | None = None  # progress reporting
+
+    @property
+    def dtype(self) -> np.dtype:
+        return NATIVE.get(self.qtype, np.dtype(np.uint8))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Element shape for F32/F16; byte shape for BF16 and quantized types, as GGUFWriter expects."""
+        if self.qtype in NATIVE:
+            return self.source.shape
+        return tuple(quant_shape_to_byte_shape(self.source.shape, self.qtype))
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def tofile(self, fout: IO[bytes]) -> None:
+        for start, stop in self._row_chunks():
+            rows = self.source.read_rows(start, stop)  # (rows, row_size), on-disk dtype
+            if len(self.source.shape) < 2:
+                rows = rows.reshape(-1, 1)  # (n, 1): a bias permutes element by element
+            if self.permute_heads:
+                rows = permute_rows(rows, self.permute_heads * (stop - start) // self.source.n_rows)
+            self._encode(rows).tofile(fout)
+        if self.on_written is not None:
+            self.on_written()
+
+    def _row_chunks(self) -> list[tuple[int, int]]:
+        """Row ranges of about CHUNK_ELEMENTS; for Q/K, whole heads at a time."""
+        n_rows = self.source.n_rows
+        step = max(1, CHUNK_ELEMENTS // self.source.row_size)
+        if self.permute_heads and len(self.source.shape) > 1:
+            head_rows = n_rows // self.permute_heads
+            step = max(head_rows, step - step % head_rows)
+        elif self.permute_heads:
+            step = n_rows  # a 1-D bias: one read
+        return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+    def _encode(self, rows: np.ndarray) -> np.ndarray:
+        """Raw rows -> bytes of ``qtype``, skipping the float32 detour when the types already match."""
+        if self.qtype == Q.BF16 and self.source.dtype == "BF16":
+            return rows
+        if self.qtype == Q.F16 and self.source.dtype == "F16":
+            return rows
+        wide = to_float32(rows)  # (rows, row_size) float32
+        if self.qtype == Q.F16:
+            return to_float16(wide)
+        if self.qtype == Q.F32:
+            return wide
+        return quantize(wide, self.qtype)

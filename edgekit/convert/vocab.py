@@ -1,0 +1,137 @@
+"""The SentencePiece vocabulary, added tokens, special ids and chat template of a checkpoint.
+
+Mirrors llama.cpp's convert_hf_to_gguf.py (_create_vocab_sentencepiece); special ids, the
+add_bos/add_eos flags and the chat template come from gguf-py's own SpecialVocab.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+from sentencepiece import SentencePieceProcessor
+
+from edgekit.errors import ModelFormatError, UnsupportedModel
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_MODEL = "tokenizer.model"
+ADDED_SCORE = -1000.0  # llama.cpp's score for added and padding tokens
+UNUSED_SCORE = -10000.0
+
+
+@dataclass
+class Vocab:
+    """Token texts, scores and types, index = token id; plus gguf-py's special tokens."""
+
+    tokens: list[bytes]
+    scores: list[float]
+    types: list[int]
+    special: gguf.SpecialVocab
+
+    def add_to(self, writer: gguf.GGUFWriter) -> None:
+        """Write tokenizer.ggml.* keys and the chat template."""
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(self.tokens)
+        writer.add_token_scores(self.scores)
+        writer.add_token_types(self.types)
+        self.special.add_to_gguf(writer, quiet=True)
+
+
+def load_vocab(folder: Path, vocab_size: int) -> Vocab:
+    """Read tokenizer.model and the added tokens; pad or trim to the model's vocab_size."""
+    path = folder / TOKENIZER_MODEL
+    if not path.is_file():
+        if (folder / "tokenizer.json").is_file():
+            raise UnsupportedModel(f"{folder} has a tokenizer.json but no {TOKENIZER_MODEL}; only SentencePiece tokenizers are supported")
+        raise ModelFormatError(f"{path} is missing (the SentencePiece tokenizer); re-download the checkpoint")
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromFile(str(path))
+    except (OSError, RuntimeError) as exc:
+        raise ModelFormatError(f"{path} is not a SentencePiece model ({exc}); re-download it") from None
+    tokens = [f"[PAD{i}]".encode() for i in range(vocab_size)]
+    scores = [UNUSED_SCORE] * vocab_size
+    types = [int(gguf.TokenType.UNUSED)] * vocab_size
+    _fill_sentencepiece(sp, tokens, scores, types)
+    for token_id, content, special in _added_tokens(folder):
+        _set_added(tokens, scores, types, token_id, content, special)
+    special_vocab = gguf.SpecialVocab(folder, n_vocab=vocab_size)
+    _fill_special_defaults(special_vocab, sp, folder)
+    return Vocab(tokens=tokens, scores=scores, types=types, special=special_vocab)
+
+
+def _fill_sentencepiece(sp: SentencePieceProcessor, tokens: list[bytes], scores: list[float], types: list[int]) -> None:
+    if sp.vocab_size() > len(tokens):
+        log.warning("tokenizer has %d pieces, the model %d; ignoring the extra ones", sp.vocab_size(), len(tokens))
+    for token_id in range(min(sp.vocab_size(), len(tokens))):
+        tokens[token_id] = sp.IdToPiece(token_id).encode("utf-8")
+        scores[token_id] = sp.GetScore(token_id)
+        types[token_id] = int(_piece_type(sp, token_id))
+
+
+def _piece_type(sp: SentencePieceProcessor, token_id: int) -> gguf.TokenType:
+    if sp.IsUnknown(token_id):
+        return gguf.TokenType.UNKNOWN
+    if sp.IsControl(token_id):
+        return gguf.TokenType.CONTROL
+    if sp.IsUnused(token_id):
+        return gguf.TokenType.UNUSED
+    if sp.IsByte(token_id):
+        return gguf.TokenType.BYTE
+    return gguf.TokenType.NORMAL
+
+
+def _added_tokens(folder: Path) -> list[tuple[int, str, bool]]:
+    """(id, content, special) from added_tokens.json, tokenizer.json and tokenizer_config.json, later files winning."""
+    found: dict[int, tuple[str, bool]] = {}
+    for content, token_id in _json(folder / "added_tokens.json").items():
+        found[int(token_id)] = (content, False)
+    for entry in _json(folder / "tokenizer.json").get("added_tokens", []):
+        found[int(entry["id"])] = (entry["content"], bool(entry.get("special")))
+    for token_id, entry in _json(folder / "tokenizer_config.json").get("added_tokens_decoder", {}).items():
+        found[int(token_id)] = (entry["content"], bool(entry.get("special")))
+    return [(token_id, content, special) for token_id, (content, special) in sorted(found.items())]
+
+
+def _set_added(tokens: list[bytes], scores: list[float], types: list[int], token_id: int, content: str, special: bool) -> None:
+    if token_id >= len(tokens):
+        log.warning("added token %r has id %d, beyond the model's vocab of %d; ignored", content, token_id, len(tokens))
+        return
+    if special or _looks_special(content):
+        types[token_id] = int(gguf.TokenType.CONTROL)
+    else:
+        content = content.replace("\u2581", " ")  # llama.cpp pre-normalizes user-defined spaces
+        types[token_id] = int(gguf.TokenType.USER_DEFINED)
+    scores[token_id] = ADDED_SCORE
+    tokens[token_id] = content.encode("utf-8")
+
+
+def _looks_special(content: str) -> bool:
+    """llama.cpp's does_token_look_special: <|...|>, <...> control-looking words."""
+    return (content.startswith("<|") and content.endswith("|>")) or content in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+
+
+def _fill_special_defaults(special: gguf.SpecialVocab, sp: SentencePieceProcessor, folder: Path) -> None:
+    """Fall back to the SentencePiece model's own ids, and to chat_template.jinja, when the JSON files are silent."""
+    for kind, token_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()), ("pad", sp.pad_id())):
+        if kind not in special.special_token_ids and token_id >= 0:
+            special.special_token_ids[kind] = token_id
+    jinja = folder / "chat_template.jinja"
+    if special.chat_template is None and jinja.is_file():
+        special.chat_template = jinja.read_text(encoding="utf-8")
+
+
+def _json(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{file} is not valid JSON ({exc}); re-download it") from None
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,157 @@
+"""convert(): check a Llama-family checkpoint completely, then stream it into one GGUF file.
+
+Every check (architecture, config, tokenizer, shards, tensor names and shapes, output folder)
+runs before the output file is opened; the file itself is written atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import gguf
+
+from edgekit import __version__
+from edgekit.atomic import atomic_path, check_writable_dir
+from edgekit.convert.checkpoint import Checkpoint, open_checkpoint
+from edgekit.convert.llama import ARCHITECTURES, LlamaParams, add_hparams, check_tensors, llama3_rope_factors, permute_heads
+from edgekit.convert.stream import OUTTYPES, StreamedTensor, tensor_type
+from edgekit.convert.vocab import Vocab, load_vocab
+from edgekit.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (GGUF tensor name, tensors written, tensor count)
+SOURCE_FILE = ".edgekit-source.json"  # optional {"repo": ..., "revision": ...} beside config.json
+HF_CACHE_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<revision>[0-9a-f]{7,64})$")
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What convert_checkpoint() wrote."""
+
+    path: Path
+    outtype: str
+    architecture: str
+    tensor_count: int
+    size_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    """A fully checked checkpoint, ready to write: nothing here touches the output."""
+
+    checkpoint: Checkpoint
+    params: LlamaParams
+    vocab: Vocab
+    tensors: list[tuple[str, StreamedTensor]]  # (GGUF name, source) in file order
+    outtype: str
+
+
+def convert(hf_dir: Path, output: Path, outtype: str = "f16", progress: Progress | None = None) -> Path:
+    """Convert the checkpoint in ``hf_dir`` to the GGUF file ``output``; return its path."""
+    return convert_checkpoint(hf_dir, output, outtype, progress).path
+
+
+def convert_checkpoint(hf_dir: Path, output: Path, outtype: str = "f16", progress: Progress | None = None) -> ConvertResult:
+    """convert(), returning what was written and how long it took."""
+    started = time.perf_counter()
+    plan = plan_conversion(Path(hf_dir), outtype)
+    output = check_writable_dir(Path(output))
+    with atomic_path(output) as tmp:
+        _write(plan, tmp, progress)
+    result = ConvertResult(
+        path=output,
+        outtype=outtype,
+        architecture=plan.params.architecture,
+        tensor_count=len(plan.tensors) + (llama3_rope_factors(plan.params) is not None),
+        size_bytes=output.stat().st_size,
+        seconds=time.perf_counter() - started,
+    )
+    log.info("converted %s to %s (%d tensors, %.1f s)", hf_dir, output, result.tensor_count, result.seconds)
+    return result
+
+
+def plan_conversion(hf_dir: Path, outtype: str) -> ConversionPlan:
+    """Read and check everything about the checkpoint; raise before any output exists."""
+    if outtype not in OUTTYPES:
+        raise UsageError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+    checkpoint = open_checkpoint(hf_dir)
+    params = LlamaParams.from_config(checkpoint.config)
+    vocab = load_vocab(hf_dir, params.vocab)
+    sources = check_tensors(params, checkpoint.tensors)
+    names = gguf.get_tensor_name_map(ARCHITECTURES[params.architecture], params.n_layer)
+    tensors = []
+    for hf_name, ref in sorted(sources.items(), key=lambda item: (str(item[1].file), item[1].offset)):
+        streamed = StreamedTensor(ref, tensor_type(ref, outtype), permute_heads(params, hf_name))
+        tensors.append((names.get_name(hf_name, try_suffixes=(".weight", ".bias")), streamed))
+    return ConversionPlan(checkpoint=checkpoint, params=params, vocab=vocab, tensors=tensors, outtype=outtype)
+
+
+def _write(plan: ConversionPlan, path: Path, progress: Progress | None) -> None:
+    arch = ARCHITECTURES[plan.params.architecture]
+    writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch])
+    _add_metadata(writer, plan)
+    written = itertools.count(1)
+    for name, tensor in plan.tensors:
+        if progress is not None:
+            tensor = replace(tensor, on_written=functools.partial(_report, progress, name, written, len(plan.tensors)))
+        raw_dtype = None if tensor.dtype.kind == "f" else tensor.qtype
+        writer.add_tensor(name, tensor, raw_dtype=raw_dtype)  # type: ignore[arg-type]  # quacks like an ndarray
+    if (factors := llama3_rope_factors(plan.params)) is not None:
+        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors)
+    try:
+        writer.write_header_to_file(path=path)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+
+
+def _report(progress: Progress, name: str, written: Iterator[int], total: int) -> None:
+    progress(name, next(written), total)
+
+
+def _add_metadata(writer: gguf.GGUFWriter, plan: ConversionPlan) -> None:
+    source = source_of(plan.checkpoint.path)
+    writer.add_name(_model_name(plan, source))
+    writer.add_file_type(OUTTYPES[plan.outtype][1])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_hparams(writer, plan.params)
+    plan.vocab.add_to(writer)
+    if repo := source.get("repo"):
+        writer.add_source_url(f"https://huggingface.co/{repo}")
+    for key, value in source.items():
+        writer.add_string(f"edgekit.source.{key}", value)
+    writer.add_string("edgekit.converter", f"edgekit {__version__}")
+    if plan.params.sliding_window is not None:
+        writer.add_uint32("edgekit.sliding_window", int(plan.params.sliding_window))  # recorded; llama.cpp ignores it
+
+
+def source_of(hf_dir: Path) -> dict[str, str]:
+    """Where the checkpoint came from: the folder, and the Hub repo and revision when known."""
+    folder = hf_dir.resolve()
+    source = {"dir": str(folder)}
+    if match := HF_CACHE_SNAPSHOT.search(str(folder)):
+        source.update(repo=f"{match['org']}/{match['name']}", revision=match["revision"])
+    record = folder / SOURCE_FILE
+    if record.is_file():
+        try:
+            data = json.loads(record.read_text(encoding="utf-8"))
+            source.update({k: str(data[k]) for k in ("repo", "revision") if data.get(k)})
+        except (OSError, ValueError, TypeError):
+            log.warning("ignoring unreadable %s", record)
+    return source
+
+
+def _model_name(plan: ConversionPlan, source: dict[str, str]) -> str:
+    name = source.get("repo") or plan.checkpoint.config.get("_name_or_path") or plan.checkpoint.path.resolve().name
+    return str(name).rstrip("/").split("/")[-1]

@@ -1,0 +1,310 @@
+"""The parent-side Engine: one model in a worker process, one request at a time.
+
+A crash of llama.cpp fails the request in flight with EngineError and the worker is
+started again for the next one. Cancelling never raises: the request's stream ends
+with a Result whose finish_reason is "cancelled" (with the text made so far).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from edgekit import errors
+from edgekit.engine import worker
+from edgekit.engine.chat import ChatTemplate
+from edgekit.engine.process import WorkerDied, WorkerProcess, is_error, unwrap
+from edgekit.engine.records import Chunk, ModelInfo, Request, Result, Timings
+from edgekit.engine.worker import Job
+from edgekit.errors import BadRequest, EngineError
+from edgekit.plan import Settings
+
+log = logging.getLogger(__name__)
+
+PING_TIMEOUT_S = 5.0
+DRAIN_TIMEOUT_S = 10.0  # a cancelled request ends within a token; past this the worker is killed
+CLOSE_TIMEOUT_S = 5.0
+
+
+class Engine:
+    """Runs one GGUF model with resolved settings; every caller (CLI, daemon, bench) uses it."""
+
+    def __init__(
+        self,
+        model: Path,
+        settings: Settings | None = None,
+        *,
+        validate: bool = True,
+        restart: bool = True,
+        start_timeout_s: float = 120,
+    ) -> None:
+        self.model = Path(model)
+        self.settings = settings or Settings()
+        self.validate = validate
+        self.restart = restart
+        self.start_timeout_s = start_timeout_s
+        # The cancel flag lives in shared memory: the child reads it between tokens and
+        # between graph nodes of a prompt batch, with no message to wait for.
+        self._cancel_fd = os.memfd_create("edgekit-cancel")
+        os.ftruncate(self._cancel_fd, 8)
+        self._cancel_seq = worker.shared_flag(self._cancel_fd)
+        self._cancel_seq.value = -1
+        self._run_lock = threading.Lock()  # one request (or tokenize) in the child at a time
+        self._state_lock = threading.Lock()  # guards the request bookkeeping below
+        self._ping_lock = threading.Lock()
+        self._worker: WorkerProcess | None = None
+        self._info: ModelInfo | None = None
+        self._template: ChatTemplate | None = None
+        self._seq = 0
+        self._current: tuple[str, int] | None = None  # (request id, seq) running in the child
+        self._waiting: set[str] = set()
+        self._cancel_early: set[str] = set()
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Spawn the child and load the model; raises ModelFormatError or EngineError."""
+        with self._run_lock:
+            self._ensure_worker()
+
+    def close(self) -> None:
+        """Stop the child: cancel what runs, ask it to exit, then terminate (bounded)."""
+        with self._state_lock:
+            if self._current is not None:
+                self._cancel_seq.value = self._current[1]
+        locked = self._run_lock.acquire(timeout=CLOSE_TIMEOUT_S)
+        try:
+            self._stop_worker()
+        finally:
+            if locked:
+                self._run_lock.release()
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise EngineError("the engine is not started: call start() or use `with Engine(...)`")
+        return self._info
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id (None when no worker runs)."""
+        current = self._worker
+        return current.pid if current is not None else None
+
+    def alive(self) -> bool:
+        """True when the worker process is running and answers a ping (for systemd's watchdog)."""
+        current = self._worker
+        if current is None:
+            return False
+        with self._ping_lock:
+            return current.ping(PING_TIMEOUT_S)
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def stream(self, request: Request) -> Iterator[Chunk | Result]:
+        """Yield the answer's chunks in order; the last item is the Result."""
+        t_call = time.perf_counter()
+        _check_request(request)
+        with self._state_lock:
+            self._waiting.add(request.id)  # cancellable from here on
+        try:
+            self._run_lock.acquire()
+        except BaseException:
+            self._forget(request.id)
+            raise
+        try:
+            current = self._ensure_worker()
+            prompt, add_bos = self._prompt_of(request)
+            seq = self._begin(request.id)
+            if seq is None:  # cancelled while it waited
+                yield _cancelled_result(request, t_call)
+                return
+            yield from self._run(current, Job(seq, request, prompt, add_bos, t_call))
+        finally:
+            self._forget(request.id)
+            self._run_lock.release()
+
+    def complete(self, request: Request) -> Result:
+        """Run a request to the end and return its Result."""
+        for item in self.stream(request):
+            if isinstance(item, Result):
+                return item
+        raise EngineError("the engine's stream ended without a result")  # not reached
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a running or waiting request (thread-safe); False if it is not known here."""
+        with self._state_lock:
+            if self._current is not None and self._current[0] == request_id:
+                self._cancel_seq.value = self._current[1]
+                return True
+            if request_id in self._waiting:
+                self._cancel_early.add(request_id)
+                return True
+        return False
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """The model's tokens for ``text`` (waits for a running request to finish)."""
+        with self._run_lock:
+            current = self._ensure_worker()
+            try:
+                current.send(("tokenize", text, add_bos, special))
+                return unwrap(current.recv(), "tokens")
+            except WorkerDied:
+                raise self._crashed(current, "tokenize") from None
+
+    def render_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        """The prompt text the model's own chat template gives for ``messages``."""
+        if self._template is None:
+            raise BadRequest(f"{self.model.name} has no chat template: send a raw prompt (--raw) instead")
+        return self._template.render(messages, add_generation_prompt=True)
+
+    def warm_up(self) -> Result:
+        """One tiny request, so the first real one does not pay for cold caches."""
+        return self.complete(Request(prompt="Hello", max_tokens=1))
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _prompt_of(self, request: Request) -> tuple[str, bool]:
+        if request.prompt is not None:
+            return request.prompt, True
+        # The template writes any BOS itself (as Transformers' apply_chat_template does).
+        return self.render_prompt(request.messages or ()), False
+
+    def _run(self, current: WorkerProcess, job: Job) -> Iterator[Chunk | Result]:
+        finished = False
+        try:
+            current.send(("generate", job))
+            while True:
+                item = current.recv()
+                if isinstance(item, (Chunk, Result)) and item.request_id != job.request.id:
+                    continue  # left over from an abandoned request: not ours
+                if isinstance(item, Chunk):
+                    yield item
+                    continue
+                finished = True
+                if isinstance(item, Result):
+                    yield item
+                    return
+                unwrap(item, "result")
+        except WorkerDied:
+            finished = True
+            raise self._crashed(current, f"request {job.request.id}") from None
+        finally:
+            if not finished:  # the caller stopped reading: cancel, and keep the pipe in step
+                self._drain(current, job.seq)
+
+    def _drain(self, current: WorkerProcess, seq: int) -> None:
+        self._cancel_seq.value = seq
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        try:
+            while not isinstance(item := current.recv(deadline), Result) and not is_error(item):
+                pass
+        except (WorkerDied, TimeoutError):
+            log.warning("engine: worker did not stop after a cancel; restarting it")
+            self._stop_worker()
+        except BaseException:  # interrupted while draining: a fresh worker keeps the pipe in step
+            self._stop_worker()
+            raise
+
+    def _ensure_worker(self) -> WorkerProcess:
+        """The ready worker, starting it or waiting for it first (caller holds the run lock)."""
+        if self._worker is None:
+            if self._info is not None and not self.restart:
+                raise EngineError("the engine's worker is gone and restart=False: start a new Engine")
+            self._spawn()
+        current = self._worker
+        assert current is not None
+        if not current.ready:
+            try:
+                self._info = current.wait_ready(self.start_timeout_s)
+            finally:
+                if not current.ready:
+                    self._worker = None
+            self._template = _template_of(self._info)
+        return current
+
+    def _spawn(self) -> None:
+        if self.validate:
+            from edgekit import gguf_file
+
+            gguf_file.validate(self.model)
+        self._worker = WorkerProcess(self.model, self.settings, self._cancel_fd)
+
+    def _crashed(self, current: WorkerProcess, what: str) -> EngineError:
+        """Reap a dead worker, start the next one (without waiting), and describe the failure."""
+        how = current.reap()
+        self._worker = None
+        log.error("engine: worker died (%s) during %s", how, what)
+        if self.restart:
+            try:
+                self._spawn()
+            except errors.EdgekitError as exc:
+                log.error("engine: could not restart the worker: %s", exc)
+        return EngineError(
+            f"the engine's worker died ({how}) during {what}; "
+            + ("it is restarting: retry the request" if self.restart else "start the engine again")
+        )
+
+    def _stop_worker(self) -> None:
+        current, self._worker = self._worker, None
+        if current is not None:
+            current.stop(CLOSE_TIMEOUT_S)
+
+    def _begin(self, request_id: str) -> int | None:
+        """Make the request the running one; None if it was cancelled while it waited."""
+        with self._state_lock:
+            self._waiting.discard(request_id)
+            if request_id in self._cancel_early:
+                return None
+            self._seq += 1
+            self._current = (request_id, self._seq)
+            return self._seq
+
+    def _forget(self, request_id: str) -> None:
+        with self._state_lock:
+            self._waiting.discard(request_id)
+            self._cancel_early.discard(request_id)
+            if self._current is not None and self._current[0] == request_id:
+                self._current = None
+
+
+def _check_request(request: Request) -> None:
+    """Refuse malformed requests before they reach the child."""
+    if (request.messages is None) == (request.prompt is None):
+        raise BadRequest("a request needs either messages or a prompt (exactly one of them)")
+    if request.messages is not None and not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in request.messages
+    ):
+        raise BadRequest('every message needs a "role" and a "content" string')
+    if request.max_tokens < 1:
+        raise BadRequest(f"max_tokens is {request.max_tokens}: ask for at least 1")
+    if request.temperature < 0 or not 0 < request.top_p <= 1:
+        raise BadRequest("temperature must be >= 0 and top_p in (0, 1]")
+    if request.json_schema is not None and request.grammar is not None:
+        raise BadRequest("give a JSON schema or a grammar, not both")
+
+
+def _template_of(info: ModelInfo) -> ChatTemplate | None:
+    if not info.chat_template:
+        return None
+    try:
+        return ChatTemplate(info.chat_template, info.bos_token, info.eos_token)
+    except Exception as exc:  # a template that does not compile: raw prompts still work
+        log.warning("engine: the model's chat template does not compile (%s); only raw prompts will work", exc)
+        return None
+
+
+def _cancelled_result(request: Request, t_call: float) -> Result:
+    waited = (time.perf_counter() - t_call) * 1000
+    return Result(request.id, "", "cancelled", 0, 0, Timings(queue_ms=waited, total_ms=waited))

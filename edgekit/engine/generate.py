@@ -1,0 +1,201 @@
+"""Run one request on a loaded llama_cpp.Llama (child side): prompt, sampling, streaming.
+
+The per-token path is three C calls (sample, token_to_piece, decode) and one pipe send,
+so generation runs at llama.cpp's own speed. Timings are taken here, around the
+llama.cpp calls, with time.perf_counter (CLOCK_MONOTONIC on Linux, shared by the
+parent and the child, so the parent's call time can be compared with ours).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from edgekit.engine.records import Chunk, FinishReason, Result, Timings
+from edgekit.engine.sampling import SamplerChain
+from edgekit.engine.text import TextAssembler
+from edgekit.engine.worker import Job
+from edgekit.errors import BadRequest, ContextOverflow, EngineError
+
+_NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL callback: removes ours after the prompt
+
+
+@dataclass
+class _Progress:
+    t_start: float
+    prompt_tokens: int = 0
+    cached: int = 0
+    t_prompt: float = 0.0  # seconds spent evaluating the prompt
+    t_first: float | None = None
+    completion: int = 0
+    decoded: int = 0  # generated tokens evaluated (the last one never is)
+    t_end: float = 0.0
+    texts: list[str] = field(default_factory=list)
+
+
+class Runner:
+    """Serves jobs one after another on one Llama, keeping its KV cache between them."""
+
+    def __init__(self, llm: Any, cancel_seq: Any) -> None:
+        self._llm = llm
+        self._cancel_seq = cancel_seq  # shared RawValue: equals job.seq when that job is cancelled
+        self._seq = -1
+        self._request_id = ""
+        self._vocab = llm._model.vocab
+        self._n_ctx = usable_context(llm)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        # Checked by ggml between graph nodes, so a cancel lands inside a long prompt batch.
+        self._abort = llama_cpp.ggml_abort_callback(lambda _data: self._cancelled())
+
+    def run(self, job: Job, emit: Callable[[Chunk], None]) -> Result:
+        """Evaluate the prompt (reusing the cached prefix), then sample until a finish reason."""
+        self._seq, self._request_id = job.seq, job.request.id
+        progress = _Progress(t_start=time.perf_counter())
+        tokens = self._tokenize_prompt(job)
+        progress.prompt_tokens = len(tokens)
+        sampler = SamplerChain(self._vocab, self._llm.n_vocab(), job.request)
+        try:
+            if self._prefill(tokens, progress):
+                reason = self._generate(job, len(tokens), sampler, emit, progress)
+            else:
+                reason = "cancelled"
+        finally:
+            sampler.close()
+        progress.t_end = time.perf_counter()
+        return _result(job, reason, progress)
+
+    def tokenize(self, text: str, add_bos: bool, special: bool) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def _cancelled(self) -> bool:
+        return self._cancel_seq.value == self._seq
+
+    def _tokenize_prompt(self, job: Job) -> list[int]:
+        tokens = self.tokenize(job.prompt, job.add_bos, special=True)
+        n_ctx = self._n_ctx
+        if not tokens:
+            raise BadRequest("the prompt is empty: send some text")
+        if len(tokens) + 1 > n_ctx:  # the prompt and at least one answer token must fit
+            raise ContextOverflow(
+                f"prompt is {len(tokens)} tokens, context is {n_ctx} (the answer needs at least 1 more): "
+                "shorten the prompt or raise --ctx"
+            )
+        return tokens
+
+    def _prefill(self, tokens: Sequence[int], progress: _Progress) -> bool:
+        """Evaluate the uncached part of the prompt in n_batch pieces; False if cancelled."""
+        llm = self._llm
+        progress.cached = self._reuse_prefix(tokens)
+        t0 = time.perf_counter()
+        llama_cpp.llama_set_abort_callback(llm.ctx, self._abort, None)
+        try:
+            for i in range(progress.cached, len(tokens), llm.n_batch):
+                if self._cancelled() or not self._eval(tokens[i : i + llm.n_batch]):
+                    return False
+        finally:
+            llama_cpp.llama_set_abort_callback(llm.ctx, _NO_ABORT, None)
+            progress.t_prompt = time.perf_counter() - t0
+        return True
+
+    def _reuse_prefix(self, tokens: Sequence[int]) -> int:
+        """Keep the KV cache of the longest common prefix with the last request; return its length."""
+        llm = self._llm
+        m = min(llm.n_tokens, len(tokens))
+        differ = np.flatnonzero(llm.input_ids[:m] != np.asarray(tokens[:m], dtype=llm.input_ids.dtype))
+        common = int(differ[0]) if differ.size else m
+        # The last prompt token is always evaluated again: its logits pick the first answer token.
+        keep = min(common, len(tokens) - 1)
+        if keep <= 0 or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            keep = 0
+        llm.n_tokens = keep  # Llama.eval drops the KV cache from here on
+        return keep
+
+    def _eval(self, tokens: Sequence[int]) -> bool:
+        """llm.eval, telling an abort by our cancel apart from a failure of llama.cpp."""
+        done = self._llm.n_tokens
+        try:
+            self._llm.eval(tokens)
+            return True
+        except RuntimeError as exc:  # llama_decode returned non-zero (2 = aborted by our callback)
+            self._llm.n_tokens = done
+            self._llm._ctx.kv_cache_seq_rm(-1, done, -1)
+            if self._cancelled():
+                return False
+            raise EngineError(f"llama.cpp failed to evaluate the prompt: {exc}") from exc
+
+    def _generate(
+        self, job: Job, n_prompt: int, sampler: SamplerChain, emit: Callable[[Chunk], None], progress: _Progress
+    ) -> FinishReason:
+        """Sample up to the token limit; every token's text goes through the assembler."""
+        llm, text = self._llm, TextAssembler(job.request.stop)
+        limit = min(job.request.max_tokens, self._n_ctx - n_prompt)
+        pending = 0  # tokens not yet covered by an emitted chunk
+        reason: FinishReason = "length"
+        for i in range(limit):
+            token = sampler.sample(llm.ctx)
+            if progress.t_first is None:
+                progress.t_first = time.perf_counter()
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                reason = "stop"
+                break
+            progress.completion += 1
+            pending += 1
+            piece = text.feed(self._piece(token))
+            if piece:
+                self._emit(emit, piece, pending, progress)
+                pending = 0
+            if text.stopped:
+                return "stop"
+            if self._cancelled():
+                reason = "cancelled"
+                break
+            if i + 1 < limit:
+                llm.eval([token])
+                progress.decoded += 1
+        tail = text.finish()
+        if tail:
+            self._emit(emit, tail, pending, progress)
+        return reason
+
+    def _emit(self, emit: Callable[[Chunk], None], text: str, tokens: int, progress: _Progress) -> None:
+        elapsed = (time.perf_counter() - progress.t_start) * 1000
+        emit(Chunk(self._request_id, len(progress.texts), text, tokens, elapsed))
+        progress.texts.append(text)
+
+    def _piece(self, token: int) -> bytes:
+        """The token's bytes (a byte token may be half a UTF-8 character)."""
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        if n < 0:  # buffer too small: llama.cpp says how much it needs
+            self._piece_buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, -n, 0, False)
+        return self._piece_buf.raw[:n]
+
+
+def usable_context(llm: Any) -> int:
+    """The context we may fill: llama.cpp pads n_ctx up (to 256), llama-cpp-python's token
+    buffer keeps the size asked for, so the smaller of the two."""
+    return min(llm.n_ctx(), len(llm.input_ids))
+
+
+def _result(job: Job, reason: FinishReason, p: _Progress) -> Result:
+    evaluated = p.prompt_tokens - p.cached
+    gen_s = p.t_end - p.t_first if p.t_first is not None else 0.0
+    timings = Timings(
+        queue_ms=max(0.0, (p.t_start - job.t_call) * 1000),
+        time_to_first_token_ms=(p.t_first - job.t_call) * 1000 if p.t_first is not None else 0.0,
+        prompt_tokens=p.prompt_tokens,
+        cached_prompt_tokens=p.cached,
+        prompt_ms=p.t_prompt * 1000,
+        prompt_tokens_per_s=evaluated / p.t_prompt if p.t_prompt > 0 else 0.0,
+        completion_tokens=p.completion,
+        generation_ms=gen_s * 1000,
+        generation_tokens_per_s=p.decoded / gen_s if gen_s > 0 and p.decoded else 0.0,
+        total_ms=(p.t_end - job.t_call) * 1000,
+    )
+    return Result(job.request.id, "".join(p.texts), reason, p.prompt_tokens, p.completion, timings)

@@ -1,0 +1,192 @@
+"""The engine's child process: load the model, then serve jobs sent over a pipe.
+
+llama.cpp runs only here, so a crash in it (an abort on a bad file, a SIGKILL) ends
+this process and not the caller. llama_cpp is imported inside main(), so the parent
+never loads libllama. The parent starts us as ``python -m edgekit.engine
+CONN_FD HEARTBEAT_FD CANCEL_FD`` (a plain subprocess: unlike multiprocessing's spawn,
+it never re-imports the caller's __main__); CANCEL_FD is a memfd holding the shared
+cancel flag, and the first message on CONN_FD is (model path, Settings).
+
+Messages, child -> parent: ("ready", ModelInfo) | ("error", error class name, message)
+| Chunk | Result | ("tokens", [int]). Parent -> child: ("generate", Job) |
+("tokenize", text, add_bos, special) | ("close",).
+A second pipe answers "ping" with "pong" from its own thread, so liveness can be
+checked while a request runs (llama.cpp releases the GIL while it computes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import signal
+import threading
+from multiprocessing.connection import Connection
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from edgekit import errors
+from edgekit.engine.records import ModelInfo, Request
+from edgekit.plan import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the parent sends for one request: the text to tokenize and when it was called."""
+
+    seq: int  # the number the cancel flag is set to, to cancel this job
+    request: Request
+    prompt: str  # rendered chat prompt or the raw prompt
+    add_bos: bool
+    t_call: float  # parent's time.perf_counter() when stream() was called
+
+
+def shared_flag(fd: int) -> ctypes.c_long:
+    """A C long in shared memory (the memfd ``fd``): the cancel flag both processes see."""
+    return ctypes.c_long.from_buffer(mmap.mmap(fd, ctypes.sizeof(ctypes.c_long)))
+
+
+def run_from_argv(argv: list[str]) -> None:
+    """``python -m edgekit.engine CONN_FD HEARTBEAT_FD CANCEL_FD``."""
+    conn, heartbeat = Connection(int(argv[0])), Connection(int(argv[1]))
+    cancel_seq = shared_flag(int(argv[2]))
+    try:
+        model_path, settings = conn.recv()
+    except (EOFError, OSError):
+        return
+    main(model_path, settings, conn, heartbeat, cancel_seq)
+
+
+def main(model_path: str, settings: Settings, conn: Any, heartbeat: Any, cancel_seq: Any) -> None:
+    """Load the model, say "ready" (or why not), then serve until "close" or EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it cancels)
+    threading.Thread(target=_answer_pings, args=(heartbeat,), daemon=True, name="heartbeat").start()
+    try:
+        llm, info = _load(model_path, settings)
+    except errors.EdgekitError as exc:
+        conn.send(("error", type(exc).__name__, str(exc)))
+        return
+    except Exception as exc:  # anything else llama-cpp-python raises while loading
+        conn.send(("error", "EngineError", f"loading {model_path} failed: {type(exc).__name__}: {exc}"))
+        return
+    from edgekit.engine.generate import Runner
+
+    conn.send(("ready", info))
+    _serve(Runner(llm, cancel_seq), conn)
+
+
+def _answer_pings(heartbeat: Any) -> None:
+    while True:
+        try:
+            heartbeat.recv()
+            heartbeat.send("pong")
+        except (EOFError, OSError):
+            return
+
+
+def _serve(runner: Any, conn: Any) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if message[0] == "close":
+            return
+        try:
+            reply = _handle(runner, conn, message)
+        except errors.EdgekitError as exc:
+            reply = ("error", type(exc).__name__, str(exc))
+        except OSError:  # the pipe broke mid-stream: the parent is gone
+            return
+        except Exception as exc:  # llama.cpp refused something: the request fails, we go on
+            log.exception("engine worker: request failed")
+            reply = ("error", "EngineError", f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(reply)
+        except OSError:
+            return
+
+
+def _handle(runner: Any, conn: Any, message: tuple) -> Any:
+    kind = message[0]
+    if kind == "generate":
+        return runner.run(message[1], conn.send)
+    if kind == "tokenize":
+        return ("tokens", runner.tokenize(*message[1:]))
+    raise errors.EngineError(f"engine worker got an unknown message {kind!r}")
+
+
+def _load(model_path: str, settings: Settings) -> tuple[Any, ModelInfo]:
+    import llama_cpp
+
+    t0 = time.perf_counter()
+    try:
+        llm = llama_cpp.Llama(model_path, verbose=False, **llama_kwargs(settings))
+    except ValueError as exc:  # llama-cpp-python's way of saying the load failed
+        if "context" in str(exc):
+            raise errors.EngineError(
+                f"llama.cpp loaded {model_path} but could not create a context of {settings.n_ctx} tokens: "
+                "lower --ctx or free memory"
+            ) from exc
+        raise errors.ModelFormatError(
+            f"llama.cpp could not load {model_path}: check it with `edgekit inspect {model_path}`"
+        ) from exc
+    return llm, _model_info(llm, model_path, (time.perf_counter() - t0) * 1000)
+
+
+def llama_kwargs(settings: Settings) -> dict[str, Any]:
+    """Settings as llama_cpp.Llama's keyword arguments (KV types by gguf-py's names)."""
+    from gguf import GGMLQuantizationType
+
+    threads = settings.n_threads or len(os.sched_getaffinity(0))
+    return dict(
+        n_ctx=settings.n_ctx,
+        n_threads=threads,
+        n_threads_batch=settings.n_threads_batch or threads,
+        n_gpu_layers=settings.n_gpu_layers,
+        n_batch=settings.n_batch,
+        n_ubatch=settings.n_ubatch,
+        flash_attn=settings.flash_attn,
+        type_k=GGMLQuantizationType[settings.type_k.upper()].value,
+        type_v=GGMLQuantizationType[settings.type_v.upper()].value,
+        use_mmap=settings.use_mmap,
+        use_mlock=settings.use_mlock,
+        seed=settings.seed,
+        logits_all=False,  # logits of the last token only: no per-token copy of the vocabulary
+    )
+
+
+def _model_info(llm: Any, model_path: str, load_ms: float) -> ModelInfo:
+    import llama_cpp
+
+    from edgekit.engine.generate import usable_context
+
+    model = llm._model
+    bos, eos = llm.token_bos(), llm.token_eos()
+    return ModelInfo(
+        path=model_path,
+        n_ctx=usable_context(llm),
+        n_ctx_train=llama_cpp.llama_model_n_ctx_train(llm.model),
+        n_vocab=llm.n_vocab(),
+        chat_template=llm.metadata.get("tokenizer.chat_template"),
+        architecture=llm.metadata.get("general.architecture", "unknown"),
+        quant=_file_type_name(llama_cpp.llama_model_ftype(llm.model)),
+        load_ms=load_ms,
+        bos_token=model.token_get_text(bos) if bos != -1 else "",
+        eos_token=model.token_get_text(eos) if eos != -1 else "",
+    )
+
+
+def _file_type_name(ftype: int) -> str:
+    """LLAMA_FTYPE_MOSTLY_Q4_K_M -> "Q4_K_M", from llama_cpp's own constants."""
+    import llama_cpp
+
+    for name, value in vars(llama_cpp).items():
+        if name.startswith("LLAMA_FTYPE_") and value == ftype and name != "LLAMA_FTYPE_GUESSED":
+            return name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
+    return f"ftype {ftype}"
+

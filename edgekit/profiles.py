@@ -1,0 +1,266 @@
+"""Hardware profiles: profiles/*.toml, loaded strictly and chosen from detected facts.
+
+A profile is data, not code: the settings a kind of box runs llama.cpp with, the memory
+it keeps free, how it builds llama-cpp-python, and the facts that select it.
+docs/profiles.md describes every field.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from gguf import LlamaFileType
+
+from edgekit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgekit.hardware import Hardware
+
+Auto = Literal["auto"]
+GpuRule = Literal["any", "none", "cuda", "integrated"]
+
+# llama.cpp's accepted KV-cache types (common/arg.cpp kv_cache_types), lower-case as it names them.
+KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+PACKAGE_PROFILES = Path(__file__).resolve().parent / "data" / "profiles"
+REPO_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+
+@dataclass(frozen=True)
+class Match:
+    """The detected facts that select a profile; unset rules match anything."""
+
+    boards: tuple[str, ...] = ()  # Hardware.board ids, e.g. "raspberry-pi-5"
+    arch: tuple[str, ...] = ()  # "x86_64", "aarch64"
+    gpu: GpuRule = "any"  # "none": no discrete GPU; "cuda": an NVIDIA card; "integrated": Jetson
+    min_memory_mb: int | None = field(default=None, metadata={"range": (0, 1 << 24)})
+    max_memory_mb: int | None = field(default=None, metadata={"range": (0, 1 << 24)})
+    min_vram_mb: int | None = field(default=None, metadata={"range": (0, 1 << 24)})
+    max_vram_mb: int | None = field(default=None, metadata={"range": (0, 1 << 24)})
+    priority: int = field(default=0, metadata={"range": (-100, 100)})
+
+
+@dataclass(frozen=True)
+class Run:
+    """llama.cpp settings before they are resolved against the box and the model."""
+
+    threads: int | Auto = field(default="auto", metadata={"range": (1, 1024)})
+    threads_batch: int | Auto = field(default="auto", metadata={"range": (1, 1024)})
+    n_gpu_layers: int | Auto = field(default=0, metadata={"range": (-1, 100_000)})
+    n_ctx: int = field(default=2048, metadata={"range": (64, 1 << 20)})
+    min_ctx: int = field(default=512, metadata={"range": (64, 1 << 20)})
+    n_batch: int = field(default=512, metadata={"range": (1, 1 << 16)})
+    n_ubatch: int = field(default=512, metadata={"range": (1, 1 << 16)})
+    flash_attn: bool = False
+    type_k: str = field(default="f16", metadata={"choices": KV_CACHE_TYPES})
+    type_v: str = field(default="f16", metadata={"choices": KV_CACHE_TYPES})
+    use_mmap: bool = True
+    use_mlock: bool = False
+
+
+@dataclass(frozen=True)
+class Memory:
+    """How much memory to leave free, and whether CPU and GPU share it."""
+
+    headroom_mb: int = field(default=512, metadata={"range": (0, 1 << 20)})
+    vram_headroom_mb: int = field(default=512, metadata={"range": (0, 1 << 20)})
+    unified: bool = False  # Jetson: GPU and CPU allocate from one pool
+
+
+@dataclass(frozen=True)
+class Build:
+    """How llama-cpp-python is built for this box."""
+
+    cmake_args: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One kind of box: its settings, memory rules, build flags and matching rules."""
+
+    name: str
+    description: str = ""
+    quant: str = field(default="Q4_K_M", metadata={"quant": True})  # default quant level
+    match: Match = Match()
+    run: Run = Run()
+    memory: Memory = Memory()
+    build: Build = Build()
+    source: Path | None = field(default=None, metadata={"internal": True})
+
+
+def search_path() -> list[Path]:
+    """Folders searched for NAME.toml, first hit wins: $EDGEKIT_PROFILES, /etc, the repo, the package."""
+    env = [Path(p) for p in os.environ.get("EDGEKIT_PROFILES", "").split(os.pathsep) if p]
+    return [*env, Path("/etc/edgekit/profiles"), REPO_PROFILES, PACKAGE_PROFILES]
+
+
+def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
+    """Load a profile by name (searched) or by path to a .toml file."""
+    text = os.fspath(name_or_path)
+    if text.endswith(".toml") or os.sep in text:
+        return _load_file(Path(text))
+    for folder in search_path():
+        candidate = folder / f"{text}.toml"
+        if candidate.is_file():
+            return _load_file(candidate)
+    known = ", ".join(p.name for p in list_profiles()) or "none"
+    raise ConfigError(f"no profile named {text!r} (known: {known}); give a name or a path to a .toml file")
+
+
+def list_profiles() -> list[Profile]:
+    """Every profile on the search path, earlier folders shadowing later ones, sorted by name."""
+    found: dict[str, Path] = {}
+    for folder in search_path():
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.toml")):
+                found.setdefault(path.stem, path)
+    return [_load_file(path) for _, path in sorted(found.items())]
+
+
+def choose_profile(hardware: Hardware, profiles: list[Profile] | None = None) -> tuple[Profile, str]:
+    """The best-matching profile for ``hardware`` and a sentence saying why."""
+    candidates = [p for p in (profiles if profiles is not None else list_profiles()) if matches(p.match, hardware)]
+    if not candidates:
+        raise ConfigError("no profile matches this box and there is no catch-all; add cpu-generic.toml")
+    best = max(candidates, key=lambda p: (p.match.priority, _specificity(p.match), p.name))
+    if _specificity(best.match) == 0:
+        return best, f"no specific profile matches {hardware.summary()} -> {best.name}"
+    return best, f"{hardware.summary()} -> {best.name}"
+
+
+def matches(rule: Match, hw: Hardware) -> bool:
+    """Whether every rule that is set holds for ``hw``."""
+    vram = hw.largest_vram_mb
+    checks = (
+        not rule.boards or hw.board in rule.boards,
+        not rule.arch or hw.arch in rule.arch,
+        _gpu_matches(rule.gpu, hw),
+        rule.min_memory_mb is None or hw.memory_total_mb >= rule.min_memory_mb,
+        rule.max_memory_mb is None or hw.memory_total_mb <= rule.max_memory_mb,
+        rule.min_vram_mb is None or (vram is not None and vram >= rule.min_vram_mb),
+        rule.max_vram_mb is None or (vram is not None and vram <= rule.max_vram_mb),
+    )
+    return all(checks)
+
+
+def _gpu_matches(rule: GpuRule, hw: Hardware) -> bool:
+    discrete = any(not g.integrated for g in hw.gpus)
+    return {
+        "any": True,
+        "none": not discrete,
+        "cuda": discrete,
+        "integrated": hw.unified_memory,
+    }[rule]
+
+
+def _specificity(rule: Match) -> int:
+    """How many rules a profile sets: a Pi 5 rule beats a bare memory rule."""
+    default = Match()
+    return sum(getattr(rule, f.name) != getattr(default, f.name) for f in fields(Match) if f.name != "priority")
+
+
+# --- strict loading -------------------------------------------------------------------------
+
+
+def _load_file(path: Path) -> Profile:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"profile {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"profile {path} is not valid TOML: {exc}") from None
+    profile = _build(Profile, data, path, "")
+    _check_profile(profile, path)
+    return _replace_source(profile, path)
+
+
+def _replace_source(profile: Profile, path: Path) -> Profile:
+    from dataclasses import replace
+
+    return replace(profile, source=path)
+
+
+def _build(cls: type, table: dict[str, Any], path: Path, section: str) -> Any:
+    """Construct dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
+    values = {}
+    for key, value in table.items():
+        where = f"{section}{key}"
+        if key not in known:
+            raise ConfigError(f"profile {path}: unknown key {where!r} (known: {', '.join(known)})")
+        spec = known[key]
+        kind = hints[key]
+        if isinstance(kind, type) and hasattr(kind, "__dataclass_fields__"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"profile {path}: [{where}] must be a table")
+            values[key] = _build(kind, value, path, f"{where}.")
+        else:
+            values[key] = _check_value(value, kind, spec.metadata, path, where)
+    if cls is Profile and "name" not in values:
+        raise ConfigError(f"profile {path}: missing key 'name'")
+    return cls(**values)
+
+
+def _check_value(value: Any, kind: Any, meta: Any, path: Path, where: str) -> Any:
+    if not _is_instance(value, kind):
+        raise ConfigError(f"profile {path}: {where} = {value!r} is not {_describe_type(kind)}")
+    if isinstance(value, list):
+        value = tuple(value)
+    if isinstance(value, int) and not isinstance(value, bool) and "range" in meta:
+        low, high = meta["range"]
+        if not low <= value <= high:
+            raise ConfigError(f"profile {path}: {where} = {value} is out of range {low}..{high}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"profile {path}: {where} = {value!r} is not one of {', '.join(meta['choices'])}")
+    if meta.get("quant") and not hasattr(LlamaFileType, f"MOSTLY_{value}"):
+        raise ConfigError(f"profile {path}: {where} = {value!r} is not a llama.cpp quant level (e.g. Q4_K_M)")
+    return value
+
+
+def _is_instance(value: Any, kind: Any) -> bool:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, k) for k in typing.get_args(kind))
+    if origin is Literal:
+        return value in typing.get_args(kind)
+    if origin is tuple:
+        item = typing.get_args(kind)[0]
+        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
+    if kind is type(None):
+        return value is None
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _describe_type(kind: Any) -> str:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(k) for k in typing.get_args(kind) if k is not type(None))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(kind))
+    if origin is tuple:
+        return f"a list of {_describe_type(typing.get_args(kind)[0])}"
+    return {int: "an integer", str: "a string", bool: "true or false"}.get(kind, str(kind))
+
+
+def _check_profile(p: Profile, path: Path) -> None:
+    """Rules across fields, which llama.cpp would otherwise reject at load time."""
+    if p.run.n_ubatch > p.run.n_batch:
+        raise ConfigError(f"profile {path}: run.n_ubatch ({p.run.n_ubatch}) must not exceed run.n_batch ({p.run.n_batch})")
+    if p.run.min_ctx > p.run.n_ctx:
+        raise ConfigError(f"profile {path}: run.min_ctx ({p.run.min_ctx}) must not exceed run.n_ctx ({p.run.n_ctx})")
+    if p.run.type_v not in ("f32", "f16", "bf16") and not p.run.flash_attn:
+        raise ConfigError(
+            f"profile {path}: run.type_v = {p.run.type_v!r} needs run.flash_attn = true "
+            "(llama.cpp quantizes the V cache only with flash attention)"
+        )
+    if p.name != path.stem and not path.name.startswith("."):
+        raise ConfigError(f"profile {path}: name = {p.name!r} must match the file name {path.stem!r}")

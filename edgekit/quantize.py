@@ -1,0 +1,245 @@
+"""Quantize a GGUF with llama.cpp's own quantizer, levels named as llama.cpp names them.
+
+The work is llama_model_quantize (through llama-cpp-python, pinned because its params
+struct changes between releases). We add what the C call lacks: a validated input, level
+names with clear errors, progress from llama.cpp's per-tensor log lines, and outputs that
+are validated and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+from gguf import LlamaFileType
+
+from edgekit import gguf_file
+from edgekit.atomic import atomic_path, check_writable_dir
+from edgekit.errors import OutputError, QuantizeError, UsageError
+
+log = logging.getLogger(__name__)
+
+# One source of truth: llama.cpp's LLAMA_FTYPE_* constants, e.g. LLAMA_FTYPE_MOSTLY_Q4_K_M -> "Q4_K_M";
+# only those gguf-py knows too (LlamaFileType), since we validate every output with it.
+LEVELS: dict[str, int] = {
+    name.removeprefix("LLAMA_FTYPE_MOSTLY_"): value
+    for name, value in vars(llama_cpp).items()
+    if name.startswith("LLAMA_FTYPE_MOSTLY_") and name.removeprefix("LLAMA_FTYPE_") in LlamaFileType.__members__
+} | {"F32": llama_cpp.LLAMA_FTYPE_ALL_F32}
+
+# Short names llama-quantize also accepts (tools/quantize/quantize.cpp).
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+
+# Levels whose tensors llama.cpp refuses to quantize without an importance matrix
+# ("Missing importance matrix for tensor ... in a very low-bit quantization", src/llama-quant.cpp).
+# IQ3_XXS/IQ3_XS put some tensors in IQ2_S, so they need one too.
+NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "Q2_K_S", "IQ3_XXS", "IQ3_XS"})
+
+# Input types that are not yet quantized: quantizing from anything else loses quality twice.
+UNQUANTIZED = frozenset({"F32", "F16", "BF16"})
+
+_TENSOR_LINE = re.compile(rb"\[\s*(\d+)\s*/\s*(\d+)\s*\]")
+_STEM_PRECISION = re.compile(r"[-_.](f32|f16|bf16|fp16|fp32)$", re.IGNORECASE)
+_GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE, DEBUG, INFO, WARN, ERROR, CONT
+_lock = threading.Lock()  # llama.cpp's log callback is global: one quantization at a time
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a quantize call is: level i of n, tensor j of m, seconds since the level began."""
+
+    level: str
+    level_index: int
+    level_count: int
+    tensor_index: int
+    tensor_count: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    """One quantized file, as validate() read it back."""
+
+    level: str
+    path: Path
+    size: int
+    bits_per_weight: float
+    parameter_count: int
+    seconds: float
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def level_name(level: str) -> str:
+    """Normalize a user's level name ("q4_k_m" -> "Q4_K_M"), or say which names exist."""
+    name = level.strip().upper()
+    name = ALIASES.get(name, name)
+    if name not in LEVELS:
+        raise UsageError(f"unknown quant level {level!r}; valid levels: {', '.join(sorted(LEVELS))}")
+    if name in NEEDS_IMATRIX:
+        raise UsageError(
+            f"{name} needs an imatrix (importance matrix), which edgekit does not compute; "
+            "use Q2_K, Q3_K_S or a higher level"
+        )
+    return name
+
+
+def default_output(src: Path, level: str, out_dir: Path | None = None) -> Path:
+    """``model-f16.gguf`` -> ``model-Q4_K_M.gguf``, beside the input or in ``out_dir``."""
+    stem = _STEM_PRECISION.sub("", src.stem)
+    return (out_dir or src.parent) / f"{stem}-{level}.gguf"
+
+
+def quantize(
+    src: Path,
+    levels: list[str],
+    out_dir: Path | None = None,
+    output: Path | None = None,
+    threads: int | None = None,
+    allow_requantize: bool = False,
+    progress: ProgressFn | None = None,
+) -> list[QuantResult]:
+    """Quantize ``src`` to each level; outputs go to ``output`` (one level) or ``out_dir``."""
+    names = [level_name(level) for level in levels]
+    if not names:
+        raise UsageError("give at least one quant level, e.g. Q4_K_M")
+    if output is not None and len(names) > 1:
+        raise UsageError("-o/--output takes one level; for several use --out-dir")
+    src = Path(src)
+    info = _check_input(src, allow_requantize)
+    targets = [Path(output) if output else default_output(src, name, out_dir) for name in names]
+    for target in targets:
+        _check_output(src, target)
+    return [
+        _quantize_one(src, info, name, target, threads, allow_requantize, _indexed(progress, i, len(names)))
+        for i, (name, target) in enumerate(zip(names, targets))
+    ]
+
+
+def quantize_file(
+    src: Path,
+    level: str,
+    dst: Path,
+    threads: int | None = None,
+    allow_requantize: bool = False,
+    progress: ProgressFn | None = None,
+) -> QuantResult:
+    """Quantize ``src`` to one ``level`` at ``dst``."""
+    return quantize(src, [level], output=dst, threads=threads, allow_requantize=allow_requantize, progress=progress)[0]
+
+
+def _check_input(src: Path, allow_requantize: bool) -> gguf_file.GGUFInfo:
+    info = gguf_file.validate(src)  # a corrupt input must never reach llama.cpp
+    quantized = sorted(set(info.quant_mix) - UNQUANTIZED)
+    if quantized and not allow_requantize:
+        raise UsageError(
+            f"{src} is already quantized ({', '.join(quantized)}): quantize the f16/f32 original, "
+            "or pass --allow-requantize to accept the extra quality loss"
+        )
+    return info
+
+
+def _check_output(src: Path, target: Path) -> None:
+    if target.parent and not target.parent.exists():
+        try:
+            target.parent.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder {target.parent}: {exc.strerror}") from None
+    check_writable_dir(target)
+    if target.exists() and target.resolve() == src.resolve():
+        raise OutputError(f"the output {target} is the input; choose another name with -o")
+
+
+def _indexed(progress: ProgressFn | None, index: int, count: int) -> Callable[[str, int, int, float], None]:
+    def report(level: str, tensor: int, tensors: int, elapsed: float) -> None:
+        if progress is not None:
+            progress(Progress(level, index + 1, count, tensor, tensors, elapsed))
+
+    return report
+
+
+def _quantize_one(
+    src: Path,
+    info: gguf_file.GGUFInfo,
+    level: str,
+    dst: Path,
+    threads: int | None,
+    allow_requantize: bool,
+    report: Callable[[str, int, int, float], None],
+) -> QuantResult:
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = threads or os.cpu_count() or 1
+    params.ftype = LEVELS[level]
+    params.allow_requantize = allow_requantize
+    start = time.perf_counter()
+    report(level, 0, len(info.tensors), 0.0)
+    log.info("quantizing %s to %s with %d threads", src, level, params.nthread)
+    with atomic_path(dst) as tmp:
+        with _llama_log(lambda i, n: report(level, i, n, time.perf_counter() - start)) as errors:
+            status = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
+        if status != 0:
+            _raise_failure(src, level, status, errors)
+        out = gguf_file.validate(tmp)
+    seconds = time.perf_counter() - start
+    report(level, len(info.tensors), len(info.tensors), seconds)
+    return QuantResult(level, dst, out.size, out.bits_per_weight, out.parameter_count, seconds)
+
+
+def _raise_failure(src: Path, level: str, status: int, errors: list[str]) -> None:
+    detail = errors[-1] if errors else f"status {status}"
+    if "imatrix" in detail or "importance matrix" in detail:
+        raise UsageError(f"{level} needs an imatrix (importance matrix) for this model; use a higher level")
+    raise QuantizeError(f"llama.cpp could not quantize {src} to {level}: {detail}")
+
+
+@contextlib.contextmanager
+def _llama_log(on_tensor: Callable[[int, int], None]) -> Iterator[list[str]]:
+    """Route llama.cpp's log to ours while quantizing: count "[ i/ N]" tensor lines, keep errors.
+
+    The previous callback is restored afterwards; the ctypes callback object must outlive
+    every call llama.cpp makes to it, so it lives until after the restore.
+    """
+    errors: list[str] = []
+
+    def handle(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        match = _TENSOR_LINE.search(text or b"")
+        if match:
+            on_tensor(int(match.group(1)), int(match.group(2)))
+        line = (text or b"").decode("utf-8", "replace").strip()
+        if line and (level == _GGML_LOG_LEVEL_ERROR or "failed to quantize" in line):
+            errors.append(line)
+        if line:
+            log.debug("llama.cpp: %s", line)
+
+    callback = llama_cpp.llama_log_callback(_safe(handle))
+    previous, user_data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+    with _lock:
+        llama_cpp.llama_log_get(ctypes.byref(previous), ctypes.byref(user_data))
+        llama_cpp.llama_log_set(callback, None)
+        try:
+            yield errors
+        finally:
+            llama_cpp.llama_log_set(previous, user_data)
+    del callback
+
+
+def _safe(handle: Callable[[int, bytes, ctypes.c_void_p], None]) -> Callable[[int, bytes, ctypes.c_void_p], None]:
+    """An exception must not cross back into C: log it and carry on."""
+
+    def call(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        try:
+            handle(level, text, user_data)
+        except Exception:  # noqa: BLE001 - any error here would abort inside llama.cpp
+            log.exception("error in the llama.cpp log hook")
+
+    return call

@@ -1,0 +1,302 @@
+"""The daemon's settings: a strict dataclass tree from edgekit.toml, environment and flags.
+
+Precedence, lowest first: field defaults, the TOML file, EDGEKIT_* environment variables,
+command-line flags. Unknown keys are errors that name the key. Secrets (the broker
+password) come from files only: ``broker.password_file`` or systemd's
+``$CREDENTIALS_DIRECTORY/<broker.password_credential>``, never from argv.
+
+Every field's meaning is the comment beside it; docs/protocol.md repeats the table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edgekit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the daemon serves."""
+
+    path: Path | None = None  # the GGUF file (required)
+    profile: str | None = None  # profile name or TOML path; None = chosen for this box
+    ctx: int | None = None  # context window override; None = the profile's
+    warm_up: bool = True  # run one tiny request before announcing READY/online
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """How to reach the MQTT broker."""
+
+    url: str = "mqtt://127.0.0.1:1883"  # mqtt://host:port, or mqtts://host:port for TLS
+    username: str | None = None
+    password_file: Path | None = None  # a file holding the password (first line)
+    password_credential: str = "mqtt_password"  # name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
+    ca_file: Path | None = None  # CA bundle for mqtts://; None = the system's
+    cert_file: Path | None = None  # client certificate (mutual TLS)
+    key_file: Path | None = None  # client certificate's key
+    client_id: str | None = None  # None = "edgekit-<device id>" (stable: the persistent session hangs on it)
+    keepalive_s: int = 30  # the Last Will fires ~1.5x this after the daemon dies
+    session_expiry_s: int = 86_400  # how long the broker keeps our session (and queued requests) while we are away
+    reconnect_min_s: float = 1.0  # backoff between reconnect attempts grows from this ...
+    reconnect_max_s: float = 30.0  # ... to this
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """Where the daemon listens and talks."""
+
+    device_id: str | None = None  # None = the hostname, sanitised
+    prefix: str | None = None  # None = "edgekit/<device id>"
+    share_group: str | None = None  # MQTT 5 shared subscription group: a fleet splits {prefix}/request
+    reply_prefix: str = "edgekit/reply/"  # replies only to topics starting with this; "" allows any topic
+    discovery: bool = True  # publish Home Assistant discovery configs
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What a request may ask for; beyond these it is refused with a typed error."""
+
+    max_payload_bytes: int = 65_536  # larger requests: too_large
+    max_prompt_chars: int = 32_000  # prompt + message contents: too_large
+    max_prompt_tokens: int | None = None  # None = the context window decides (context_overflow)
+    max_tokens: int = 2048  # the most a request may ask max_tokens for: bad_request above
+    default_max_tokens: int = 256  # when a request names none
+    max_temperature: float = 2.0
+    max_top_k: int = 1000
+    max_stop: int = 8  # stop strings per request
+    max_stop_chars: int = 64  # characters per stop string
+    queue_size: int = 8  # requests waiting behind the running one; more get busy at once
+    dedup_window_s: float = 3600.0  # a request id answered within this window is not answered again
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The daemon's own behaviour."""
+
+    metrics_interval_s: float = 30.0  # {prefix}/metrics period; 0 = off
+    drain_timeout_s: float = 20.0  # on SIGTERM, how long the running request may finish (keep < TimeoutStopSec)
+    state_dir: Path | None = None  # the answered-ids journal; None = $STATE_DIRECTORY or ~/.local/state/edgekit
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `edgekit serve` needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    topics: TopicConfig = field(default_factory=TopicConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+
+    @property
+    def device_id(self) -> str:
+        return self.topics.device_id or sanitise_device_id(socket.gethostname())
+
+    @property
+    def prefix(self) -> str:
+        return self.topics.prefix or f"edgekit/{self.device_id}"
+
+    @property
+    def client_id(self) -> str:
+        return self.broker.client_id or f"edgekit-{self.device_id}"
+
+    @property
+    def state_dir(self) -> Path:
+        if self.daemon.state_dir:
+            return self.daemon.state_dir
+        base = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(base) if base else Path.home() / ".local" / "state" / "edgekit" / self.device_id
+
+
+# Short environment names (what the systemd env file uses); every field also has
+# EDGEKIT_<SECTION>_<FIELD>, e.g. EDGEKIT_LIMITS_QUEUE_SIZE.
+ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "EDGEKIT_BROKER": ("broker", "url"),
+    "EDGEKIT_MODEL": ("model", "path"),
+    "EDGEKIT_PROFILE": ("model", "profile"),
+    "EDGEKIT_PREFIX": ("topics", "prefix"),
+    "EDGEKIT_DEVICE_ID": ("topics", "device_id"),
+    "EDGEKIT_SHARE_GROUP": ("topics", "share_group"),
+    "EDGEKIT_STATE_DIR": ("daemon", "state_dir"),
+}
+
+# `edgekit serve` flags (argparse dest) -> field.
+FLAG_FIELDS: dict[str, tuple[str, str]] = {
+    "model": ("model", "path"),
+    "profile": ("model", "profile"),
+    "broker": ("broker", "url"),
+    "prefix": ("topics", "prefix"),
+    "device_id": ("topics", "device_id"),
+}
+
+BROKER_SCHEMES = {"mqtt": (False, 1883), "tcp": (False, 1883), "mqtts": (True, 8883), "ssl": (True, 8883)}
+
+
+def sanitise_device_id(name: str) -> str:
+    """A hostname made safe for topic levels and client ids: [a-z0-9_-] only."""
+    return re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-") or "edgekit"
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
+                flags: Mapping[str, Any] | None = None) -> ServeConfig:
+    """Build the ServeConfig: defaults < TOML file < environment < flags (None flags are ignored)."""
+    env = os.environ if env is None else env
+    path = path or (Path(env["EDGEKIT_CONFIG"]) if env.get("EDGEKIT_CONFIG") else None)
+    tree = _read_toml(path) if path else {}
+    for (section, name), value in _env_values(env).items():
+        tree.setdefault(section, {})[name] = value
+    for dest, (section, name) in FLAG_FIELDS.items():
+        if flags and flags.get(dest) is not None:
+            tree.setdefault(section, {})[name] = flags[dest]
+    config = _build(ServeConfig, tree, "")
+    _check(config)
+    return config
+
+
+def broker_address(url: str) -> tuple[str, int, bool]:
+    """'mqtts://host:8883' -> ("host", 8883, True)."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in BROKER_SCHEMES or not parts.hostname:
+        raise ConfigError(f"broker url {url!r}: use mqtt://host:port or mqtts://host:port")
+    tls, default_port = BROKER_SCHEMES[parts.scheme]
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        raise ConfigError(f"broker url {url!r}: the port is not a number") from None
+    return parts.hostname, port, tls
+
+
+def broker_password(broker: BrokerConfig, env: Mapping[str, str] | None = None) -> str | None:
+    """The password from password_file, else from $CREDENTIALS_DIRECTORY/<password_credential>, else None."""
+    env = os.environ if env is None else env
+    if broker.password_file is not None:
+        return _first_line(broker.password_file)
+    credential = Path(env.get("CREDENTIALS_DIRECTORY", "")) / broker.password_credential
+    if env.get("CREDENTIALS_DIRECTORY") and credential.is_file():
+        return _first_line(credential)
+    return None
+
+
+def _first_line(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"broker password file {path}: {exc.strerror} (check the path and its permissions)") from None
+    return lines[0] if lines else ""
+
+
+def with_overrides(config: ServeConfig, section: str, **values: Any) -> ServeConfig:
+    """A copy with some fields of one section replaced (tests and reloads use it)."""
+    return replace(config, **{section: replace(getattr(config, section), **values)})
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (give an existing edgekit.toml)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _env_values(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    values: dict[tuple[str, str], str] = {}
+    for section in fields(ServeConfig):
+        for f in fields(_section_type(section.name)):
+            name = f"EDGEKIT_{section.name}_{f.name}".upper()
+            if name in env:
+                values[(section.name, f.name)] = env[name]
+    for name, key in ENV_ALIASES.items():
+        if name in env:
+            values[key] = env[name]
+    return values
+
+
+def _section_type(section: str) -> type:
+    return typing.get_type_hints(ServeConfig)[section]
+
+
+def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    """Construct dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting {where}{unknown[0]!r} (known: {', '.join(sorted(known))})")
+    values = {}
+    for name, raw in table.items():
+        kind = hints[name]
+        key = f"{where}{name}"
+        values[name] = _build(kind, raw, f"{key}.") if dataclass_type(kind) else _coerce(raw, kind, key)
+    return cls(**values)
+
+
+def dataclass_type(kind: Any) -> bool:
+    return isinstance(kind, type) and hasattr(kind, "__dataclass_fields__")
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check a TOML value (or convert an environment string) to the field's type."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if value in ("", None) and type(None) in options:
+        return None
+    for option in options:
+        converted = _convert(value, option)
+        if converted is not None:
+            return converted
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
+    raise ConfigError(f"setting {key} = {value!r}: expected {names}")
+
+
+def _convert(value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(str(value).lower())
+    if kind in (int, float) and not isinstance(value, bool):
+        try:
+            return kind(value) if kind is float or isinstance(value, int) or str(value).lstrip("-").isdigit() else None
+        except (TypeError, ValueError):
+            return None
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is Path and isinstance(value, (str, Path)):
+        return Path(value).expanduser()
+    return None
+
+
+def _check(config: ServeConfig) -> None:
+    """Cross-field rules a type cannot say."""
+    broker_address(config.broker.url)
+    limits = config.limits
+    positive = {"limits.max_payload_bytes": limits.max_payload_bytes, "limits.max_tokens": limits.max_tokens,
+                "limits.queue_size": limits.queue_size, "broker.keepalive_s": config.broker.keepalive_s}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"setting {key} = {value}: must be at least 1")
+    if not 1 <= limits.default_max_tokens <= limits.max_tokens:
+        raise ConfigError("setting limits.default_max_tokens must be between 1 and limits.max_tokens")
+    if any(c in config.prefix for c in "#+$") or config.prefix.endswith("/"):
+        raise ConfigError(f"topic prefix {config.prefix!r}: no wildcards, '$' or trailing '/'")
+    group = config.topics.share_group
+    if group is not None and (not group or any(c in group for c in "/#+")):
+        raise ConfigError(f"share_group {group!r}: one topic level without '/', '#' or '+'")
+    if (config.broker.cert_file is None) != (config.broker.key_file is None):
+        raise ConfigError("broker.cert_file and broker.key_file go together (mutual TLS needs both)")

@@ -1,0 +1,59 @@
+"""Opening the engine the daemon serves: the model, its settings for this box, a warm-up.
+
+The daemon talks to the engine only through EngineLike, the part of
+edgekit.engine.Engine it uses, so the MQTT side reads without the engine's internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from edgekit.engine.records import Chunk, Request, Result
+from edgekit.errors import ConfigError
+from edgekit.plan import Settings
+from edgekit.serve.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class EngineLike(Protocol):
+    info: Any
+
+    def stream(self, request: Request) -> Iterator[Chunk | Result]: ...
+    def cancel(self, request_id: str) -> bool: ...
+    def alive(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+def open_engine(model: ModelConfig) -> EngineLike:
+    """Start the engine on ``model.path`` and run the warm-up request; raises our errors on failure."""
+    from edgekit.engine import Engine
+
+    if model.path is None:
+        raise ConfigError("no model to serve: give --model, EDGEKIT_MODEL or [model] path in edgekit.toml")
+    engine = Engine(model.path, settings_for(model))
+    try:
+        engine.start()
+        if model.warm_up:
+            result = engine.warm_up()
+            log.info("warm-up: %.1f ms to the first token", result.timings.time_to_first_token_ms)
+    except BaseException:
+        engine.close()
+        raise
+    log.info("serving %s (%s, n_ctx %d)", model.path, engine.info.quant, engine.info.n_ctx)
+    return engine
+
+
+def settings_for(model: ModelConfig) -> Settings:
+    """The llama.cpp settings for this model on this box: planned with its profile (named, or chosen)."""
+    from edgekit.hardware import detect
+    from edgekit.plan import plan_for
+    from edgekit.profiles import choose_profile, load_profile
+
+    hardware = detect()
+    profile = load_profile(model.profile) if model.profile else choose_profile(hardware)[0]
+    plan = plan_for(model.path, profile, hardware, ctx=model.ctx)
+    log.info("plan: profile %s, %s", profile.name, "; ".join(plan.reasons) or "defaults")
+    return plan.settings

@@ -1,0 +1,82 @@
+"""Recently answered request keys, kept on disk: the daemon's half of "answered exactly once".
+
+The key of a request is appended here (a write, no fsync: SIGKILL cannot lose it, only
+the page cache could) just before its answer is published, and fsynced once the broker has
+acknowledged that answer, just before the request itself is acknowledged. A daemon killed
+after answering but before acknowledging finds the key when the broker redelivers the
+request, and acknowledges it without answering again. The one window left: killed
+between the write and the answer leaving the socket (microseconds), the answer is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from edgekit.atomic import write_text
+from edgekit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class Journal:
+    """Keys answered within the last ``window_s`` seconds; appends are fsynced, the file compacted at open."""
+
+    def __init__(self, path: Path, window_s: float) -> None:
+        self.path = path
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._answered: dict[str, float] = {}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"state folder {path.parent}: {exc.strerror} (set daemon.state_dir)") from None
+        self._load()
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the daemon's life
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            answered = self._answered.get(key)
+        return answered is not None and time.time() - answered < self.window_s
+
+    def __len__(self) -> int:
+        return len(self._answered)
+
+    def record(self, key: str) -> None:
+        """Remember ``key`` as answered (in the kernel's page cache: it survives our death, not the box's)."""
+        now = time.time()
+        with self._lock:
+            self._answered[key] = now
+            self._file.write(json.dumps([now, key]) + "\n")
+            self._file.flush()
+
+    def sync(self) -> None:
+        """Make the records durable: call before acknowledging the requests they answer."""
+        with self._lock:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+    def _load(self) -> None:
+        """Read the surviving entries (a torn last line from a crash is skipped) and rewrite the file compactly."""
+        cutoff = time.time() - self.window_s
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                stamp, key = json.loads(line)
+            except (ValueError, TypeError):
+                continue
+            if stamp >= cutoff:
+                self._answered[key] = stamp
+        write_text(self.path, "".join(json.dumps([t, k]) + "\n" for k, t in self._answered.items()))
+        log.info("journal %s: %d answered request(s) within the last %.0f s", self.path, len(self._answered),
+                 self.window_s)

@@ -1,0 +1,95 @@
+"""paho-mqtt clients set up the way both the daemon and the request client need them.
+
+MQTT 5, TLS and credentials from the config, and TCP_NODELAY on the socket: with
+Nagle's algorithm on, a request/response round trip through Mosquitto on loopback
+takes 44-88 ms (Nagle waits for the delayed ACK); with it off, well under 1 ms.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgekit.errors import BrokerError
+from edgekit.serve.config import BrokerConfig, broker_address, broker_password
+
+log = logging.getLogger(__name__)
+
+
+def new_client(client_id: str, broker: BrokerConfig, *, manual_ack: bool = False) -> mqtt.Client:
+    """An MQTT 5 client with credentials, TLS and TCP_NODELAY; not yet connected."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                         manual_ack=manual_ack)
+    _host, _port, tls = broker_address(broker.url)
+    if tls:
+        _set_tls(client, broker)
+    if broker.username is not None:
+        client.username_pw_set(broker.username, broker_password(broker))
+    client.on_socket_open = _no_delay
+    client.reconnect_delay_set(min_delay=max(1, int(broker.reconnect_min_s)), max_delay=int(broker.reconnect_max_s))
+    paho_log = logging.getLogger("edgekit.serve.paho")
+    if paho_log.isEnabledFor(logging.DEBUG):  # paho's own log is noise (and cries ERROR at a clean exit)
+        client.enable_logger(paho_log)
+    return client
+
+
+def connect_properties(session_expiry_s: int, receive_maximum: int | None = None) -> Properties:
+    """CONNECT properties: how long the broker keeps our session, how many unacked messages it may send us."""
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = session_expiry_s
+    if receive_maximum:
+        props.ReceiveMaximum = min(receive_maximum, 65535)
+    return props
+
+
+def publish_properties(correlation: bytes | None = None, response_topic: str | None = None,
+                       expiry_s: int | None = None) -> Properties | None:
+    """PUBLISH properties for a request or a reply; None when there are none to send."""
+    if correlation is None and response_topic is None and expiry_s is None:
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    if correlation is not None:
+        props.CorrelationData = correlation
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if expiry_s is not None:
+        props.MessageExpiryInterval = expiry_s
+    return props
+
+
+def message_property(message: mqtt.MQTTMessage, name: str) -> Any:
+    """A PUBLISH property of a received message, or None (MQTT 3.1.1 senders have none)."""
+    return getattr(message.properties, name, None) if message.properties is not None else None
+
+
+def connect_blocking(client: mqtt.Client, url: str, keepalive_s: int, properties: Properties | None = None,
+                     clean_start: bool | int = True) -> None:
+    """Connect once now (the request client): a refused or unreachable broker is a BrokerError."""
+    host, port, _tls = broker_address(url)
+    try:
+        client.connect(host, port, keepalive=keepalive_s, clean_start=clean_start, properties=properties)
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerError(f"cannot reach the MQTT broker at {url}: {exc} (is it running? check --broker)") from None
+
+
+def _set_tls(client: mqtt.Client, broker: BrokerConfig) -> None:
+    try:
+        client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None,
+                       certfile=str(broker.cert_file) if broker.cert_file else None,
+                       keyfile=str(broker.key_file) if broker.key_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerError(f"TLS setup for {broker.url} failed: {exc} (check ca_file/cert_file/key_file)") from None
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Called by paho whenever it opens the broker socket, reconnects included."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError) as exc:  # a websocket or unix socket: nothing to tune
+        log.debug("TCP_NODELAY not set: %s", exc)

@@ -1,0 +1,225 @@
+"""The MQTT protocol of `edgekit serve`: topics, request parsing, reply building.
+
+Pure functions over bytes and dicts, no MQTT client: the daemon and the request
+client both use them, and docs/protocol.md describes the same rules with examples.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from edgekit.engine.records import Request, Result
+from edgekit.errors import BadRequest, TooLarge
+from edgekit.serve.config import LimitsConfig
+
+# Topic names: {prefix} is the request prefix (shared by a fleet), {node} is this
+# daemon's own prefix ({prefix} alone, or {prefix}/<device id> inside a fleet).
+TOPICS: dict[str, str] = {
+    "request": "{prefix}/request",  # requests in (JSON); a fleet reads it through $share/<group>/
+    "cancel": "{prefix}/cancel",  # {"id": ...}: every daemon of a fleet hears it
+    "status": "{node}/status",  # retained availability: online / stopping / offline
+    "metrics": "{node}/metrics",  # periodic JSON counters
+    "errors": "{node}/errors",  # errors of requests that named no (usable) reply topic
+}
+
+ROLES = ("system", "user", "assistant")
+ERROR_CODES = ("bad_request", "context_overflow", "busy", "expired", "cancelled", "too_large", "internal")
+
+# Sampling fields: (type, lowest, highest); a str bound names a LimitsConfig field.
+SAMPLING: dict[str, tuple[type, float, float | str]] = {
+    "max_tokens": (int, 1, "max_tokens"),
+    "temperature": (float, 0.0, "max_temperature"),
+    "top_p": (float, 0.0, 1.0),
+    "top_k": (int, 0, "max_top_k"),
+    "min_p": (float, 0.0, 1.0),
+    "repeat_penalty": (float, 0.0, 10.0),
+    "seed": (int, 0, 2**32 - 1),
+}
+ENVELOPE_FIELDS = ("id", "reply_to", "stream")
+REQUEST_FIELDS = set(SAMPLING) | {"messages", "prompt", "stop", "json_schema"} | set(ENVELOPE_FIELDS)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The concrete topic names of one daemon."""
+
+    prefix: str
+    node: str
+    share_group: str | None = None
+
+    @classmethod
+    def for_device(cls, prefix: str, device_id: str, share_group: str | None = None) -> Topics:
+        return cls(prefix, f"{prefix}/{device_id}" if share_group else prefix, share_group)
+
+    def __getitem__(self, name: str) -> str:
+        return TOPICS[name].format(prefix=self.prefix, node=self.node)
+
+    @property
+    def request_subscription(self) -> str:
+        """What to subscribe to: shared inside a fleet, so the broker hands each request to one daemon."""
+        topic = self["request"]
+        return f"$share/{self.share_group}/{topic}" if self.share_group else topic
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Where and how a request is answered: echoed on every message of the answer."""
+
+    topic: str | None  # None: the request named no usable reply topic; errors go to {node}/errors
+    correlation: bytes | None  # MQTT 5 CorrelationData, echoed as a property
+    request_id: str  # echoed as "id"
+    key: str | None = None  # deduplication key; None when the client gave neither id nor correlation data
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A parsed, validated request."""
+
+    reply: Reply
+    request: Request
+    stream: bool
+
+
+def decode(payload: bytes, limits: LimitsConfig) -> dict[str, Any]:
+    """Payload bytes -> the request's JSON object; too_large or bad_request otherwise."""
+    if len(payload) > limits.max_payload_bytes:
+        raise TooLarge(f"payload is {len(payload)} bytes, the limit is {limits.max_payload_bytes}")
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"payload is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("payload must be a JSON object")
+    return data
+
+
+def reply_of(data: dict[str, Any], response_topic: str | None, correlation: bytes | None) -> Reply:
+    """The reply route: MQTT 5 ResponseTopic wins over the payload's reply_to (MQTT 3.1.1 clients)."""
+    topic = response_topic or data.get("reply_to")
+    topic = topic if isinstance(topic, str) and topic else None
+    given_id = data.get("id")
+    has_id = isinstance(given_id, (str, int)) and not isinstance(given_id, bool) and str(given_id) != ""
+    request_id = str(given_id) if has_id else correlation.hex() if correlation else uuid.uuid4().hex
+    key = f"{topic}\0{request_id}" if has_id or correlation else None
+    return Reply(topic, correlation, request_id, key)
+
+
+def check_reply_topic(reply: Reply, allowed_prefix: str) -> None:
+    """Publish answers only under the allowed prefix, and never to wildcard or $ topics."""
+    topic = reply.topic
+    if topic is None:
+        return
+    if any(c in topic for c in "#+\0") or topic.startswith("$"):
+        raise BadRequest(f"reply topic {topic!r} is not a plain topic name")
+    if not topic.startswith(allowed_prefix):
+        raise BadRequest(f"reply topic {topic!r} is outside the allowed prefix {allowed_prefix!r}")
+
+
+def parse(data: dict[str, Any], reply: Reply, limits: LimitsConfig) -> Incoming:
+    """Validate a request object against the limits; bad_request or too_large naming the field."""
+    unknown = sorted(set(data) - REQUEST_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(REQUEST_FIELDS))})")
+    messages, prompt = _messages(data.get("messages")), data.get("prompt")
+    if (messages is None) == (prompt is None):
+        raise BadRequest("give exactly one of 'messages' (chat) or 'prompt' (raw text)")
+    if prompt is not None and not isinstance(prompt, str):
+        raise BadRequest("'prompt' must be a string")
+    chars = len(prompt or "") + sum(len(m["content"]) for m in messages or ())
+    if chars > limits.max_prompt_chars:
+        raise TooLarge(f"prompt is {chars} characters, the limit is {limits.max_prompt_chars}")
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false")
+    sampling = {name: _number(data, name, limits) for name in SAMPLING if data.get(name) is not None}
+    sampling.setdefault("max_tokens", limits.default_max_tokens)
+    request = Request(messages=messages, prompt=prompt, stop=_stop(data.get("stop"), limits),
+                      json_schema=_schema(data.get("json_schema")), id=reply.request_id, **sampling)
+    return Incoming(reply, request, stream)
+
+
+def _messages(value: Any) -> tuple[dict[str, str], ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise BadRequest("'messages' must be a non-empty list of {\"role\", \"content\"} objects")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or set(m) != {"role", "content"}:
+            raise BadRequest(f"messages[{i}] must have exactly 'role' and 'content'")
+        if m["role"] not in ROLES or not isinstance(m["content"], str):
+            raise BadRequest(f"messages[{i}]: role must be one of {', '.join(ROLES)} and content a string")
+    return tuple({"role": m["role"], "content": m["content"]} for m in value)
+
+
+def _number(data: dict[str, Any], name: str, limits: LimitsConfig) -> int | float:
+    kind, low, high = SAMPLING[name]
+    high = getattr(limits, high) if isinstance(high, str) else high
+    value = data[name]
+    ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not low <= value <= high:
+        raise BadRequest(f"'{name}' must be {'an integer' if kind is int else 'a number'} from {low} to {high}")
+    return kind(value)
+
+
+def _stop(value: Any, limits: LimitsConfig) -> tuple[str, ...]:
+    stops = [value] if isinstance(value, str) else value if value is not None else []
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise BadRequest("'stop' must be a string or a list of non-empty strings")
+    if len(stops) > limits.max_stop or any(len(s) > limits.max_stop_chars for s in stops):
+        raise BadRequest(f"'stop': at most {limits.max_stop} strings of {limits.max_stop_chars} characters")
+    return tuple(stops)
+
+
+def _schema(value: Any) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise BadRequest("'json_schema' must be a JSON Schema object")
+    return value
+
+
+# --- replies --------------------------------------------------------------------------------
+
+
+def _dump(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def chunk_message(request_id: str, seq: int, text: str) -> bytes:
+    return _dump({"id": request_id, "type": "chunk", "seq": seq, "text": text})
+
+
+def result_message(request_id: str, result: Result, device_id: str, queue_ms: float) -> bytes:
+    """The final message; queue_ms is the daemon's (time in its queue), the rest the engine's timings."""
+    t = result.timings
+    return _dump({
+        "id": request_id, "type": "result", "text": result.text, "finish_reason": result.finish_reason,
+        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
+        "timings": {
+            "queue_ms": round(queue_ms, 3),
+            "time_to_first_token_ms": round(t.time_to_first_token_ms, 3),
+            "prompt_tokens_per_s": round(t.prompt_tokens_per_s, 2),
+            "generation_tokens_per_s": round(t.generation_tokens_per_s, 2),
+            "total_ms": round(t.total_ms + queue_ms, 3),
+        },
+        "device": device_id,
+    })
+
+
+def error_message(request_id: str | None, code: str, message: str) -> bytes:
+    assert code in ERROR_CODES, code
+    return _dump({"id": request_id, "type": "error", "error": {"code": code, "message": message}})
+
+
+def status_message(state: str, reason: str | None, device_id: str, **info: Any) -> bytes:
+    """{prefix}/status: state is online, stopping or offline; reason says why (stopped, lost, ...)."""
+    body: dict[str, Any] = {"state": state, "device": device_id}
+    if reason:
+        body["reason"] = reason
+    body.update({k: v for k, v in info.items() if v is not None})
+    return _dump(body)
+
+
+def metrics_message(metrics: dict[str, Any]) -> bytes:
+    return _dump(metrics)

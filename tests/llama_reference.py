@@ -1,0 +1,108 @@
+"""A plain numpy forward pass of a Hugging Face Llama checkpoint: the ground truth for the converter.
+
+Reads the safetensors files itself (not through edgekit.convert) and follows Hugging Face's
+LlamaForCausalLM: RMSNorm, rotary embeddings with rotate_half on the HF weight layout,
+grouped-query attention, SwiGLU. Everything in float64. T = tokens, D = hidden size,
+H = query heads, K = key/value heads, d = head dim, F = feed-forward size, V = vocab.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+
+def load_weights(folder: Path) -> dict[str, np.ndarray]:
+    """Every tensor of the checkpoint as float64, bf16 included (numpy has no bf16)."""
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    weights: dict[str, np.ndarray] = {}
+    for name in files:
+        weights.update(_read_safetensors(folder / name))
+    return weights
+
+
+def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    data = file.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        raw = data[8 + n + begin : 8 + n + end]
+        if info["dtype"] == "BF16":  # bf16 bits are the top half of a float32
+            array = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            array = np.frombuffer(raw, dtype={"F32": "<f4", "F16": "<f2"}[info["dtype"]])
+        out[name] = array.reshape(info["shape"]).astype(np.float64)
+    return out
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x: (T, D) -> (T, D), scaled by 1/rms over D, then by weight."""
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def rotary(n_tokens: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin: (T, d), HF's layout: the d/2 frequencies repeated twice (halves, not pairs)."""
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)  # (d/2,)
+    angles = np.outer(np.arange(n_tokens), inv_freq)  # (T, d/2)
+    angles = np.concatenate([angles, angles], axis=-1)  # (T, d)
+    return np.cos(angles), np.sin(angles)
+
+
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    """(..., d) -> (..., d): [x1, x2] -> [-x2, x1], halves of the last axis."""
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def attention(h: np.ndarray, w: dict[str, np.ndarray], cfg: dict, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Causal grouped-query self-attention. h: (T, D) -> (T, D)."""
+    T = h.shape[0]
+    H = cfg["num_attention_heads"]
+    K = cfg.get("num_key_value_heads") or H
+    d = cfg.get("head_dim") or cfg["hidden_size"] // H
+    q = (h @ w["self_attn.q_proj.weight"].T).reshape(T, H, d)  # (T, H, d)
+    k = (h @ w["self_attn.k_proj.weight"].T).reshape(T, K, d)  # (T, K, d)
+    v = (h @ w["self_attn.v_proj.weight"].T).reshape(T, K, d)  # (T, K, d)
+    q = q * cos[:, None, :] + rotate_half(q) * sin[:, None, :]
+    k = k * cos[:, None, :] + rotate_half(k) * sin[:, None, :]
+    k = np.repeat(k, H // K, axis=1)  # (T, H, d): query head i reads kv head i // (H/K)
+    v = np.repeat(v, H // K, axis=1)  # (T, H, d)
+    scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(d)  # (H, T, T)
+    scores = np.where(np.tril(np.ones((T, T), dtype=bool)), scores, -np.inf)
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs = scores / scores.sum(axis=-1, keepdims=True)  # (H, T, T)
+    out = np.einsum("hts,shd->thd", probs, v).reshape(T, H * d)  # (T, H*d)
+    return out @ w["self_attn.o_proj.weight"].T  # (T, D)
+
+
+def mlp(h: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    """SwiGLU. h: (T, D) -> (T, D)."""
+    gate = h @ w["mlp.gate_proj.weight"].T  # (T, F)
+    up = h @ w["mlp.up_proj.weight"].T  # (T, F)
+    return (gate / (1 + np.exp(-gate)) * up) @ w["mlp.down_proj.weight"].T  # (T, D)
+
+
+def forward(folder: Path, tokens: list[int]) -> np.ndarray:
+    """Logits (T, V) of the checkpoint in ``folder`` for ``tokens``."""
+    cfg = json.loads((folder / "config.json").read_text())
+    weights = load_weights(folder)
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    cos, sin = rotary(len(tokens), head_dim, theta)  # (T, d) each
+    x = weights["model.embed_tokens.weight"][tokens]  # (T, D)
+    for i in range(cfg["num_hidden_layers"]):
+        prefix = f"model.layers.{i}."
+        w = {name[len(prefix) :]: value for name, value in weights.items() if name.startswith(prefix)}
+        x = x + attention(rms_norm(x, w["input_layernorm.weight"], eps), w, cfg, cos, sin)
+        x = x + mlp(rms_norm(x, w["post_attention_layernorm.weight"], eps), w)
+    x = rms_norm(x, weights["model.norm.weight"], eps)  # (T, D)
+    head = weights.get("lm_head.weight", weights["model.embed_tokens.weight"])  # tied: the embeddings
+    return x @ head.T  # (T, V)

@@ -1,0 +1,187 @@
+"""What the serve tests share: a daemon run as a real subprocess, and an MQTT 5 listener."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import threading
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+REPO = Path(__file__).resolve().parents[1]
+LONG_CTX = 4096  # daemons under test run with this context, so a "long" request runs for seconds
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    correlation: bytes | None
+    retain: bool
+    at: float
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class Listener:
+    """An MQTT 5 subscriber that records everything it receives, with properties and arrival times."""
+
+    def __init__(self, url: str, *topics: str, persistent: bool = False) -> None:
+        """persistent: a session that survives a broker restart (fixed client id, Clean Start off)."""
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.topics = topics
+        self.inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"listener-{uuid.uuid4().hex[:8]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.client.reconnect_delay_set(1, 1)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600 if persistent else 0
+        self._subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.connect(host, int(port), clean_start=not persistent, properties=props)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "the listener's subscription was not confirmed"
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe([(topic, 1) for topic in self.topics])
+
+    def publish(self, topic: str, payload: bytes | str, **properties: Any) -> None:
+        """Publish at QoS 1 and wait until the broker has it."""
+        props = None
+        if properties:
+            props = Properties(PacketTypes.PUBLISH)
+            for name, value in properties.items():
+                setattr(props, name, value)
+        self.client.publish(topic, payload, qos=1, properties=props).wait_for_publish(10)
+
+    def _on_message(self, _c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
+        correlation = getattr(m.properties, "CorrelationData", None) if m.properties else None
+        self.inbox.put(Received(m.topic, m.payload, correlation, bool(m.retain), time.monotonic()))
+
+    def next(self, timeout_s: float = 30.0) -> Received:
+        return self.inbox.get(timeout=timeout_s)
+
+    def until(self, predicate: Any, timeout_s: float = 30.0) -> Received:
+        """The first message that satisfies ``predicate`` (others are dropped)."""
+        end = time.monotonic() + timeout_s
+        while True:
+            message = self.inbox.get(timeout=max(0.01, end - time.monotonic()))
+            if predicate(message):
+                return message
+
+    def collect(self, seconds: float) -> list[Received]:
+        end, out = time.monotonic() + seconds, []
+        while (left := end - time.monotonic()) > 0:
+            try:
+                out.append(self.inbox.get(timeout=left))
+            except queue.Empty:
+                break
+        return out
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def finals(messages: list[Received]) -> list[dict[str, Any]]:
+    return [m.json for m in messages if m.json.get("type") in ("result", "error")]
+
+
+def daemon_toml(state_dir: Path, device_id: str, **sections: dict[str, Any]) -> str:
+    """An edgekit.toml for a test daemon: fast metrics, its own state folder, long context."""
+    tree: dict[str, dict[str, Any]] = {
+        "model": {"ctx": LONG_CTX},
+        "topics": {"device_id": device_id},
+        "limits": {"max_tokens": LONG_CTX},
+        "daemon": {"state_dir": str(state_dir), "metrics_interval_s": 1.0, "drain_timeout_s": 5.0},
+    }
+    for name, values in sections.items():
+        tree.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in tree.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+class DaemonProcess:
+    """`edgekit serve` as a subprocess, with its own config file and state folder."""
+
+    def __init__(self, folder: Path, model: Path, broker_url: str, device_id: str, **sections: dict[str, Any]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.model, self.broker_url, self.device_id = folder, model, broker_url, device_id
+        self.config = folder / "edgekit.toml"
+        self.config.write_text(daemon_toml(folder / "state", device_id, **sections))
+        prefix = sections.get("topics", {}).get("prefix")
+        self.prefix = prefix or f"edgekit/{device_id}"
+        self.node = f"{self.prefix}/{device_id}" if sections.get("topics", {}).get("share_group") else self.prefix
+        self.log = folder / "daemon.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> DaemonProcess:
+        """Start it; with wait, return once it says online on its status topic."""
+        listener = Listener(self.broker_url, f"{self.node}/status") if wait else None
+        started = time.time()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "edgekit.cli", "-v", "serve", "--model", str(self.model),
+                 "--broker", self.broker_url, "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        if listener is not None:
+            try:
+                self._wait_online(listener, started)
+            finally:
+                listener.close()
+        return self
+
+    def _wait_online(self, listener: Listener, started: float) -> None:
+        end = time.monotonic() + 120
+        while time.monotonic() < end and self.process.poll() is None:
+            try:
+                listener.until(lambda m: m.json.get("state") == "online" and m.json.get("ts", 0) >= started - 1,
+                               timeout_s=0.5)
+                return
+            except queue.Empty:
+                continue
+        raise AssertionError(f"daemon {self.device_id} did not come online:\n{self.output()}")
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float = 30.0) -> int:
+        return self.process.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""

@@ -1,0 +1,279 @@
+"""The engine on the tiny preset: real llama.cpp in a real child process, random weights.
+
+Random weights make greedy output arbitrary but deterministic, with byte tokens that
+split UTF-8 characters: good material for the streaming tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import jinja2
+import pytest
+from gguf import GGUFReader
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from edgekit.engine import Chunk, Engine, Request, Result
+from edgekit.engine.text import TextAssembler
+from edgekit.errors import BadRequest, ContextOverflow, EngineError, ModelFormatError
+from edgekit.plan import Settings
+
+# One thread: the suite shares two cores with everything else, and llama.cpp's spinning
+# thread pool stalls badly when its threads are descheduled.
+SETTINGS = Settings(n_ctx=1024, n_threads=1, n_threads_batch=1)
+SYSTEM = "You are the assistant of a smart home. Answer briefly. " * 12
+DEVICE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "device": {"enum": ["kitchen_light", "hall_light", "heater"]},
+        "action": {"enum": ["on", "off"]},
+    },
+    "required": ["device", "action"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_gguf_f16: Path):
+    with Engine(tiny_gguf_f16, SETTINGS) as e:
+        yield e
+
+
+@pytest.fixture
+def own_engine(tiny_gguf_f16: Path):
+    """An engine of its own, for tests that kill or starve it."""
+    with Engine(tiny_gguf_f16, Settings(n_ctx=128, n_threads=1, n_threads_batch=1)) as e:
+        yield e
+
+
+def collect(engine: Engine, request: Request) -> tuple[list[Chunk], Result]:
+    items = list(engine.stream(request))
+    assert isinstance(items[-1], Result) and all(isinstance(c, Chunk) for c in items[:-1])
+    return items[:-1], items[-1]
+
+
+def raw_prompt_of(engine: Engine, n_tokens: int) -> str:
+    """A raw prompt that is exactly ``n_tokens`` tokens (BOS included)."""
+    for unit in (" the", " a", " and", " of", "."):
+        base = len(engine.tokenize(unit * 10, special=True))
+        if len(engine.tokenize(unit * 11, special=True)) == base + 1:  # one token per repeat
+            text = unit * (10 + n_tokens - base)
+            if len(engine.tokenize(text, special=True)) == n_tokens:
+                return text
+    raise AssertionError("no unit tokenizes to one token per repeat")
+
+
+# --- text assembly (no model) --------------------------------------------------------------
+
+
+def test_an_emoji_split_across_tokens_is_emitted_whole():
+    text = TextAssembler()
+    pieces = [text.feed(bytes([b])) for b in "a😀".encode()]
+    assert pieces == ["a", "", "", "", "😀"]
+
+
+def test_a_stop_string_split_across_tokens_is_never_emitted():
+    text = TextAssembler(stop=("<END>",))
+    out = [text.feed(p.encode()) for p in ["Hi <", "EN", "D> more"]]
+    assert out == ["Hi ", "", ""] and text.stopped and text.finish() == ""
+
+
+def test_a_held_stop_prefix_is_released_when_it_does_not_complete():
+    text = TextAssembler(stop=("<END>",))
+    assert [text.feed(b"a <E"), text.feed(b"x"), text.finish()] == ["a ", "<Ex", ""]
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+
+def test_the_engine_describes_its_model(engine: Engine, tiny_gguf_f16: Path):
+    info = engine.info
+    assert info.path == str(tiny_gguf_f16) and info.n_ctx == SETTINGS.n_ctx
+    assert info.architecture == "llama" and info.quant == "F16" and info.n_vocab > 0
+    assert engine.alive()
+
+
+def test_streamed_text_equals_complete_text_and_chunks_are_whole_characters(engine: Engine):
+    request = dict(prompt="The kitchen light is", max_tokens=48)
+    chunks, result = collect(engine, Request(**request))
+    assert "".join(c.text for c in chunks) == result.text
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    for chunk in chunks:
+        chunk.text.encode("utf-8")  # a lone surrogate (half a character) would raise
+        assert chunk.request_id == result.request_id and chunk.tokens >= 1
+    assert result.finish_reason == "length" and result.completion_tokens == 48
+    assert engine.complete(Request(**request)).text == result.text
+
+
+def test_a_prompt_one_token_over_the_context_is_refused_with_the_counts(own_engine: Engine):
+    n_ctx = own_engine.info.n_ctx
+    with pytest.raises(ContextOverflow, match=f"prompt is {n_ctx} tokens, context is {n_ctx}"):
+        own_engine.complete(Request(prompt=raw_prompt_of(own_engine, n_ctx)))
+
+
+def test_a_prompt_that_exactly_fits_runs_and_the_answer_is_capped_by_the_context(own_engine: Engine):
+    n_ctx = own_engine.info.n_ctx
+    result = own_engine.complete(Request(prompt=raw_prompt_of(own_engine, n_ctx - 1), max_tokens=50))
+    assert result.prompt_tokens == n_ctx - 1
+    assert result.completion_tokens <= 1 and result.finish_reason in ("length", "stop")
+
+
+def test_a_json_schema_constrains_the_output(engine: Engine):
+    result = engine.complete(Request(prompt="turn on the kitchen light", json_schema=DEVICE_SCHEMA, max_tokens=200))
+    assert result.finish_reason == "stop"
+    answer = json.loads(result.text)
+    assert set(answer) == {"device", "action"}
+    assert answer["device"] in DEVICE_SCHEMA["properties"]["device"]["enum"]
+    assert answer["action"] in ("on", "off")
+
+
+def test_a_gbnf_grammar_constrains_the_output(engine: Engine):
+    result = engine.complete(Request(prompt="Say yes or no:", grammar='root ::= "yes" | "no"', max_tokens=20))
+    assert result.text in ("yes", "no") and result.finish_reason == "stop"
+
+
+def test_a_broken_grammar_is_a_bad_request(engine: Engine):
+    with pytest.raises(BadRequest, match="grammar"):
+        engine.complete(Request(prompt="x", grammar="root ::= (", max_tokens=5))
+
+
+def test_stop_sequences_end_the_answer_and_are_never_emitted(engine: Engine):
+    free = engine.complete(Request(prompt="Once upon a time", max_tokens=40)).text
+    stop = next(free[i : i + 3] for i in range(8, len(free) - 3) if "\ufffd" not in free[i : i + 3])
+    chunks, result = collect(engine, Request(prompt="Once upon a time", max_tokens=40, stop=(stop,)))
+    assert result.finish_reason == "stop"
+    assert result.text == free[: free.index(stop)] == "".join(c.text for c in chunks)
+
+
+def test_max_tokens_caps_the_answer(engine: Engine):
+    result = engine.complete(Request(prompt="The kitchen light is", max_tokens=5))
+    assert (result.completion_tokens, result.finish_reason) == (5, "length")
+
+
+def test_the_prompt_is_the_chat_template_stored_in_the_gguf(engine: Engine, tiny_gguf_f16: Path):
+    field = GGUFReader(tiny_gguf_f16).fields["tokenizer.chat_template"]
+    source = bytes(field.parts[field.data[0]]).decode()
+    env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Lights on?"}]
+    expected = env.from_string(source).render(
+        messages=messages, bos_token=engine.info.bos_token, eos_token="</s>", add_generation_prompt=True
+    )
+    assert engine.render_prompt(messages) == expected
+    result = engine.complete(Request(messages=tuple(messages), max_tokens=1))
+    assert result.prompt_tokens == len(engine.tokenize(expected, add_bos=False, special=True))
+
+
+def test_a_repeated_system_prompt_is_not_evaluated_again(engine: Engine):
+    def ask(question: str) -> Result:
+        messages = ({"role": "system", "content": SYSTEM}, {"role": "user", "content": question})
+        return engine.complete(Request(messages=messages, max_tokens=2))
+
+    ask("Is the hall light on?")
+    second = ask("Turn off the heater.")
+    system_tokens = len(engine.tokenize(engine.render_prompt([{"role": "system", "content": SYSTEM}]), add_bos=False))
+    assert second.timings.cached_prompt_tokens >= system_tokens - 5
+    assert second.timings.cached_prompt_tokens < second.prompt_tokens
+
+
+def test_cancelling_during_generation_stops_within_one_token(engine: Engine):
+    request = Request(prompt="Tell me a long story:", max_tokens=600)
+    t_before = time.perf_counter()
+    stream = engine.stream(request)
+    chunks: list[Chunk] = []
+    t_cancel = 0.0
+    for item in stream:
+        if isinstance(item, Result):
+            result = item
+            break
+        chunks.append(item)
+        if len(chunks) == 3:
+            assert engine.alive()  # the worker answers pings while it generates
+            t_cancel = time.perf_counter()
+            assert engine.cancel(request.id)
+    assert result.finish_reason == "cancelled" and result.completion_tokens < 600
+    assert "".join(c.text for c in chunks) == result.text
+    # Chunks emitted (child clock) after the cancel cover the one token in progress plus
+    # at most 3 held-back bytes of an unfinished UTF-8 character.
+    start = t_before + result.timings.queue_ms / 1000
+    late = sum(c.tokens for c in chunks if start + c.elapsed_ms / 1000 > t_cancel)
+    assert late <= 4
+
+
+def test_cancelling_during_prompt_processing_stops_the_prompt(engine: Engine):
+    prompt = raw_prompt_of(engine, 900)  # two n_batch pieces; the first takes a while
+    request = Request(prompt=prompt, max_tokens=5)
+    timer = threading.Timer(0.05, engine.cancel, args=(request.id,))
+    timer.start()
+    result = engine.complete(request)
+    timer.join()
+    assert result.finish_reason == "cancelled"
+    assert result.prompt_tokens == 900 and result.completion_tokens == 0
+    full = engine.complete(Request(prompt=prompt, max_tokens=1))
+    assert full.timings.cached_prompt_tokens < 512  # the aborted batch left nothing half-done
+    assert result.timings.prompt_ms < full.timings.prompt_ms
+
+
+def test_cancelling_a_request_that_waits_returns_a_cancelled_result(engine: Engine):
+    first = Request(prompt="Tell me a long story:", max_tokens=300)
+    waiting = Request(prompt="hello", max_tokens=5)
+    stream = engine.stream(first)
+    next(stream)  # the first request now holds the engine
+    results: list[Result] = []
+    worker = threading.Thread(target=lambda: results.append(engine.complete(waiting)))
+    worker.start()
+    while not engine.cancel(waiting.id):
+        time.sleep(0.01)
+    engine.cancel(first.id)
+    assert list(stream)[-1].finish_reason == "cancelled"
+    worker.join(timeout=30)
+    assert results[0].finish_reason == "cancelled" and results[0].completion_tokens == 0
+
+
+def test_abandoning_a_stream_leaves_the_engine_ready(engine: Engine):
+    stream = engine.stream(Request(prompt="Tell me a long story:", max_tokens=500))
+    next(stream)
+    stream.close()
+    assert engine.complete(Request(prompt="hello", max_tokens=3)).completion_tokens == 3
+
+
+def test_a_killed_worker_fails_the_request_and_the_next_one_succeeds(own_engine: Engine):
+    old_pid = own_engine.pid
+    stream = own_engine.stream(Request(prompt="Tell me a long story:", max_tokens=100))
+    next(stream)
+    os.kill(old_pid, signal.SIGKILL)
+    with pytest.raises(EngineError, match="SIGKILL"):
+        list(stream)
+    result = own_engine.complete(Request(prompt="hello", max_tokens=3))
+    assert result.completion_tokens == 3 and own_engine.pid != old_pid and own_engine.alive()
+
+
+def test_a_killed_worker_is_not_alive(own_engine: Engine):
+    os.kill(own_engine.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    assert not own_engine.alive()
+
+
+def test_a_request_needs_exactly_one_of_messages_and_prompt(engine: Engine):
+    with pytest.raises(BadRequest, match="exactly one"):
+        engine.complete(Request(prompt="x", messages=({"role": "user", "content": "y"},)))
+
+
+def test_timings_add_up(engine: Engine):
+    result = engine.complete(Request(prompt="The hall light is", max_tokens=16))
+    t = result.timings
+    assert t.prompt_tokens == result.prompt_tokens and t.completion_tokens == result.completion_tokens
+    assert 0 <= t.queue_ms <= t.time_to_first_token_ms <= t.total_ms
+    assert t.prompt_tokens_per_s > 0 and t.generation_tokens_per_s > 0
+    assert t.prompt_ms + t.generation_ms <= t.total_ms
+
+
+def test_a_file_that_is_not_gguf_is_refused_before_loading(tmp_path: Path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(ModelFormatError):
+        Engine(bad).start()

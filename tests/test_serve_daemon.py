@@ -1,0 +1,213 @@
+"""`edgekit serve` against a real Mosquitto and the tiny model: the protocol as a client sees it.
+
+One daemon (queue of 2) is shared by the module; tests that need a slow request send a
+long one ("long_request") and cancel it when done with it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgekit.serve.client import RequestClient
+from tests.serve_support import LONG_CTX, DaemonProcess, Listener, finals
+
+DEVICE = "testbox"
+PREFIX = f"edgekit/{DEVICE}"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, mosquitto, tiny_q8_0: Path) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(tmp_path_factory.mktemp("daemon"), tiny_q8_0, mosquitto.url, DEVICE,
+                      limits={"queue_size": 2, "max_payload_bytes": 4096})
+    d.start()
+    yield d
+    assert d.stop() == 0, d.output()
+
+
+@pytest.fixture
+def client(daemon: DaemonProcess, mosquitto) -> Iterator[RequestClient]:
+    with RequestClient(mosquitto.url, PREFIX, timeout_s=60) as c:
+        yield c
+
+
+@pytest.fixture
+def replies(mosquitto) -> Iterator[tuple[str, Listener]]:
+    topic = f"edgekit/reply/{uuid.uuid4().hex}"
+    listener = Listener(mosquitto.url, topic)
+    yield topic, listener
+    listener.close()
+
+
+def mosquitto_pub(broker, payload: str, *args: str, version: str = "mqttv5", topic: str = f"{PREFIX}/request") -> None:
+    subprocess.run(["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-V", version, "-q", "1",
+                    "-t", topic, *args, "-m", payload], check=True, timeout=10)
+
+
+def long_request(client: RequestClient) -> tuple[str, bytes]:
+    """Start a request that runs for seconds; returns its id once its first chunk has arrived."""
+    request_id = f"long-{uuid.uuid4().hex[:8]}"
+    body = {"id": request_id, "prompt": "Once upon a time", "max_tokens": LONG_CTX - 64, "stream": True}
+    t0 = time.perf_counter()
+    correlation = client.send(body)
+    stream = client.messages(correlation, t0)
+    _ms, first = next(stream)
+    assert first["type"] == "chunk", first
+    return request_id, correlation
+
+
+def final_of(client: RequestClient, correlation: bytes) -> dict:
+    return [m for _ms, m in client.messages(correlation, time.perf_counter())][-1]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_mosquitto_pub_request_is_answered_on_its_response_topic_with_its_correlation_data(
+        daemon, mosquitto, replies, stream: bool) -> None:
+    topic, listener = replies
+    body = {"prompt": "The weather today is", "max_tokens": 6, "stream": stream}
+    mosquitto_pub(mosquitto, json.dumps(body), "-D", "publish", "response-topic", topic,
+                  "-D", "publish", "correlation-data", "req-42")
+    messages = [listener.next()]
+    while messages[-1].json["type"] == "chunk":
+        messages.append(listener.next())
+    assert all(m.correlation == b"req-42" for m in messages)
+    final, chunks = messages[-1].json, [m.json for m in messages[:-1]]
+    assert final["type"] == "result", final
+    assert final["usage"]["completion_tokens"] >= 1 and final["device"] == DEVICE
+    assert set(final["timings"]) == {"queue_ms", "time_to_first_token_ms", "prompt_tokens_per_s",
+                                     "generation_tokens_per_s", "total_ms"}
+    if stream:
+        assert [c["seq"] for c in chunks] == list(range(len(chunks))) and chunks
+        assert "".join(c["text"] for c in chunks) == final["text"]
+    else:
+        assert chunks == []
+
+
+def test_mqtt311_client_names_its_reply_topic_in_the_payload_and_gets_its_id_back(daemon, mosquitto, replies):
+    topic, listener = replies
+    mosquitto_pub(mosquitto, json.dumps({"id": "v311-1", "prompt": "Hi", "max_tokens": 1, "reply_to": topic}),
+                  version="mqttv311")
+    final = listener.next().json
+    assert final["type"] == "result" and final["id"] == "v311-1"
+
+
+def test_chat_messages_are_answered(client: RequestClient) -> None:
+    answer = client.ask({"messages": [{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "Hello"}], "max_tokens": 2})
+    assert answer.final["type"] == "result" and answer.final["usage"]["prompt_tokens"] > 2
+
+
+def test_status_is_retained_online_with_model_and_quant(daemon, mosquitto, tiny_q8_0: Path) -> None:
+    listener = Listener(mosquitto.url, f"{PREFIX}/status")
+    status = listener.next(10)
+    listener.close()
+    assert status.retain
+    assert status.json["state"] == "online" and status.json["model"] == tiny_q8_0.name
+    assert status.json["quant"] == "Q8_0"
+
+
+def test_metrics_are_published_with_counters(daemon, mosquitto, client: RequestClient) -> None:
+    client.ask({"prompt": "Hi", "max_tokens": 1})
+    listener = Listener(mosquitto.url, f"{PREFIX}/metrics")
+    fresh = listener.until(lambda m: not m.retain, timeout_s=10).json
+    listener.close()
+    assert fresh["requests_served"] >= 1 and fresh["queue_depth"] == 0
+    assert fresh["ttft_p50_ms"] is not None and fresh["ttft_p95_ms"] >= fresh["ttft_p50_ms"]
+    assert fresh["memory_mb"] > 10
+
+
+def test_discovery_is_retained_and_sent_again_when_home_assistant_comes_online(daemon, mosquitto) -> None:
+    listener = Listener(mosquitto.url, f"homeassistant/sensor/edgekit_{DEVICE}/+/config")
+    retained = listener.collect(1.0)
+    assert retained and all(m.retain for m in retained)
+    assert json.loads(retained[0].payload)["availability"][0]["topic"] == f"{PREFIX}/status"
+    listener.publish("homeassistant/status", "online")
+    again = listener.collect(1.5)
+    listener.close()
+    assert {m.topic for m in again} == {m.topic for m in retained}
+
+
+def test_malformed_json_is_answered_bad_request_on_the_reply_topic(daemon, mosquitto, replies) -> None:
+    topic, listener = replies
+    mosquitto_pub(mosquitto, "{not json", "-D", "publish", "response-topic", topic,
+                  "-D", "publish", "correlation-data", "bad-1")
+    reply = listener.next()
+    assert reply.correlation == b"bad-1"
+    assert reply.json["type"] == "error" and reply.json["error"]["code"] == "bad_request"
+
+
+def test_out_of_range_sampling_is_bad_request_naming_the_field(client: RequestClient) -> None:
+    final = client.ask({"prompt": "Hi", "temperature": 7}).final
+    assert final["error"]["code"] == "bad_request" and "temperature" in final["error"]["message"]
+    final = client.ask({"prompt": "Hi", "max_tokens": LONG_CTX + 1}).final
+    assert final["error"]["code"] == "bad_request" and "max_tokens" in final["error"]["message"]
+
+
+def test_payload_over_the_limit_is_too_large(client: RequestClient) -> None:
+    final = client.ask({"prompt": "x" * 5000, "max_tokens": 1}).final
+    assert final["type"] == "error" and final["error"]["code"] == "too_large"
+
+
+def test_reply_topic_outside_the_allowed_prefix_is_refused_on_the_errors_topic(daemon, mosquitto) -> None:
+    listener = Listener(mosquitto.url, f"{PREFIX}/errors", "elsewhere/#")
+    mosquitto_pub(mosquitto, json.dumps({"id": "evil-1", "prompt": "Hi", "max_tokens": 1,
+                                         "reply_to": "elsewhere/lights/set"}), version="mqttv311")
+    reply = listener.next()
+    listener.close()
+    assert reply.topic == f"{PREFIX}/errors"
+    assert reply.json["id"] == "evil-1" and reply.json["error"]["code"] == "bad_request"
+
+
+def test_duplicates_of_an_id_are_answered_once(daemon, mosquitto, replies) -> None:
+    topic, listener = replies
+    body = json.dumps({"id": f"dup-{uuid.uuid4().hex[:6]}", "prompt": "Hi", "max_tokens": 1, "reply_to": topic})
+    for _ in range(3):
+        listener.publish(f"{PREFIX}/request", body)
+    time.sleep(0.5)
+    listener.publish(f"{PREFIX}/request", body)  # after the answer: the journal remembers it
+    assert len(finals(listener.collect(3.0))) == 1
+
+
+def test_cancel_by_id_stops_the_running_request(client: RequestClient) -> None:
+    request_id, correlation = long_request(client)
+    client.cancel(request_id)
+    final = final_of(client, correlation)
+    assert final["id"] == request_id and final["error"]["code"] == "cancelled"
+
+
+def test_request_whose_expiry_passes_in_the_queue_is_answered_expired_not_run(client: RequestClient) -> None:
+    long_id, long_correlation = long_request(client)
+    correlation = client.send({"prompt": "Hi", "max_tokens": 1}, expiry_s=1)
+    time.sleep(1.5)
+    client.cancel(long_id)
+    assert final_of(client, long_correlation)["error"]["code"] == "cancelled"
+    final = final_of(client, correlation)
+    assert final["type"] == "error" and final["error"]["code"] == "expired"
+
+
+def test_requests_beyond_the_queue_get_busy_at_once(client: RequestClient) -> None:
+    long_id, long_correlation = long_request(client)
+    correlations = [client.send({"prompt": "Hi", "max_tokens": 1}) for _ in range(4)]
+    busy = [final_of(client, c) for c in correlations[2:]]  # the queue holds 2
+    assert [f["error"]["code"] for f in busy] == ["busy", "busy"]
+    client.cancel(long_id)
+    final_of(client, long_correlation)
+    assert [final_of(client, c)["type"] for c in correlations[:2]] == ["result", "result"]
+
+
+def test_cancel_of_a_queued_request_answers_it_cancelled_at_once(client: RequestClient) -> None:
+    long_id, long_correlation = long_request(client)
+    queued_id = f"q-{uuid.uuid4().hex[:6]}"
+    correlation = client.send({"id": queued_id, "prompt": "Hi", "max_tokens": 1})
+    time.sleep(0.2)
+    client.cancel(queued_id)
+    final = final_of(client, correlation)
+    assert final["id"] == queued_id and final["error"]["code"] == "cancelled"
+    client.cancel(long_id)
+    assert final_of(client, long_correlation)["error"]["code"] == "cancelled"
