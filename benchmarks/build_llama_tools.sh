@@ -47,12 +47,11 @@ build() {
 
 main() {
   if have_all; then log "already built in $DEST/bin"; return 0; fi
-  local work
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
+  WORK=$(mktemp -d)
+  trap 'rm -rf "$WORK"' EXIT
   log "fetching llama-cpp-python $LLAMA_CPP_VERSION source"
   local src
-  src=$(fetch_source "$work")
+  src=$(fetch_source "$WORK")
   log "building ${TARGETS[*]} (a few minutes)"
   build "$src"
   mkdir -p "$DEST/bin.tmp"

@@ -33,6 +33,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.resolve().parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    _chmod_like_open(tmp)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -54,6 +55,14 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+def _chmod_like_open(path: Path) -> None:
+    # mkstemp creates 0600; give the file the mode open() would (0666 less the umask),
+    # so a model written by one user can be read by the service that runs it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -69,6 +69,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
             print(f"\r  [{done}/{total}] {name:<40}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
     levels = _csv(str)(args.quant) if args.quant else []
+    if levels:
+        from edgekit.quantize import level_name, quantize_file
+
+        levels = [level_name(level) for level in levels]  # a typo fails now, not after the conversion
     check_writable_dir(args.output)  # before minutes of work
     with tempfile.TemporaryDirectory(dir=args.output.resolve().parent, prefix=".edgekit-convert-") as scratch:
         # With --quant the converted file is an intermediate: -o names the quantized output
@@ -79,8 +83,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
             print(f"wrote {result.path} ({result.outtype}, {result.tensor_count} tensors, "
                   f"{result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s)")
             return 0
-        from edgekit.quantize import quantize_file
-
         for level in levels:
             out = args.output if len(levels) == 1 else args.output.with_name(f"{args.output.stem}-{level}{args.output.suffix}")
             quantize_file(converted, level, out)
@@ -92,10 +94,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from edgekit.quantize import Progress, quantize
 
     def show(p: Progress) -> None:
+        line = f"[{p.level_index}/{p.level_count}] {p.level:<7} tensor {p.tensor_index}/{p.tensor_count}  {p.elapsed_s:5.1f} s"
         if sys.stderr.isatty():
-            done = p.tensor_index == p.tensor_count and p.tensor_index > 0
-            print(f"\r  [{p.level_index}/{p.level_count}] {p.level:<7} tensor {p.tensor_index}/{p.tensor_count}"
-                  f"  {p.elapsed_s:5.1f} s", end="\n" if done else "", file=sys.stderr, flush=True)
+            print(f"\r  {line}", end="\n" if p.done else "", file=sys.stderr, flush=True)
+        elif p.tensor_index == 0 or p.done:  # a log, not a terminal: start and end of each level
+            print(line, file=sys.stderr, flush=True)
 
     results = quantize(args.input, args.levels, out_dir=args.out_dir, output=args.output, threads=args.threads,
                        allow_requantize=args.allow_requantize, progress=show)
@@ -189,7 +192,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    raise NotImplementedError("tune")
+    from edgekit.hardware import detect
+    from edgekit.profiles import resolve_profile
+    from edgekit.tune import Sweep, check_output, tune, write_profile
+
+    output = args.output or Path("profiles") / "local.toml"
+    check_output(output)
+    hardware = detect()
+    base, reason = resolve_profile(args.profile, hardware)
+    print(f"edgekit: tuning from {reason}", file=sys.stderr)
+    sweep = Sweep(threads=tuple(args.threads) if args.threads else None,
+                  batch_sizes=tuple(args.batch) if args.batch else Sweep().batch_sizes)
+    result = tune(args.model, base, hardware, name=output.stem, sweep=sweep,
+                  progress=lambda line: print(f"edgekit: {line}", file=sys.stderr))
+    write_profile(result, output)
+    s = result.settings
+    print(f"{output}: threads {s.n_threads}/{s.n_threads_batch}, batch {s.n_batch}/{s.n_ubatch}, "
+          f"gpu layers {s.n_gpu_layers} (use it with --profile {output})")
+    return 0
 
 
 # --- engine: run, chat ----------------------------------------------------------------------
@@ -306,44 +326,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config, flags=vars(args))
     if not (args.debug or args.verbose):  # a daemon logs its normal events (journald keeps them)
         logging.getLogger("edgekit").setLevel(config.daemon.log_level.upper())
-    Daemon(config).run()
+    Daemon(config, reread=lambda: load_config(args.config, flags=vars(args))).run()
     return 0
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    from edgekit.serve.client import RequestClient, chat_body, raise_for_error, timings_line
+    from edgekit.serve.client import RequestClient, chat_body, raise_for_error, read_schema, timings_line
     from edgekit.serve.config import load_config
 
     config = load_config(None, flags={"broker": args.broker, "prefix": args.prefix})
-    schema = json.loads(args.json_schema.read_text()) if args.json_schema else None
+    schema = read_schema(args.json_schema) if args.json_schema else None
     body = chat_body(args.prompt, system=args.system, max_tokens=args.max_tokens, stream=args.stream,
                      json_schema=schema)
+    show_chunks = args.stream and not args.json
     with RequestClient(config.broker.url, config.prefix, broker=config.broker, timeout_s=args.timeout) as client:
-        answer = _print_stream(client, body, args.json) if args.stream else client.ask(body)
+        answer = client.ask(body, on_chunk=(lambda text: print(text, end="", flush=True)) if show_chunks else None)
     raise_for_error(answer.final)
     if args.json:
         _print_json(answer.final)
-    elif not args.stream:
-        print(answer.text)
+    else:
+        print("" if show_chunks else answer.text, flush=True)
     print(timings_line(answer.final, answer.round_trip_ms), file=sys.stderr)
     return 0
-
-
-def _print_stream(client: Any, body: dict[str, Any], quiet: bool) -> Any:
-    """Print streamed text as it arrives; returns the Answer."""
-    import time
-
-    from edgekit.serve.client import Answer
-
-    answer, t0 = Answer(), time.perf_counter()
-    for ms, message in client.messages(client.send(body), t0):
-        answer.messages.append(message)
-        answer.arrival_ms.append(ms)
-        if message.get("type") == "chunk" and not quiet:
-            print(message["text"], end="", flush=True)
-    if not quiet and answer.final.get("type") == "result":
-        print(flush=True)
-    return answer
 
 
 def cmd_install_service(args: argparse.Namespace) -> int:
@@ -358,8 +362,10 @@ def cmd_install_service(args: argparse.Namespace) -> int:
         for file in installation.files:
             print(f"# --- {file.path} (mode {file.mode:o}; not written: --dry-run)\n{file.text}")
     else:
-        for path in write_installation(installation):
-            print(f"wrote {path}")
+        written = write_installation(installation, force=args.force)
+        for file in installation.files:
+            kept = file.path not in written
+            print(f"kept  {file.path} (yours differs; --force replaces it)" if kept else f"wrote {file.path}")
     print("\nnext:\n" + "\n".join(f"  {command}" for command in installation.next_commands))
     return 0
 
@@ -407,7 +413,22 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    raise NotImplementedError("recommend")
+    from edgekit.bench.output import format_table
+    from edgekit.bench.recommend import Targets, recommend, table_rows
+    from edgekit.profiles import load_profile
+
+    targets = Targets(args.max_ttft_ms, args.min_tokens_per_s, args.max_kl)
+    rec = recommend(args.models, load_profile(args.profile), targets, reference=args.reference,
+                    bench_json=args.bench_json, quality_json=args.quality_json, root=args.root, threads=args.threads)
+    if args.json:
+        _print_json(rec.to_dict())
+        return 0
+    print(f"box:       {rec.target_box}\nspeed:     {rec.speed_measured_on}\n")
+    print(format_table(table_rows(rec)))
+    print(f"recommend: {rec.chosen.path} ({rec.chosen.file_type})")
+    for reason in rec.reasons:
+        print(f"why:       {reason}")
+    return 0
 
 
 # --- the parser ---------------------------------------------------------------------------
@@ -476,7 +497,9 @@ def _add_hardware(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="measure the fastest threads/batch settings on this box")
     p.add_argument("model", type=Path)
     p.add_argument("--profile", default=None)
-    p.add_argument("-o", "--output", type=Path, default=None)
+    p.add_argument("-o", "--output", type=Path, default=None, help="profile to write (default: profiles/local.toml)")
+    p.add_argument("--threads", type=_csv(int), default=None, help="thread counts to try, e.g. 2,4")
+    p.add_argument("--batch", type=_csv(int), default=None, help="n_batch=n_ubatch sizes to try, e.g. 128,512")
     p.set_defaults(func=cmd_tune)
 
 
@@ -536,6 +559,7 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-id", default=None, help="default: the hostname (plus -INSTANCE with --instance)")
     p.add_argument("--password-file", type=Path, default=None,
                    help="broker password, loaded as a systemd credential (default: ENV_DIR/mqtt-password if present)")
+    p.add_argument("--force", action="store_true", help="replace an existing config/env file that differs")
     p.add_argument("--dry-run", action="store_true", help="print what would be written")
     p.set_defaults(func=cmd_install_service)
 
@@ -572,9 +596,15 @@ def _add_measurement(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recommend", help="name the quant level to deploy on a box")
     p.add_argument("models", type=Path, nargs="+", help="a folder of GGUF files, or files")
     p.add_argument("--profile", required=True)
-    p.add_argument("--max-ttft-ms", type=float, default=None)
-    p.add_argument("--min-tokens-per-s", type=float, default=None)
+    p.add_argument("--max-ttft-ms", type=float, default=None,
+                   help="most time to first token for a 128-token prompt (measured on this machine)")
+    p.add_argument("--min-tokens-per-s", type=float, default=None, help="least generation rate (this machine)")
     p.add_argument("--reference", type=Path, default=None, help="f16/f32 file for quality")
+    p.add_argument("--max-kl", type=float, default=0.05, help="most KL divergence vs the reference (nats/token)")
+    p.add_argument("--bench-json", type=Path, default=None, help="speed from an `edgekit bench --json` file")
+    p.add_argument("--quality-json", type=Path, default=None, help="quality from an `edgekit quality --json` file")
+    p.add_argument("--threads", type=int, default=None, help="threads for the speed measurement")
+    p.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)  # a captured board's files
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
 

@@ -13,9 +13,11 @@ import logging
 import math
 import platform
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from edgekit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,6 @@ class Hardware:
     l4t_release: str | None = None  # Jetson Linux release, e.g. "R36.3.0"
     gpus: tuple[GPU, ...] = ()
     unified_memory: bool = False  # CPU and GPU allocate from one pool (Jetson)
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def usable_memory_mb(self) -> int:
@@ -118,6 +119,24 @@ class Hardware:
         elif self.unified_memory:
             text += " unified memory"
         return text
+
+    def describe(self) -> list[str]:
+        """Lines for `edgekit detect`: one fact a line."""
+        cap = f"{self.cgroup_limit_mb} MB cgroup limit" if self.cgroup_limit_mb is not None else "no cgroup limit"
+        gpus = [f"{g.name}, {g.free_mb} of {g.total_mb} MB free" + (" (integrated)" if g.integrated else "")
+                for g in self.gpus] or ["none found"]
+        lines = [
+            f"board:    {self.board_model or 'not a known board'}" + (f" ({self.board})" if self.board else ""),
+            f"cpu:      {self.cpu_model} ({self.arch}): {self.logical_cpus} logical CPUs, "
+            f"{self.physical_cores} physical cores, {self.big_cores} big",
+            f"memory:   {self.memory_total_mb} MB total, {self.memory_available_mb} MB available, {cap}",
+            *(f"gpu:      {g}" for g in gpus),
+        ]
+        if self.unified_memory:
+            lines.append("unified:  CPU and GPU share the system memory")
+        if self.l4t_release:
+            lines.append(f"jetson:   Jetson Linux {self.l4t_release}")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for `edgekit detect --json`."""
@@ -326,10 +345,14 @@ def _gpus(root: Path, board: str | None, total_mb: int, available_mb: int, jetso
 
 
 def _captured_gpus(path: Path) -> tuple[GPU, ...]:
+    """A captured board's GPU facts: a JSON list of GPU fields (name, total_mb, free_mb, ...)."""
     text = _read(path)
     if text is None:
         return ()
-    return tuple(GPU(**item) for item in json.loads(text))
+    try:
+        return tuple(GPU(**item) for item in json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a list of GPU facts ({exc}); see docs/profiles.md") from None
 
 
 def _nvml_gpus() -> tuple[GPU, ...]:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from edgekit.errors import UnsupportedModel
 from edgekit.gguf_file import GGUFInfo
+
+if TYPE_CHECKING:
+    from edgekit.plan import Settings  # plan imports this module: typing only
 
 MiB = 1 << 20
 F32 = 4
@@ -120,7 +124,7 @@ def shape_of(info: GGUFInfo) -> Shape:
 
 
 def estimate_memory(
-    info: GGUFInfo, settings: object, n_gpu_layers: int | None = None, arch: str | None = None
+    info: GGUFInfo, settings: Settings, n_gpu_layers: int | None = None, arch: str | None = None
 ) -> MemoryEstimate:
     """Memory for ``info`` loaded with ``settings`` (an edgekit.plan.Settings) on a CPU of ``arch``.
 
@@ -139,7 +143,7 @@ def estimate_memory(
         weights_ram=info.tensor_bytes - weights_vram - (0 if settings.use_mmap else repacked),
         weights_vram=weights_vram,
         repacked=repacked,
-        reclaimable=repacked if settings.use_mmap else 0,
+        reclaimable=repacked if settings.use_mmap and not settings.use_mlock else 0,
         kv_ram=kv_layer * (shape.n_layer - gpu_blocks),
         kv_vram=kv_vram,
         compute_ram=_compute_ram(shape, settings, on_gpu),
@@ -179,7 +183,7 @@ def _block_index(name: str) -> int | None:
     return int(parts[1]) if parts[0] == "blk" and parts[1].isdigit() else None
 
 
-def kv_bytes_per_layer(shape: Shape, settings: object) -> int:
+def kv_bytes_per_layer(shape: Shape, settings: Settings) -> int:
     """n_ctx cells of K and V for one layer, in the cache's ggml types."""
     cells = -(-settings.n_ctx // KV_PAD) * KV_PAD
     return cells * (_row_bytes(settings.type_k, shape.n_embd_k_gqa) + _row_bytes(settings.type_v, shape.n_embd_v_gqa))
@@ -193,7 +197,7 @@ def _row_bytes(cache_type: str, n: int) -> int:
     return n // block * size
 
 
-def _layer_peak(shape: Shape, settings: object, score_copies: int) -> int:
+def _layer_peak(shape: Shape, settings: Settings, score_copies: int) -> int:
     """The graph's biggest moment inside a layer: KQ scores (without flash attention) or the FFN."""
     ub, n_ctx = settings.n_ubatch, settings.n_ctx
     activations = ub * shape.n_embd * F32 * ACTIVATION_ROWS
@@ -202,12 +206,12 @@ def _layer_peak(shape: Shape, settings: object, score_copies: int) -> int:
     return activations + max(scores, ffn)
 
 
-def _mask_bytes(settings: object) -> int:
+def _mask_bytes(settings: Settings) -> int:
     """The KQ mask is an input tensor, live through the whole graph: f16 with flash attention."""
     return settings.n_ubatch * settings.n_ctx * (2 if settings.flash_attn else F32)
 
 
-def compute_reserved_bytes(shape: Shape, settings: object) -> int:
+def compute_reserved_bytes(shape: Shape, settings: Settings) -> int:
     """llama.cpp's compute buffer: sized for a full ubatch whose every token returns logits.
 
     The allocator softmaxes KQ in place, so one copy of the scores; the logits of the whole
@@ -217,7 +221,7 @@ def compute_reserved_bytes(shape: Shape, settings: object) -> int:
     return max(_layer_peak(shape, settings, 1) + _mask_bytes(settings), logits)
 
 
-def compute_resident_bytes(shape: Shape, settings: object) -> int:
+def compute_resident_bytes(shape: Shape, settings: Settings) -> int:
     """The part of the CPU compute buffer a long-running server touches: ubatches of every
     KV length are placed at different offsets (measured: scores and softmax both resident),
     but with one row of logits per request the logits region past that stays untouched."""
@@ -225,7 +229,7 @@ def compute_resident_bytes(shape: Shape, settings: object) -> int:
     return min(touched, compute_reserved_bytes(shape, settings))
 
 
-def _compute_ram(shape: Shape, settings: object, on_gpu: int) -> int:
+def _compute_ram(shape: Shape, settings: Settings, on_gpu: int) -> int:
     if on_gpu > shape.n_layer:  # all on the GPU: the host keeps only the input embeddings' staging
         return settings.n_ubatch * shape.n_embd * F32 * 2
     return compute_resident_bytes(shape, settings)

@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import DoesNotFit
+from edgekit.errors import DoesNotFit, UsageError
 from edgekit.gguf_file import GGUFInfo, validate
 from edgekit.hardware import Hardware
 from edgekit.memory import MiB, MemoryEstimate, estimate_memory, shape_of, smaller_level_that_fits
 from edgekit.profiles import Profile
+
+MIN_CTX = 64
 
 __all__ = ["Settings", "Plan", "Budget", "MemoryEstimate", "estimate_memory", "plan_for", "budget_for"]
 
@@ -62,6 +64,22 @@ class Plan:
     budget: Budget
     reasons: tuple[str, ...]
 
+    def describe(self) -> list[str]:
+        """Lines for `edgekit plan`: the choice, the settings, the memory and the reasons."""
+        s, e = self.settings, self.estimate
+        layers = "all" if s.n_gpu_layers < 0 else str(s.n_gpu_layers)
+        return [
+            f"model:    {self.model}",
+            f"settings: n_ctx {s.n_ctx}, threads {s.n_threads}/{s.n_threads_batch}, gpu layers {layers}, "
+            f"batch {s.n_batch}/{s.n_ubatch}, flash_attn {s.flash_attn}, kv {s.type_k}/{s.type_v}, mmap {s.use_mmap}",
+            f"memory:   weights {_mb(e.weights_ram + e.repacked)} MB + kv {_mb(e.kv_ram)} + compute {_mb(e.compute_ram)}"
+            f" + runtime {_mb(e.runtime)} = {_mb(e.ram)} MB RAM"
+            + (f" ({_mb(e.reclaimable)} MB of it reclaimable page cache)" if e.reclaimable else ""),
+            *([f"vram:     weights {_mb(e.weights_vram)} MB + kv {_mb(e.kv_vram)} + compute {_mb(e.compute_vram)}"
+               f" = {_mb(e.vram)} MB"] if e.vram else []),
+            *(f"why:      {r}" for r in self.reasons),
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for `edgekit plan --json`."""
         return {
@@ -91,6 +109,8 @@ def plan_for(
     ctx: int | None = None,
 ) -> Plan:
     """Choose the file and settings that fit ``hardware``; DoesNotFit says by how much none did."""
+    if ctx is not None and ctx < MIN_CTX:
+        raise UsageError(f"--ctx {ctx} is too small: give at least {MIN_CTX} tokens")
     infos = [m if isinstance(m, GGUFInfo) else validate(m) for m in (models if isinstance(models, list) else [models])]
     budget = budget_for(profile, hardware)
     base, reasons = _base_settings(profile, hardware, infos, ctx)
@@ -235,12 +255,22 @@ def _usage(e: MemoryEstimate, budget: Budget) -> str:
 def _refusal(attempts: list[_Attempt], budget: Budget) -> str:
     closest = min(attempts, key=lambda a: a.shortfall)
     need, left, headroom, where = _binding_limit(closest.estimate, budget)
-    level = smaller_level_that_fits(closest.info, closest.shortfall)
-    way_out = f"use {level} or a smaller context" if level else "use a smaller model or a box with more memory"
     return (
         f"{closest.info.path.name} needs {_gb(need)} GB (n_ctx {closest.settings.n_ctx}), {where} leaves "
-        f"{_gb(left)} GB after {_gb(headroom)} GB headroom: {_gb(closest.shortfall)} GB short; {way_out}"
+        f"{_gb(left)} GB after {_gb(headroom)} GB headroom: {_gb(closest.shortfall)} GB short; {_way_out(closest)}"
     )
+
+
+def _way_out(attempt: _Attempt) -> str:
+    """A quant level whose smaller weights make up the shortfall, and/or a smaller context."""
+    e, ctx = attempt.estimate, attempt.settings.n_ctx
+    ways = []
+    level = smaller_level_that_fits(attempt.info, attempt.shortfall)
+    if level:
+        ways.append(f"use {level}")
+    if (e.kv_ram + e.kv_vram + e.compute_ram + e.compute_vram) * 3 // 4 >= attempt.shortfall:
+        ways.append(f"a context below {ctx} (--ctx)")
+    return " or ".join(ways) if ways else "use a smaller model or a box with more memory"
 
 
 def _binding_limit(e: MemoryEstimate, budget: Budget) -> tuple[int, int, int, str]:
@@ -250,6 +280,10 @@ def _binding_limit(e: MemoryEstimate, budget: Budget) -> tuple[int, int, int, st
     if e.vram - budget.vram > e.ram_required - budget.ram:
         return e.vram, budget.vram, budget.vram_headroom, "the GPU"
     return e.ram_required, budget.ram, budget.headroom, "the box"
+
+
+def _mb(n: int) -> str:
+    return f"{n / MiB:.0f}"
 
 
 def _gb(n: int) -> str:

@@ -11,7 +11,7 @@ import os
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -133,6 +133,14 @@ def choose_profile(hardware: Hardware, profiles: list[Profile] | None = None) ->
     return best, f"{hardware.summary()} -> {best.name}"
 
 
+def resolve_profile(name_or_path: str | None, hardware: Hardware) -> tuple[Profile, str]:
+    """The profile a command runs with: the one named (--profile), else the best match."""
+    if name_or_path:
+        profile = load_profile(name_or_path)
+        return profile, f"{profile.name} (chosen with --profile)"
+    return choose_profile(hardware)
+
+
 def matches(rule: Match, hw: Hardware) -> bool:
     """Whether every rule that is set holds for ``hw``."""
     vram = hw.largest_vram_mb
@@ -164,6 +172,31 @@ def _specificity(rule: Match) -> int:
     return sum(getattr(rule, f.name) != getattr(default, f.name) for f in fields(Match) if f.name != "priority")
 
 
+def profile_to_toml(profile: Profile) -> str:
+    """TOML text that load_profile reads back to an equal profile (less ``source``)."""
+    lines = [f"{f.name} = {_toml_value(getattr(profile, f.name))}" for f in _plain_fields(Profile)]
+    for section in ("match", "run", "memory", "build"):
+        table = getattr(profile, section)
+        lines += ["", f"[{section}]"]
+        lines += [f"{f.name} = {_toml_value(getattr(table, f.name))}" for f in _plain_fields(type(table))
+                  if getattr(table, f.name) is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _plain_fields(cls: type) -> list[Any]:
+    return [f for f in fields(cls) if not f.metadata.get("internal") and f.name not in ("match", "run", "memory", "build")]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 # --- strict loading -------------------------------------------------------------------------
 
 
@@ -177,12 +210,6 @@ def _load_file(path: Path) -> Profile:
         raise ConfigError(f"profile {path} is not valid TOML: {exc}") from None
     profile = _build(Profile, data, path, "")
     _check_profile(profile, path)
-    return _replace_source(profile, path)
-
-
-def _replace_source(profile: Profile, path: Path) -> Profile:
-    from dataclasses import replace
-
     return replace(profile, source=path)
 
 

@@ -63,6 +63,7 @@ class Progress:
     tensor_index: int
     tensor_count: int
     elapsed_s: float
+    done: bool = False  # the level's output is validated and in place
 
 
 @dataclass(frozen=True)
@@ -160,10 +161,10 @@ def _check_output(src: Path, target: Path) -> None:
         raise OutputError(f"the output {target} is the input; choose another name with -o")
 
 
-def _indexed(progress: ProgressFn | None, index: int, count: int) -> Callable[[str, int, int, float], None]:
-    def report(level: str, tensor: int, tensors: int, elapsed: float) -> None:
+def _indexed(progress: ProgressFn | None, index: int, count: int) -> Callable[..., None]:
+    def report(level: str, tensor: int, tensors: int, elapsed: float, done: bool = False) -> None:
         if progress is not None:
-            progress(Progress(level, index + 1, count, tensor, tensors, elapsed))
+            progress(Progress(level, index + 1, count, tensor, tensors, elapsed, done))
 
     return report
 
@@ -175,7 +176,7 @@ def _quantize_one(
     dst: Path,
     threads: int | None,
     allow_requantize: bool,
-    report: Callable[[str, int, int, float], None],
+    report: Callable[..., None],
 ) -> QuantResult:
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = threads or os.cpu_count() or 1
@@ -191,7 +192,7 @@ def _quantize_one(
             _raise_failure(src, level, status, errors)
         out = gguf_file.validate(tmp)
     seconds = time.perf_counter() - start
-    report(level, len(info.tensors), len(info.tensors), seconds)
+    report(level, len(info.tensors), len(info.tensors), seconds, done=True)
     return QuantResult(level, dst, out.size, out.bits_per_weight, out.parameter_count, seconds)
 
 

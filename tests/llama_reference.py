@@ -67,9 +67,9 @@ def attention(h: np.ndarray, w: dict[str, np.ndarray], cfg: dict, cos: np.ndarra
     H = cfg["num_attention_heads"]
     K = cfg.get("num_key_value_heads") or H
     d = cfg.get("head_dim") or cfg["hidden_size"] // H
-    q = (h @ w["self_attn.q_proj.weight"].T).reshape(T, H, d)  # (T, H, d)
-    k = (h @ w["self_attn.k_proj.weight"].T).reshape(T, K, d)  # (T, K, d)
-    v = (h @ w["self_attn.v_proj.weight"].T).reshape(T, K, d)  # (T, K, d)
+    q = _linear(h, w, "self_attn.q_proj").reshape(T, H, d)  # (T, H, d)
+    k = _linear(h, w, "self_attn.k_proj").reshape(T, K, d)  # (T, K, d)
+    v = _linear(h, w, "self_attn.v_proj").reshape(T, K, d)  # (T, K, d)
     q = q * cos[:, None, :] + rotate_half(q) * sin[:, None, :]
     k = k * cos[:, None, :] + rotate_half(k) * sin[:, None, :]
     k = np.repeat(k, H // K, axis=1)  # (T, H, d): query head i reads kv head i // (H/K)
@@ -79,7 +79,12 @@ def attention(h: np.ndarray, w: dict[str, np.ndarray], cfg: dict, cos: np.ndarra
     scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
     probs = scores / scores.sum(axis=-1, keepdims=True)  # (H, T, T)
     out = np.einsum("hts,shd->thd", probs, v).reshape(T, H * d)  # (T, H*d)
-    return out @ w["self_attn.o_proj.weight"].T  # (T, D)
+    return _linear(out, w, "self_attn.o_proj")  # (T, D)
+
+
+def _linear(x: np.ndarray, w: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """x @ W.T (+ bias, for checkpoints with "attention_bias": true). x: (T, in) -> (T, out)."""
+    return x @ w[f"{name}.weight"].T + w.get(f"{name}.bias", 0.0)
 
 
 def mlp(h: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:

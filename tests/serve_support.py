@@ -123,9 +123,9 @@ def daemon_toml(state_dir: Path, device_id: str, **sections: dict[str, Any]) -> 
 class DaemonProcess:
     """`edgekit serve` as a subprocess, with its own config file and state folder."""
 
-    def __init__(self, folder: Path, model: Path, broker_url: str, device_id: str, **sections: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, gguf: Path, broker_url: str, device_id: str, **sections: dict[str, Any]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.folder, self.model, self.broker_url, self.device_id = folder, model, broker_url, device_id
+        self.folder, self.model, self.broker_url, self.device_id = folder, gguf, broker_url, device_id
         self.config = folder / "edgekit.toml"
         self.config.write_text(daemon_toml(folder / "state", device_id, **sections))
         prefix = sections.get("topics", {}).get("prefix")
@@ -134,11 +134,11 @@ class DaemonProcess:
         self.log = folder / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait: bool = True) -> DaemonProcess:
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> DaemonProcess:
         """Start it; with wait, return once it says online on its status topic."""
         listener = Listener(self.broker_url, f"{self.node}/status") if wait else None
         started = time.time()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "edgekit.cli", "-v", "serve", "--model", str(self.model),

@@ -12,7 +12,7 @@ from edgekit.bench import output
 from edgekit.bench.prompts import PromptMaker
 from edgekit.bench.quality import calibration_text
 from edgekit.bench.results import BenchRun
-from edgekit.bench.runner import BenchConfig, MeasureContext, engine_send, measure, resolve_settings
+from edgekit.bench.runner import BenchConfig, MeasureContext, engine_send, measure, model_facts, resolve_settings
 from edgekit.cli import main
 from edgekit.engine import Engine
 from edgekit import gguf_file
@@ -92,7 +92,7 @@ def test_warm_up_runs_are_sent_but_not_counted(tiny_q4_k_m):
     with Engine(tiny_q4_k_m, settings) as engine:
         real = engine_send(engine)
         maker = PromptMaker(calibration_text(), lambda t: engine.tokenize(t, add_bos=True, special=True))
-        ctx = MeasureContext(facts=None, settings=settings, cold_ms=None, warm_ms=None, mode="engine", config=config)
+        ctx = MeasureContext(facts=model_facts(info), settings=settings, cold_ms=None, warm_ms=None, mode="engine", config=config)
         m = measure(ctx, lambda r: sent.append(r) or real(r), maker, 16, 1, progress=lambda _: None)
     assert len(sent) == 2 + 3 and len(m.samples) == 3
     assert len({r.prompt for r in sent}) == 5  # every request had a prompt of its own
@@ -150,3 +150,24 @@ def test_compare_llama_bench_gives_ratios(tiny_q4_k_m, llama_tools, tmp_path):
     row = next(csv.DictReader(io.StringIO(out.read_text())))
     assert float(row["llama_bench_tg_ts"]) > 0 and float(row["llama_bench_pp_ts"]) > 0
     assert float(row["gen_ts_vs_llama_bench"]) > 0 and float(row["pp_ts_vs_llama_bench"]) > 0
+
+
+def test_via_mqtt_measures_end_to_end_and_shows_the_transport_apart(tiny_q4_k_m, mosquitto, tmp_path):
+    from tests.serve_support import DaemonProcess
+
+    daemon = DaemonProcess(tmp_path / "daemon", tiny_q4_k_m, mosquitto.url, "bench-via").start()
+    out = tmp_path / "via.json"
+    try:
+        argv = ["bench", str(tiny_q4_k_m), "--prompt-tokens", "16", "--gen-tokens", "8", "--repeat", "2",
+                "--threads", "2", "--via", mosquitto.url, "--prefix", daemon.prefix, "--json", "--output", str(out)]
+        assert main(argv) == 0
+    finally:
+        daemon.stop()
+    run = BenchRun.from_dict(json.loads(out.read_text()))
+    assert [m.mode for m in run.measurements] == ["engine", "mqtt"]
+    via = run.measurements[1]
+    assert len(via.samples) == 2
+    for s in via.samples:
+        assert s.e2e_ms > s.total_ms > 0 and s.transport_ms > 0
+        assert s.ttft_ms > 0 and s.gen_tps > 0 and s.prompt_tokens == 16 and len(s.itl_ms) >= 1
+    assert "MQTT ms" in output.format_table(output.table_rows(run))

@@ -13,10 +13,13 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+import safetensors.numpy
 import sentencepiece as spm
 
 from edgekit.cli import main
 from edgekit.convert import convert, convert_checkpoint
+from edgekit.convert.checkpoint import open_checkpoint, to_float32
+from edgekit.convert.stream import StreamedTensor
 from edgekit.errors import ModelFormatError, UnsupportedModel
 from edgekit.gguf_file import validate
 from tests.fixtures.models import checkpoint, converted
@@ -26,6 +29,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Café naïve résumé, 1776 and 2024: 3.14159 tokens per second."
 TOKENIZER_TEXT = "Hello, wörld! Café naïve Zürich 12345 and 3.14 😀🚀\ttabbed\tcolumns\nnew line\n\n  indented    spaces end."
+Capsys = pytest.CaptureFixture[str]
 MAX_REL_ERROR = 3e-3
 # llama.cpp rounds activations to the weights' type in its CPU matmuls (bf16, q8_0), so
 # those files cannot match the float64 reference as closely as f32/f16 ones.
@@ -120,6 +124,38 @@ def test_new_style_config_with_rope_parameters_converts_faithfully(tiny_checkpoi
     assert np.abs(ours - reference).max() / np.abs(reference).max() <= MAX_REL_ERROR
 
 
+@pytest.mark.parametrize("chunk_elements", [1, 3 * 256 * 32, 1 << 30])
+def test_q_and_k_rows_are_interleaved_per_head_in_any_chunking(
+    tiny_checkpoint: Path, tmp_path: Path, chunk_elements: int
+) -> None:
+    tensors = open_checkpoint(tiny_checkpoint).tensors
+    cfg = json.loads((tiny_checkpoint / "config.json").read_text())
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    for proj, heads in (("q_proj", cfg["num_attention_heads"]), ("k_proj", cfg["num_key_value_heads"])):
+        ref = tensors[f"model.layers.0.self_attn.{proj}.weight"]
+        with open(tmp_path / proj, "wb") as f:
+            StreamedTensor(ref, gguf.GGMLQuantizationType.F32, heads, chunk_elements=chunk_elements).tofile(f)
+        ours = np.fromfile(tmp_path / proj, dtype=np.float32).reshape(ref.shape)
+        hf = to_float32(ref.read_rows(0, ref.n_rows))  # (heads * head_dim, hidden)
+        for h in range(heads):
+            for j in range(head_dim // 2):  # llama.cpp pairs row j with row j + head_dim/2 of each head
+                np.testing.assert_array_equal(ours[h * head_dim + 2 * j], hf[h * head_dim + j])
+                np.testing.assert_array_equal(ours[h * head_dim + 2 * j + 1], hf[h * head_dim + j + head_dim // 2])
+
+
+def test_attention_biases_are_converted_and_permuted(tmp_path: Path) -> None:
+    source = checkpoint("tiny", "f32")
+    folder = _variant(source, tmp_path / "biased", {"attention_bias": True}, drop=("model.safetensors",))
+    tensors = safetensors.numpy.load_file(source / "model.safetensors")
+    rng = np.random.default_rng(7)
+    for name in [n for n in tensors if n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"))]:
+        tensors[name.replace(".weight", ".bias")] = rng.normal(0, 0.5, tensors[name].shape[0]).astype(np.float32)
+    safetensors.numpy.save_file(tensors, folder / "model.safetensors")
+    ids = _prompt_ids(folder)
+    ours, reference = _llama_logits(convert(folder, tmp_path / "biased.gguf", "f32"), ids), forward(folder, ids)
+    assert np.abs(ours - reference).max() / np.abs(reference).max() <= MAX_REL_ERROR
+
+
 # --- tokenizer, chat template, metadata ---------------------------------------------------
 
 
@@ -130,6 +166,21 @@ def test_gguf_tokenizer_gives_sentencepiece_ids(tiny_checkpoint: Path, tiny_gguf
     ids = llm.tokenize(TOKENIZER_TEXT.encode(), add_bos=add_bos, special=False)
     assert ids == [sp.bos_id()] * add_bos + sp.encode(TOKENIZER_TEXT)
     assert llm.token_bos() == sp.bos_id() and llm.token_eos() == sp.eos_id()
+    pad = json.loads((tiny_checkpoint / "tokenizer_config.json").read_text()).get("pad_token")
+    if isinstance(pad, str):
+        assert _field(tiny_gguf_f16, "tokenizer.ggml.padding_token_id") == sp.piece_to_id(pad)
+
+
+def test_added_tokens_become_control_and_user_defined_tokens(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = _variant(tiny_checkpoint, tmp_path / "added", drop=("tokenizer_config.json",))
+    tokenizer_config = json.loads((tiny_checkpoint / "tokenizer_config.json").read_text())
+    tokenizer_config["added_tokens_decoder"] = {"31999": {"content": "<|im_end|>", "special": True}}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (folder / "added_tokens.json").write_text(json.dumps({"edgekit_word": 31998}))
+    llm = _load(convert(folder, tmp_path / "added.gguf", "f16"), logits_all=False)
+    assert llm.tokenize(b"<|im_end|>", add_bos=False, special=True) == [31999]
+    assert 31999 not in llm.tokenize(b"<|im_end|>", add_bos=False, special=False)  # control: only when asked
+    assert 31998 in llm.tokenize(b"say edgekit_word", add_bos=False, special=False)  # user-defined: always
 
 
 def test_gguf_holds_the_chat_template_exactly(tiny_checkpoint: Path, tiny_gguf_f16: Path) -> None:
@@ -179,11 +230,21 @@ def test_hub_cache_path_gives_repo_and_revision(tiny_checkpoint: Path, tmp_path:
     assert _field(out, "edgekit.source.revision") == "ab" * 20
 
 
+def test_source_record_gives_repo_and_revision(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = _variant(tiny_checkpoint, tmp_path / "pulled")
+    (folder / ".edgekit-source.json").write_text(json.dumps({"repo": "acme/tiny", "revision": "v1.2"}))
+    out = convert(folder, tmp_path / "pulled.gguf", "f16")
+    assert _field(out, "edgekit.source.repo") == "acme/tiny"
+    assert _field(out, "edgekit.source.revision") == "v1.2"
+
+
 @pytest.mark.parametrize(
     ("outtype", "weight_type"),
     [("f32", "F32"), ("f16", "F16"), ("bf16", "BF16"), ("q8_0", "Q8_0")],
 )
-def test_outtype_sets_weight_types_and_keeps_norms_f32(tiny_checkpoint: Path, tmp_path: Path, outtype: str, weight_type: str) -> None:
+def test_outtype_sets_weight_types_and_keeps_norms_f32(
+    tiny_checkpoint: Path, tmp_path: Path, outtype: str, weight_type: str
+) -> None:
     result = convert_checkpoint(tiny_checkpoint, tmp_path / f"m.{outtype}.gguf", outtype)
     types = _tensor_types(result.path)
     assert result.tensor_count == len(types)
@@ -212,6 +273,23 @@ def test_linear_rope_scaling_is_recorded_and_unknown_kinds_refused(tiny_checkpoi
     assert not (tmp_path / "dynamic.gguf").exists()
 
 
+def test_llama3_rope_scaling_becomes_a_rope_freqs_tensor_llama_cpp_loads(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 256}
+    folder = _variant(tiny_checkpoint, tmp_path / "llama3", {"rope_scaling": scaling, "rope_theta": 500000.0})
+    out = convert(folder, tmp_path / "llama3.gguf", "f16")
+    info = {t.name: t for t in validate(out).tensors}["rope_freqs.weight"]
+    factors = np.fromfile(out, dtype=np.float32, count=info.n_elements, offset=info.offset)
+    cfg = json.loads((folder / "config.json").read_text())
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    assert info.type == "F32" and info.n_elements == head_dim // 2
+    assert factors[0] == 1.0 and factors[-1] == 8.0  # fastest rotation kept, slowest stretched by the factor
+    assert np.all(np.diff(factors) >= 0)
+    llm = _load(out, logits_all=False)
+    llm.eval(_prompt_ids(folder, 8))
+    assert np.isfinite(llm.scores[7]).all()
+
+
 def test_mistral_architecture_converts_as_llama(tiny_checkpoint: Path, tmp_path: Path) -> None:
     folder = _variant(tiny_checkpoint, tmp_path / "mistral", {"architectures": ["MistralForCausalLM"], "sliding_window": 4096})
     out = convert(folder, tmp_path / "mistral.gguf", "f16")
@@ -229,7 +307,7 @@ def test_progress_reports_every_tensor(tiny_checkpoint: Path, tmp_path: Path) ->
 # --- bad input: one clear line, non-zero exit, no output file ------------------------------
 
 
-def _fails_cleanly(capsys: pytest.CaptureFixture[str], argv: list[str], output: Path, *fragments: str) -> str:
+def _fails_cleanly(capsys: Capsys, argv: list[str], output: Path, *fragments: str) -> str:
     code = main(["convert", *argv, "-o", str(output)])
     err = capsys.readouterr().err.strip()
     assert code != 0
@@ -242,31 +320,31 @@ def _fails_cleanly(capsys: pytest.CaptureFixture[str], argv: list[str], output: 
     return err
 
 
-def test_cli_converts_and_reports(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_converts_and_reports(tiny_checkpoint: Path, tmp_path: Path, capsys: Capsys) -> None:
     assert main(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "cli.gguf"), "--outtype", "f16"]) == 0
     assert "cli.gguf" in capsys.readouterr().out
     assert _field(tmp_path / "cli.gguf", "general.architecture") == "llama"
 
 
-def test_cli_refuses_unknown_architecture(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_unknown_architecture(tiny_checkpoint: Path, tmp_path: Path, capsys: Capsys) -> None:
     folder = _variant(tiny_checkpoint, tmp_path / "gpt2", {"architectures": ["GPT2LMHeadModel"]})
     _fails_cleanly(capsys, [str(folder)], tmp_path / "out.gguf", "GPT2LMHeadModel", "LlamaForCausalLM")
 
 
-def test_cli_refuses_checkpoint_with_missing_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_checkpoint_with_missing_shard(tmp_path: Path, capsys: Capsys) -> None:
     source = checkpoint("tiny", *LAYOUTS["bf16-sharded"])
     shard = sorted(set(json.loads((source / "model.safetensors.index.json").read_text())["weight_map"].values()))[-1]
     folder = _variant(source, tmp_path / "partial", drop=(shard,))
     _fails_cleanly(capsys, [str(folder)], tmp_path / "out.gguf", shard, "missing")
 
 
-def test_cli_refuses_config_that_does_not_match_tensors(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_config_that_does_not_match_tensors(tiny_checkpoint: Path, tmp_path: Path, capsys: Capsys) -> None:
     cfg = json.loads((tiny_checkpoint / "config.json").read_text())
     folder = _variant(tiny_checkpoint, tmp_path / "wrong", {"intermediate_size": cfg["intermediate_size"] * 2})
     _fails_cleanly(capsys, [str(folder)], tmp_path / "out.gguf", "mlp.gate_proj.weight", str(cfg["intermediate_size"] * 2))
 
 
-def test_cli_refuses_unwritable_output(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_unwritable_output(tiny_checkpoint: Path, tmp_path: Path, capsys: Capsys) -> None:
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     _fails_cleanly(capsys, [str(tiny_checkpoint)], not_a_folder / "out.gguf", "cannot write")
@@ -275,13 +353,13 @@ def test_cli_refuses_unwritable_output(tiny_checkpoint: Path, tmp_path: Path, ca
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
-def test_cli_refuses_read_only_folder(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_read_only_folder(tiny_checkpoint: Path, tmp_path: Path, capsys: Capsys) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     _fails_cleanly(capsys, [str(tiny_checkpoint)], locked / "out.gguf", "not writable")
 
 
-def test_cli_refuses_broken_safetensors_header(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_broken_safetensors_header(tiny_checkpoint: Path, tmp_path: Path, capsys: Capsys) -> None:
     folder = _variant(tiny_checkpoint, tmp_path / "broken", drop=("model.safetensors",))
     with open(tiny_checkpoint / "model.safetensors", "rb") as f:
         head = bytearray(f.read(4096))
@@ -290,7 +368,20 @@ def test_cli_refuses_broken_safetensors_header(tiny_checkpoint: Path, tmp_path: 
     _fails_cleanly(capsys, [str(folder)], tmp_path / "out.gguf", "model.safetensors", "header")
 
 
-def test_cli_refuses_missing_tokenizer(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_truncated_weights(tiny_checkpoint: Path, tmp_path: Path, capsys: Capsys) -> None:
+    folder = _variant(tiny_checkpoint, tmp_path / "truncated", drop=("model.safetensors",))
+    data = (tiny_checkpoint / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:-1000])
+    _fails_cleanly(capsys, [str(folder)], tmp_path / "out.gguf", "model.safetensors", "truncated")
+
+
+def test_cli_refuses_unknown_quant_level_before_converting(tiny_checkpoint: Path, tmp_path: Path, capsys: Capsys) -> None:
+    pytest.importorskip("edgekit.quantize")
+    _fails_cleanly(capsys, [str(tiny_checkpoint), "--quant", "Q9_X"], tmp_path / "out.gguf", "Q9_X")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_missing_tokenizer(tiny_checkpoint: Path, tmp_path: Path, capsys: Capsys) -> None:
     folder = _variant(tiny_checkpoint, tmp_path / "no-tok", drop=("tokenizer.model",))
     _fails_cleanly(capsys, [str(folder)], tmp_path / "out.gguf", "tokenizer.model")
 
@@ -314,7 +405,7 @@ def test_existing_output_survives_a_failed_conversion(tiny_checkpoint: Path, tmp
 # --- --quant through edgekit.quantize ------------------------------------------------------
 
 
-def test_cli_quant_writes_only_the_quantized_file(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_quant_writes_only_the_quantized_file(tiny_checkpoint: Path, tmp_path: Path, capsys: Capsys) -> None:
     pytest.importorskip("edgekit.quantize")
     out = tmp_path / "tiny-q8.gguf"
     assert main(["convert", str(tiny_checkpoint), "-o", str(out), "--quant", "Q8_0"]) == 0

@@ -121,3 +121,12 @@ def test_detect_command_prints_one_line_per_fact(capsys):
     out = capsys.readouterr().out
     assert "Raspberry Pi 5 with 8 GB -> rpi5-8gb" in out
     assert "4x Cortex-A76" in out
+
+
+def test_malformed_captured_gpu_facts_are_a_config_error(tmp_path):
+    from edgekit.errors import ConfigError
+
+    shutil.copytree(BOARDS / "desktop-ryzen-rtx3070", tmp_path / "pc")
+    (tmp_path / "pc" / ".edgekit-gpus.json").write_text('[{"name": "x"}]')
+    with pytest.raises(ConfigError, match="not a list of GPU facts"):
+        detect(tmp_path / "pc")

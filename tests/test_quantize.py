@@ -90,6 +90,7 @@ def test_progress_counts_levels_and_tensors(two_levels: tuple[list[QuantResult],
         assert {p.level_index for p in mine} == {index} and mine[0].level_count == 2
         assert {p.tensor_index for p in mine} >= set(range(1, tensors + 1))  # one report per llama.cpp tensor line
         assert all(p.tensor_count == tensors for p in mine)
+        assert [p.done for p in mine].count(True) == 1 and mine[-1].done
 
 
 def test_outputs_load_and_generate(two_levels: tuple[list[QuantResult], list[Progress]]) -> None:

@@ -7,7 +7,9 @@ long one ("long_request") and cancel it when done with it.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ PREFIX = f"edgekit/{DEVICE}"
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, mosquitto, tiny_q8_0: Path) -> Iterator[DaemonProcess]:
     d = DaemonProcess(tmp_path_factory.mktemp("daemon"), tiny_q8_0, mosquitto.url, DEVICE,
-                      limits={"queue_size": 2, "max_payload_bytes": 4096})
+                      limits={"queue_size": 2, "max_payload_bytes": 4096, "max_prompt_tokens": 200})
     d.start()
     yield d
     assert d.stop() == 0, d.output()
@@ -154,6 +156,11 @@ def test_payload_over_the_limit_is_too_large(client: RequestClient) -> None:
     assert final["type"] == "error" and final["error"]["code"] == "too_large"
 
 
+def test_prompt_over_the_token_limit_is_too_large(client: RequestClient) -> None:
+    final = client.ask({"prompt": "word " * 400, "max_tokens": 1}).final
+    assert final["error"]["code"] == "too_large" and "tokens" in final["error"]["message"]
+
+
 def test_reply_topic_outside_the_allowed_prefix_is_refused_on_the_errors_topic(daemon, mosquitto) -> None:
     listener = Listener(mosquitto.url, f"{PREFIX}/errors", "elsewhere/#")
     mosquitto_pub(mosquitto, json.dumps({"id": "evil-1", "prompt": "Hi", "max_tokens": 1,
@@ -162,6 +169,15 @@ def test_reply_topic_outside_the_allowed_prefix_is_refused_on_the_errors_topic(d
     listener.close()
     assert reply.topic == f"{PREFIX}/errors"
     assert reply.json["id"] == "evil-1" and reply.json["error"]["code"] == "bad_request"
+
+
+def test_malformed_json_asking_for_a_reply_outside_the_prefix_is_refused_on_the_errors_topic(
+        daemon, mosquitto) -> None:
+    listener = Listener(mosquitto.url, f"{PREFIX}/errors", "elsewhere/#")
+    mosquitto_pub(mosquitto, "{not json", "-D", "publish", "response-topic", "elsewhere/x")
+    reply = listener.next()
+    listener.close()
+    assert reply.topic == f"{PREFIX}/errors" and reply.json["error"]["code"] == "bad_request"
 
 
 def test_duplicates_of_an_id_are_answered_once(daemon, mosquitto, replies) -> None:
@@ -211,3 +227,36 @@ def test_cancel_of_a_queued_request_answers_it_cancelled_at_once(client: Request
     assert final["id"] == queued_id and final["error"]["code"] == "cancelled"
     client.cancel(long_id)
     assert final_of(client, long_correlation)["error"]["code"] == "cancelled"
+
+
+def test_edgekit_request_prints_the_answer_and_timings(daemon, mosquitto) -> None:
+    run = subprocess.run([sys.executable, "-m", "edgekit.cli", "request", "Hello", "--broker", mosquitto.url,
+                          "--prefix", PREFIX, "--max-tokens", "2", "--json"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["type"] == "result" and "round trip" in run.stderr
+
+
+def test_edgekit_request_streams_text_as_it_arrives(daemon, mosquitto) -> None:
+    run = subprocess.run([sys.executable, "-m", "edgekit.cli", "request", "Hello", "--broker", mosquitto.url,
+                          "--prefix", PREFIX, "--max-tokens", "4", "--stream", "--system", "Be brief."],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.endswith("\n") and len(run.stdout) > 1 and "generated tokens" in run.stderr
+
+
+def test_edgekit_request_with_a_bad_value_fails_with_one_line(daemon, mosquitto) -> None:
+    run = subprocess.run([sys.executable, "-m", "edgekit.cli", "request", "Hello", "--broker", mosquitto.url,
+                          "--prefix", PREFIX, "--max-tokens", "0"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "max_tokens" in run.stderr
+
+
+def test_sighup_reloads_the_model_and_keeps_serving(daemon, mosquitto, client: RequestClient) -> None:
+    listener = Listener(mosquitto.url, f"{PREFIX}/status")
+    listener.next(5)  # the retained one
+    daemon.signal(signal.SIGHUP)
+    status = listener.until(lambda m: not m.retain, timeout_s=60).json
+    listener.close()
+    assert status["state"] == "online"
+    assert client.ask({"prompt": "Hi", "max_tokens": 1}).final["type"] == "result"
+    assert daemon.process.poll() is None

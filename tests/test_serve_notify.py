@@ -212,8 +212,11 @@ def stop(process: subprocess.Popen[bytes]) -> int:
 
 
 def check_lifecycle(process: subprocess.Popen[bytes], log: Path, notify: NotifySocket,
-                    watcher: StatusWatcher) -> None:
-    """READY only after load and warm-up; watchdog pings while serving; STOPPING and a clean exit on SIGTERM."""
+                    watcher: StatusWatcher, wrapped: bool = False, reload: bool = False) -> None:
+    """READY only after load and warm-up; watchdog pings while serving; STOPPING and a clean exit on SIGTERM.
+
+    SIGTERM goes to the daemon alone, as KillMode=mixed sends it (``wrapped``: the daemon is the wrapper's child).
+    """
     before_ready = receive_until(notify, "READY", 120, process, log)
     logged_at_ready = log.read_text()
     assert before_ready[0].get("STATUS") == "loading the model"
@@ -224,14 +227,21 @@ def check_lifecycle(process: subprocess.Popen[bytes], log: Path, notify: NotifyS
     pings = [receive_until(notify, "WATCHDOG", 5, process, log)[-1] for _ in range(3)]
     assert all(p == {"WATCHDOG": "1"} for p in pings)
 
-    process.send_signal(signal.SIGTERM)
+    main_pid = child_of(process.pid) if wrapped else process.pid
+    if reload:  # systemctl reload: SIGHUP -> RELOADING=1 with the monotonic clock, then READY=1 once swapped
+        sent_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        os.kill(main_pid, signal.SIGHUP)
+        reloading = receive_until(notify, "RELOADING", 10, process, log)[-1]
+        assert int(reloading["MONOTONIC_USEC"]) >= sent_usec
+        assert receive_until(notify, "READY", 60, process, log)[-1]["STATUS"].endswith("(reloaded)")
+    os.kill(main_pid, signal.SIGTERM)
     stopping = receive_until(notify, "STOPPING", 10, process, log)[-1]
     assert stopping["STOPPING"] == "1"
     assert process.wait(timeout=60) == 0, log.read_text()
     states = [watcher.next_state()]
     while states[-1] != "offline":
         states.append(watcher.next_state())
-    assert states == ["stopping", "offline"]
+    assert states[-2:] == ["stopping", "offline"] and set(states[:-2]) <= {"online"}  # a reload says online again
 
 
 def test_serve_notifies_systemd_through_its_lifecycle(tmp_path: Path, mosquitto: Any, tiny_q8_0: Path,
@@ -241,7 +251,7 @@ def test_serve_notifies_systemd_through_its_lifecycle(tmp_path: Path, mosquitto:
     watcher = StatusWatcher(mosquitto.url, prefix, device)
     process, log = serve(tiny_q8_0, mosquitto.url, prefix, device, tmp_path, notify_socket)
     try:
-        check_lifecycle(process, log, notify_socket, watcher)
+        check_lifecycle(process, log, notify_socket, watcher, reload=True)
         # Home Assistant discovery went out through the daemon, one retained config per sensor.
         assert len(watcher.discovery) == len(SENSORS)
         assert {c["state_topic"] for c in watcher.discovery.values()} == {f"{prefix}/status", f"{prefix}/metrics"}
@@ -271,6 +281,13 @@ exec setpriv --no-new-privs --bounding-set=-all --inh-caps=-all "$@"
 """
 
 
+def child_of(pid: int) -> int:
+    """The one child of ``pid`` (unshare --fork's child: the daemon, after the wrapper's execs)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
 @pytest.fixture
 def sandbox(tmp_path: Path) -> list[str]:
     script, shim = tmp_path / "sandbox.sh", tmp_path / "mdwe.py"
@@ -291,7 +308,8 @@ def test_serve_runs_inside_the_units_sandbox(tmp_path: Path, mosquitto: Any, tin
     watcher = StatusWatcher(mosquitto.url, prefix, device)
     process, log = serve(tiny_q8_0, mosquitto.url, prefix, device, tmp_path, notify_socket, wrapper=sandbox)
     try:
-        check_lifecycle(process, log, notify_socket, watcher)  # load, warm-up, watchdog and drain all work
+        # load, warm-up, watchdog and drain all work
+        check_lifecycle(process, log, notify_socket, watcher, wrapped=True)
     finally:
         stop(process)
         watcher.close()

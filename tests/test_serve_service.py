@@ -195,3 +195,29 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, model: Path, c
     assert code == ConfigError.exit_code
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+
+
+def test_running_again_keeps_local_edits_unless_forced(tmp_path: Path, model: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["install-service", "--model", str(model), "--profile", "cpu-generic", "--dest", str(tmp_path / "d"),
+            "--env-dir", str(tmp_path / "e")]
+    assert main(argv) == 0
+    config = tmp_path / "e/edgekit.toml"
+    edited = config.read_text() + "\n[limits]\nqueue_size = 32\n"
+    config.write_text(edited)
+    assert main([*argv, "--broker", "mqtt://10.0.0.9:1883"]) == 0
+    assert config.read_text() == edited
+    assert f"kept  {config}" in capsys.readouterr().out
+    assert main([*argv, "--broker", "mqtt://10.0.0.9:1883", "--force"]) == 0
+    assert load_config(config, env={}).broker.url == "mqtt://10.0.0.9:1883"
+
+
+@needs_systemd_analyze
+def test_paths_with_spaces_are_quoted_in_the_unit(tmp_path: Path) -> None:
+    folder = tmp_path / "my venv" / "bin"
+    folder.mkdir(parents=True)
+    (folder / "edgekit").symlink_to(EDGEKIT)
+    unit = tmp_path / "edgekit.service"
+    unit.write_text(render_unit(UnitSpec(executable=folder / "edgekit", env_dir=tmp_path / "etc dir")))
+    assert f'ExecStart="{folder / "edgekit"}" serve --config "{tmp_path / "etc dir"}/edgekit.toml"' in unit.read_text()
+    verify(unit)

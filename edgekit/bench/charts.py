@@ -163,7 +163,7 @@ def scatter_chart(points: Sequence[Point], title: str, x_unit: str, y_unit: str,
     """Labelled points: size against quality or against speed."""
     height, left, right, top, bottom = 380, 80, WIDTH - PAD * 2, PAD + 10, 320
     ys = [_y(p.y, log_y) for p in points] or [0.0, 1.0]
-    xt = nice_ticks(0.0, max((p.x for p in points), default=1.0))
+    xt = nice_ticks(0.0, 1.12 * max((p.x for p in points), default=1.0))  # room for the last label
     yt = nice_ticks(min(0.0, min(ys)) if not log_y else math.floor(min(ys)), max(ys))
     sx, sy = _linear(0.0, xt[-1], left, right), _linear(yt[0], yt[-1], bottom, top)
     body = []

@@ -21,7 +21,7 @@ from edgekit.bench.results import BenchRun
 _CSS = """
 body{margin:0;background:#f9fafb;color:#1f2937;font:16px/1.55 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif}
 main{max-width:1180px;margin:0 auto;padding:32px 28px 64px}
-h1{font-size:28px;margin:0 0 4px}h2{font-size:20px;margin:40px 0 8px}
+h1{font-size:28px;margin:0 0 4px}h2{font-size:20px;margin:40px 0 8px}h3{font-size:15px;margin:0 0 6px;color:#374151}
 .sub{color:#6b7280;margin:0 0 24px}
 .note{color:#6b7280;font-size:14px;max-width:860px}
 section{background:#fff;border:1px solid #e5e7eb;border-radius:10px;padding:18px 22px;margin:18px 0}
@@ -107,8 +107,9 @@ def _bars(run: BenchRun, colours: dict[str, str], figure: str) -> list[Bar]:
 def _speed_section(run: BenchRun, colours: dict[str, str]) -> str:
     gen = bar_chart(_bars(run, colours, "gen_tps"), "Generation tokens per second", "tokens/s (mean ± stdev)")
     pp = bar_chart(_bars(run, colours, "prompt_tps"), "Prompt tokens per second", "tokens/s (mean ± stdev)")
-    return (f"<h2>Throughput per quant level and setting</h2><section>{gen}</section>"
-            f"<section>{pp}</section>" + _llama_bench_note(run))
+    return (f"<h2>Throughput per quant level and setting</h2>"
+            + _figure("Generation, tokens/s", gen) + _figure("Prompt processing, tokens/s", pp)
+            + _llama_bench_note(run))
 
 
 def _llama_bench_note(run: BenchRun) -> str:
@@ -137,8 +138,12 @@ def _latency_section(run: BenchRun, colours: dict[str, str]) -> str:
                      "Time to first token", "ms")
     e2e = box_chart(_boxes(run, colours, lambda m: [s.e2e_ms for s in m.samples]),
                     "End-to-end latency", "ms per request")
-    return (f"<h2>Latency distribution</h2><section>{itl}</section><section>{ttft}</section>"
-            f"<section>{e2e}</section>")
+    return ("<h2>Latency distribution</h2>" + _figure("Inter-token latency", itl)
+            + _figure("Time to first token (queue included)", ttft) + _figure("End-to-end latency per request", e2e))
+
+
+def _figure(title: str, svg: str) -> str:
+    return f"<section><h3>{escape(title)}</h3>{svg}</section>"
 
 
 def _html_table(rows: Sequence[dict[str, str]]) -> str:

@@ -12,7 +12,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,10 +117,10 @@ def resolve_settings(info: gguf_file.GGUFInfo, config: BenchConfig) -> Settings:
 
 
 def _planned_settings(path: Path, profile_name: str) -> Settings:
-    from edgekit import plan, profiles  # planner: only with --profile
+    from edgekit import hardware, plan, profiles  # planner: only with --profile
 
     profile = profiles.load_profile(profile_name)
-    return plan.plan_for([path], profile).settings
+    return plan.plan_for([path], profile, hardware.detect()).settings
 
 
 @dataclass(frozen=True)

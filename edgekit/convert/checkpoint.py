@@ -54,10 +54,11 @@ class TensorRef:
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * RAW_DTYPES[self.dtype].itemsize
 
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        """Raw rows [start, stop) as a (rows, row_size) array of the on-disk dtype."""
+    def read_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Raw rows [start, stop) as a (rows, row_size) array of the on-disk dtype, into ``out`` if given."""
         raw = RAW_DTYPES[self.dtype]
-        out = np.empty((stop - start, self.row_size), dtype=raw)
+        if out is None:
+            out = np.empty((stop - start, self.row_size), dtype=raw)
         begin = self.offset + start * self.row_size * raw.itemsize
         fd = os.open(self.file, os.O_RDONLY)
         try:
@@ -69,12 +70,13 @@ class TensorRef:
         return out
 
 
-def to_float32(raw: np.ndarray) -> np.ndarray:
-    """Widen raw F32/F16/BF16 rows to float32; bf16 is the top half of a float32's bits."""
+def to_float32(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Widen raw F32/F16/BF16 rows to float32 (into ``out`` if given); bf16 is the top half of a float32's bits."""
     if raw.dtype == np.uint16:
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        bits = np.left_shift(raw, np.uint32(16), dtype=np.uint32, out=None if out is None else out.view(np.uint32))
+        return bits.view(np.float32)
     if raw.dtype == np.float16:
-        return to_float32_from_half(raw)
+        return to_float32_from_half(raw, out)
     return raw.astype(np.float32, copy=False)
 
 
@@ -127,7 +129,9 @@ def _weight_files(path: Path) -> list[Path]:
     if (path / SINGLE_FILE).is_file():
         return [path / SINGLE_FILE]
     if any(path.glob("*.bin")) or any(path.glob("*.pth")):
-        raise ModelFormatError(f"{path} holds PyTorch .bin/.pth weights; only safetensors are supported (pull the safetensors revision)")
+        raise ModelFormatError(
+            f"{path} holds PyTorch .bin/.pth weights; only safetensors are supported (pull the safetensors revision)"
+        )
     raise ModelFormatError(f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE}")
 
 

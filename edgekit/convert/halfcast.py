@@ -39,21 +39,24 @@ def _ggml_cast(symbol: str) -> RowCast | None:
     return fn
 
 
-def _cast(x: np.ndarray, dtype: type, symbol: str) -> np.ndarray:
+def _cast(x: np.ndarray, dtype: type, symbol: str, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        out = np.empty(x.shape, dtype=dtype)
     fn = _ggml_cast(symbol)
     if fn is None:
-        return x.astype(dtype)
+        np.copyto(out, x, casting="unsafe")
+        return out
     src = np.ascontiguousarray(x)
-    out = np.empty(src.shape, dtype=dtype)
+    assert out.flags.c_contiguous and out.shape == src.shape and out.dtype == dtype
     fn(src.ctypes.data, out.ctypes.data, src.size)
     return out
 
 
-def to_float16(x: np.ndarray) -> np.ndarray:
-    """float32 array -> float16 array, same shape."""
-    return _cast(np.asarray(x, dtype=np.float32), np.float16, "ggml_cpu_fp32_to_fp16")
+def to_float16(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 array -> float16 array of the same shape (written into ``out`` if given)."""
+    return _cast(np.asarray(x, dtype=np.float32), np.float16, "ggml_cpu_fp32_to_fp16", out)
 
 
-def to_float32_from_half(x: np.ndarray) -> np.ndarray:
-    """float16 array -> float32 array, same shape."""
-    return _cast(np.asarray(x, dtype=np.float16), np.float32, "ggml_cpu_fp16_to_fp32")
+def to_float32_from_half(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float16 array -> float32 array of the same shape (written into ``out`` if given)."""
+    return _cast(np.asarray(x, dtype=np.float16), np.float32, "ggml_cpu_fp16_to_fp32", out)

@@ -123,7 +123,9 @@ class LlamaParams:
 
     def _check(self, text: dict[str, Any]) -> None:
         if self.n_head % self.n_head_kv:
-            raise ModelFormatError(f"config.json: num_attention_heads {self.n_head} is not a multiple of num_key_value_heads {self.n_head_kv}")
+            raise ModelFormatError(
+                f"config.json: num_attention_heads {self.n_head} is not a multiple of num_key_value_heads {self.n_head_kv}"
+            )
         if self.head_dim % 2:
             raise ModelFormatError(f"config.json: head dim {self.head_dim} is odd; rotary embeddings need an even one")
         if text.get("mlp_bias"):
@@ -174,7 +176,9 @@ def check_tensors(params: LlamaParams, found: dict[str, TensorRef]) -> dict[str,
     missing = [name for name in expected if name not in found]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise ModelFormatError(f"checkpoint lacks tensor(s) {', '.join(missing[:3])}{more}; is a shard missing or the config wrong?")
+        raise ModelFormatError(
+            f"checkpoint lacks tensor(s) {', '.join(missing[:3])}{more}; is a shard missing or the config wrong?"
+        )
     unknown = [name for name in found if name not in expected and not name.endswith(IGNORED_SUFFIXES)]
     if unknown:
         raise UnsupportedModel(f"checkpoint has tensors a {params.architecture} should not have: {', '.join(unknown[:3])}")

@@ -7,14 +7,14 @@ tofile); tofile() reads a few rows of the checkpoint at a time, permutes, conver
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 import gguf
 import numpy as np
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
-from edgekit.convert.checkpoint import TensorRef, to_float32
+from edgekit.convert.checkpoint import RAW_DTYPES, TensorRef, to_float32
 from edgekit.convert.halfcast import to_float16
 from edgekit.convert.llama import permute_rows
 
@@ -40,6 +40,19 @@ def tensor_type(ref: TensorRef, outtype: str) -> gguf.GGMLQuantizationType:
     return qtype if ref.row_size % block == 0 else Q.F16
 
 
+class Workspace:
+    """Chunk buffers reused from tensor to tensor: fresh ones cost a page fault per 4 KB."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, np.ndarray] = {}
+
+    def array(self, slot: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if slot not in self._slots or self._slots[slot].nbytes < nbytes:
+            self._slots[slot] = np.empty(nbytes, dtype=np.uint8)
+        return self._slots[slot][:nbytes].view(dtype).reshape(shape)
+
+
 @dataclass
 class StreamedTensor:
     """One checkpoint tensor, converted to ``qtype`` while it is written."""
@@ -48,6 +61,8 @@ class StreamedTensor:
     qtype: gguf.GGMLQuantizationType
     permute_heads: int | None = None  # Q/K: rows are regrouped per head (see llama.permute_rows)
     on_written: Callable[[], None] | None = None  # progress reporting
+    workspace: Workspace = field(default_factory=Workspace)
+    chunk_elements: int = CHUNK_ELEMENTS
 
     @property
     def dtype(self) -> np.dtype:
@@ -66,7 +81,8 @@ class StreamedTensor:
 
     def tofile(self, fout: IO[bytes]) -> None:
         for start, stop in self._row_chunks():
-            rows = self.source.read_rows(start, stop)  # (rows, row_size), on-disk dtype
+            raw = self.workspace.array("raw", (stop - start, self.source.row_size), RAW_DTYPES[self.source.dtype])
+            rows = self.source.read_rows(start, stop, out=raw)  # (rows, row_size), on-disk dtype
             if len(self.source.shape) < 2:
                 rows = rows.reshape(-1, 1)  # (n, 1): a bias permutes element by element
             if self.permute_heads:
@@ -78,7 +94,7 @@ class StreamedTensor:
     def _row_chunks(self) -> list[tuple[int, int]]:
         """Row ranges of about CHUNK_ELEMENTS; for Q/K, whole heads at a time."""
         n_rows = self.source.n_rows
-        step = max(1, CHUNK_ELEMENTS // self.source.row_size)
+        step = max(1, self.chunk_elements // self.source.row_size)
         if self.permute_heads and len(self.source.shape) > 1:
             head_rows = n_rows // self.permute_heads
             step = max(head_rows, step - step % head_rows)
@@ -92,9 +108,9 @@ class StreamedTensor:
             return rows
         if self.qtype == Q.F16 and self.source.dtype == "F16":
             return rows
-        wide = to_float32(rows)  # (rows, row_size) float32
+        wide = to_float32(rows, out=self.workspace.array("f32", rows.shape, np.float32))  # (rows, row_size)
         if self.qtype == Q.F16:
-            return to_float16(wide)
+            return to_float16(wide, out=self.workspace.array("f16", rows.shape, np.float16))
         if self.qtype == Q.F32:
             return wide
         return quantize(wide, self.qtype)

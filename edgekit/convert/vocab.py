@@ -48,7 +48,9 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
     path = folder / TOKENIZER_MODEL
     if not path.is_file():
         if (folder / "tokenizer.json").is_file():
-            raise UnsupportedModel(f"{folder} has a tokenizer.json but no {TOKENIZER_MODEL}; only SentencePiece tokenizers are supported")
+            raise UnsupportedModel(
+                f"{folder} has a tokenizer.json but no {TOKENIZER_MODEL}; only SentencePiece tokenizers are supported"
+            )
         raise ModelFormatError(f"{path} is missing (the SentencePiece tokenizer); re-download the checkpoint")
     sp = SentencePieceProcessor()
     try:
@@ -61,8 +63,11 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
     _fill_sentencepiece(sp, tokens, scores, types)
     for token_id, content, special in _added_tokens(folder):
         _set_added(tokens, scores, types, token_id, content, special)
-    special_vocab = gguf.SpecialVocab(folder, n_vocab=vocab_size)
-    _fill_special_defaults(special_vocab, sp, folder)
+    try:
+        special_vocab = gguf.SpecialVocab(folder, n_vocab=vocab_size)
+    except ValueError as exc:  # e.g. "pad_token_id": -1 in config.json
+        raise ModelFormatError(f"{folder}: bad special token in config.json or tokenizer files: {exc}") from None
+    _fill_special_defaults(special_vocab, sp, tokens, folder)
     return Vocab(tokens=tokens, scores=scores, types=types, special=special_vocab)
 
 
@@ -90,12 +95,15 @@ def _piece_type(sp: SentencePieceProcessor, token_id: int) -> gguf.TokenType:
 def _added_tokens(folder: Path) -> list[tuple[int, str, bool]]:
     """(id, content, special) from added_tokens.json, tokenizer.json and tokenizer_config.json, later files winning."""
     found: dict[int, tuple[str, bool]] = {}
-    for content, token_id in _json(folder / "added_tokens.json").items():
-        found[int(token_id)] = (content, False)
-    for entry in _json(folder / "tokenizer.json").get("added_tokens", []):
-        found[int(entry["id"])] = (entry["content"], bool(entry.get("special")))
-    for token_id, entry in _json(folder / "tokenizer_config.json").get("added_tokens_decoder", {}).items():
-        found[int(token_id)] = (entry["content"], bool(entry.get("special")))
+    try:
+        for content, token_id in _json(folder / "added_tokens.json").items():
+            found[int(token_id)] = (str(content), False)
+        for entry in _json(folder / "tokenizer.json").get("added_tokens", []):
+            found[int(entry["id"])] = (str(entry["content"]), bool(entry.get("special")))
+        for token_id, entry in _json(folder / "tokenizer_config.json").get("added_tokens_decoder", {}).items():
+            found[int(token_id)] = (str(entry["content"]), bool(entry.get("special")))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelFormatError(f"{folder}: malformed added token in the tokenizer files ({exc!r}); re-download them") from None
     return [(token_id, content, special) for token_id, (content, special) in sorted(found.items())]
 
 
@@ -117,14 +125,31 @@ def _looks_special(content: str) -> bool:
     return (content.startswith("<|") and content.endswith("|>")) or content in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
 
 
-def _fill_special_defaults(special: gguf.SpecialVocab, sp: SentencePieceProcessor, folder: Path) -> None:
-    """Fall back to the SentencePiece model's own ids, and to chat_template.jinja, when the JSON files are silent."""
-    for kind, token_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()), ("pad", sp.pad_id())):
-        if kind not in special.special_token_ids and token_id >= 0:
+def _fill_special_defaults(special: gguf.SpecialVocab, sp: SentencePieceProcessor, tokens: list[bytes], folder: Path) -> None:
+    """Where gguf-py found no id (it needs tokenizer.json): tokenizer_config.json's token texts looked up
+    in our vocabulary, then the SentencePiece model's own ids; chat_template.jinja for the template."""
+    config = _json(folder / "tokenizer_config.json")
+    for kind, sp_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()), ("pad", sp.pad_id())):
+        if kind in special.special_token_ids:
+            continue
+        token_id = _token_id(tokens, config.get(f"{kind}_token"))
+        token_id = token_id if token_id is not None else sp_id
+        if token_id >= 0:
             special.special_token_ids[kind] = token_id
     jinja = folder / "chat_template.jinja"
     if special.chat_template is None and jinja.is_file():
         special.chat_template = jinja.read_text(encoding="utf-8")
+
+
+def _token_id(tokens: list[bytes], entry: Any) -> int | None:
+    """The id of a tokenizer_config.json token entry ("</s>" or {"content": "</s>", ...}), if in the vocabulary."""
+    content = entry.get("content") if isinstance(entry, dict) else entry
+    if not isinstance(content, str):
+        return None
+    try:
+        return tokens.index(content.encode("utf-8"))
+    except ValueError:
+        return None
 
 
 def _json(file: Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from edgekit import __version__
 from edgekit.atomic import atomic_path, check_writable_dir
 from edgekit.convert.checkpoint import Checkpoint, open_checkpoint
 from edgekit.convert.llama import ARCHITECTURES, LlamaParams, add_hparams, check_tensors, llama3_rope_factors, permute_heads
-from edgekit.convert.stream import OUTTYPES, StreamedTensor, tensor_type
+from edgekit.convert.stream import OUTTYPES, StreamedTensor, Workspace, tensor_type
 from edgekit.convert.vocab import Vocab, load_vocab
 from edgekit.errors import UsageError
 
@@ -89,9 +89,9 @@ def plan_conversion(hf_dir: Path, outtype: str) -> ConversionPlan:
     vocab = load_vocab(hf_dir, params.vocab)
     sources = check_tensors(params, checkpoint.tensors)
     names = gguf.get_tensor_name_map(ARCHITECTURES[params.architecture], params.n_layer)
-    tensors = []
+    tensors, workspace = [], Workspace()
     for hf_name, ref in sorted(sources.items(), key=lambda item: (str(item[1].file), item[1].offset)):
-        streamed = StreamedTensor(ref, tensor_type(ref, outtype), permute_heads(params, hf_name))
+        streamed = StreamedTensor(ref, tensor_type(ref, outtype), permute_heads(params, hf_name), workspace=workspace)
         tensors.append((names.get_name(hf_name, try_suffixes=(".weight", ".bias")), streamed))
     return ConversionPlan(checkpoint=checkpoint, params=params, vocab=vocab, tensors=tensors, outtype=outtype)
 

@@ -36,15 +36,15 @@ class Request:
 class Timings:
     """Where a request's time went; all durations in milliseconds."""
 
-    queue_ms: float = 0.0
-    time_to_first_token_ms: float = 0.0
+    queue_ms: float = 0.0  # from the stream() call until the worker starts on it
+    time_to_first_token_ms: float = 0.0  # from the stream() call (queue included)
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0  # prefix reused from the KV cache, not evaluated again
     prompt_ms: float = 0.0
-    prompt_tokens_per_s: float = 0.0
+    prompt_tokens_per_s: float = 0.0  # evaluated (not cached) prompt tokens / prompt_ms
     completion_tokens: int = 0
     generation_ms: float = 0.0
-    generation_tokens_per_s: float = 0.0
+    generation_tokens_per_s: float = 0.0  # tokens decoded after the first / generation_ms
     total_ms: float = 0.0
 
 

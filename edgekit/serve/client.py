@@ -11,16 +11,27 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgekit.errors import BadRequest, BrokerError, Busy, Cancelled, ContextOverflow, EdgekitError, EngineError, \
-    Expired, TooLarge
+from edgekit.errors import (
+    BadRequest,
+    BrokerError,
+    Busy,
+    Cancelled,
+    ContextOverflow,
+    EdgekitError,
+    EngineError,
+    Expired,
+    TooLarge,
+    UsageError,
+)
 from edgekit.serve.config import BrokerConfig
-from edgekit.serve.link import connect_blocking, message_property, new_client, publish_properties
+from edgekit.serve.link import connect_blocking, message_property, new_client, publish_properties, quick_ack
 
 # The protocol's error codes -> the exception the client raises for them.
 ERRORS: dict[str, type[EdgekitError]] = {
@@ -81,6 +92,7 @@ class RequestClient:
         self.client = new_client(f"edgekit-request-{uuid.uuid4().hex[:12]}", self.broker)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_publish = lambda client, *_: quick_ack(client)
 
     def __enter__(self) -> RequestClient:
         self.connect()
@@ -136,14 +148,20 @@ class RequestClient:
         for _ms, message in self.messages(correlation, t0, timeout_s):
             yield message
 
-    def ask(self, body: dict[str, Any], *, expiry_s: int | None = None, timeout_s: float | None = None) -> Answer:
-        """Send one request, wait for its final message; the Answer keeps every message and its timing."""
+    def ask(self, body: dict[str, Any], *, expiry_s: int | None = None, timeout_s: float | None = None,
+            on_chunk: Callable[[str], None] | None = None) -> Answer:
+        """Send one request, wait for its final message; the Answer keeps every message and its timing.
+
+        on_chunk gets each streamed chunk's text as it arrives (for printing).
+        """
         t0 = time.perf_counter()
         correlation = self.send(body, expiry_s=expiry_s)
         answer = Answer()
         for ms, message in self.messages(correlation, t0, timeout_s):
             answer.messages.append(message)
             answer.arrival_ms.append(ms)
+            if on_chunk is not None and message.get("type") == "chunk":
+                on_chunk(message["text"])
         return answer
 
     def cancel(self, request_id: str) -> None:
@@ -151,6 +169,7 @@ class RequestClient:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         arrived = time.perf_counter()
+        quick_ack(_c)
         correlation = message_property(message, "CorrelationData")
         with self._lock:
             inbox = self._inboxes.get(correlation)
@@ -174,6 +193,19 @@ def chat_body(prompt: str, *, system: str | None = None, max_tokens: int | None 
     if json_schema is not None:
         body["json_schema"] = json_schema
     return body
+
+
+def read_schema(path: Path) -> dict[str, Any]:
+    """--json-schema FILE: a JSON Schema object, or a UsageError saying what is wrong with the file."""
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--json-schema {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--json-schema {path} is not JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--json-schema {path} must hold a JSON object (a JSON Schema)")
+    return schema
 
 
 def timings_line(final: dict[str, Any], round_trip_ms: float) -> str:

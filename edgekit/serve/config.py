@@ -239,7 +239,7 @@ def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(table) - known)
     if unknown:
-        raise ConfigError(f"unknown setting {where}{unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise ConfigError(f"unknown setting '{where}{unknown[0]}' (known: {', '.join(sorted(known))})")
     values = {}
     for name, raw in table.items():
         kind = hints[name]

@@ -13,19 +13,20 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgekit import __version__
 from edgekit.engine.records import Chunk, Result
 from edgekit.errors import BadRequest, Busy, Cancelled, EdgekitError, EngineError
-from edgekit.serve import discovery, protocol
+from edgekit.serve import announce, discovery, protocol
 from edgekit.serve.config import ServeConfig, broker_address
-from edgekit.serve.engines import EngineLike, open_engine
+from edgekit.serve.engines import EngineLike, check_prompt_tokens, open_engine
 from edgekit.serve.jobs import Confirmations, Job, JobQueue
 from edgekit.serve.journal import Journal
-from edgekit.serve.link import connect_properties, message_property, new_client, publish_properties
+from edgekit.serve.link import connect_properties, message_property, new_client, publish_properties, quick_ack
 from edgekit.serve.metrics import Metrics
 from edgekit.serve.notify import Notifier
 from edgekit.serve.protocol import Reply, Topics
@@ -40,8 +41,11 @@ CLEAN_EXIT_WAIT_S = 5.0  # for the last answers' acknowledgements and the offlin
 class Daemon:
     """One model served on one MQTT connection; run() returns when a SIGTERM's drain is done."""
 
-    def __init__(self, config: ServeConfig, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: ServeConfig, notifier: Notifier | None = None,
+                 reread: Callable[[], ServeConfig] | None = None) -> None:
+        """reread: how SIGHUP reads the config again (the file, environment and flags it came from)."""
         self.config = config
+        self._reread = reread
         self.topics = Topics.for_device(config.prefix, config.device_id, config.topics.share_group)
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
@@ -55,7 +59,6 @@ class Daemon:
         self._active: dict[str, Job] = {}  # accepted and not yet acknowledged, by dedup key
         self._running: Job | None = None
         self._generation = 0  # connections so far; packet ids are only valid on their own
-        self._connected = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._reload_requested = False
@@ -76,8 +79,8 @@ class Daemon:
     def start(self) -> None:
         """Model first (READY means warm), then the broker: requests wait there, not here."""
         self.notifier.status("loading the model")
-        self.journal = Journal(self.config.state_dir / "answered.jsonl", self.config.limits.dedup_window_s)
         self.engine = open_engine(self.config.model)
+        self.journal = Journal(self.config.state_dir / "answered.jsonl", self.config.limits.dedup_window_s)
         self.client = self._new_client()
         host, port, _tls = broker_address(self.config.broker.url)
         self.client.connect_async(host, port, keepalive=self.config.broker.keepalive_s, clean_start=False,
@@ -86,7 +89,7 @@ class Daemon:
         self._spawn("mqtt", lambda: self.client.loop_forever(retry_first_connection=True))
         self._spawn("worker", self._work)
         self.confirmations.start()
-        self.notifier.ready(f"serving {self._model_name()} on {self.config.broker.url} as {self.topics.prefix}")
+        self.notifier.ready(f"serving {announce.model_name(self.config)} on {self.config.broker.url} as {self.topics.prefix}")
 
     def request_stop(self) -> None:
         """Signal-safe: only set flags; the main loop does the rest."""
@@ -96,9 +99,6 @@ class Daemon:
     def request_reload(self) -> None:
         self._reload_requested = True
         self._wake.set()
-
-    def wait_connected(self, timeout_s: float) -> bool:
-        return self._connected.wait(timeout_s)
 
     def stop(self) -> None:
         """The drain: no new work; finish (or cancel) the running request; queued ones stay unacked."""
@@ -111,7 +111,7 @@ class Daemon:
         self._finish_running(self.config.daemon.drain_timeout_s)
         self.confirmations.wait_empty(CLEAN_EXIT_WAIT_S)
         info = self._publish_status("offline", "stopped")
-        self._wait_published(info, CLEAN_EXIT_WAIT_S)
+        announce.wait_published(info, CLEAN_EXIT_WAIT_S)
         self.confirmations.stop()
         self.client.disconnect()  # a normal DISCONNECT: the broker discards the Last Will
         self._threads["mqtt"].join(timeout=CLEAN_EXIT_WAIT_S)
@@ -155,20 +155,23 @@ class Daemon:
             worker.join(timeout=CLEAN_EXIT_WAIT_S)
 
     def _reload(self) -> None:
-        """SIGHUP: load the model again (the file may have changed), then swap; the MQTT session stays."""
+        """SIGHUP: read the [model] settings again, load that model, then swap; the MQTT session stays up."""
         self._reload_requested = False
         self.notifier.reloading("reloading the model")
         try:
-            new = open_engine(self.config.model)
+            model = self._reread().model if self._reread else self.config.model
+            new = open_engine(model)
         except EdgekitError as exc:
-            log.error("reload failed, still serving the old model: %s", exc)
+            log.error("reload failed, still serving %s: %s", announce.model_name(self.config), exc)
             self.notifier.ready(f"reload failed: {exc}")
             return
         with self._engine_lock:
             old, self.engine = self.engine, new
+            self.config = replace(self.config, model=model)
         old.close()
         self._publish_status("online", None)
-        self.notifier.ready(f"serving {self._model_name()} (reloaded)")
+        self.publish_discovery()
+        self.notifier.ready(f"serving {announce.model_name(self.config)} (reloaded)")
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
@@ -184,13 +187,18 @@ class Daemon:
 
     def _new_client(self) -> mqtt.Client:
         client = new_client(self.config.client_id, self.config.broker, manual_ack=True)
-        client.will_set(self.topics["status"], self._status_payload("offline", "lost"), qos=1, retain=True)
+        will = announce.status_payload(self.config, "offline", "lost", self.engine)
+        client.will_set(self.topics["status"], will, qos=1, retain=True)
         client.max_inflight_messages_set(64)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_publish = lambda _c, _u, mid, _rc, _p: self.confirmations.published(mid)
+        client.on_publish = self._on_publish
         return client
+
+    def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        quick_ack(client)
+        self.confirmations.published(mid)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:  # refused: paho retries; we are not connected
@@ -205,14 +213,13 @@ class Daemon:
         client.subscribe(subscriptions)  # the session keeps them, but a lost session would not
         self._publish_status("stopping" if self._draining else "online", None)
         self.publish_discovery()
-        self._connected.set()
 
     def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
-        self._connected.clear()
         if not self._draining:
             log.warning("disconnected from the broker (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        quick_ack(client)
         try:
             self._dispatch(message)
         except Exception:  # never let one message kill paho's network thread
@@ -241,22 +248,28 @@ class Daemon:
         try:
             data = protocol.decode(message.payload, self.config.limits)
         except BadRequest as exc:
-            self._refuse(protocol.reply_of({}, response_topic, correlation), exc, delivery)
+            self._refuse(self._routable(protocol.reply_of({}, response_topic, correlation))[0], exc, delivery)
             return
         reply = protocol.reply_of(data, response_topic, correlation)
         if self._is_duplicate(reply, delivery, message.dup):
             return
+        routable, problem = self._routable(reply)
+        try:
+            if problem is not None:
+                raise problem
+            incoming = protocol.parse(data, reply, self.config.limits)
+        except BadRequest as exc:
+            self._refuse(routable, exc, delivery)
+            return
+        self._accept(incoming, delivery, message_property(message, "MessageExpiryInterval"))
+
+    def _routable(self, reply: Reply) -> tuple[Reply, BadRequest | None]:
+        """The reply itself, or, when its topic is not allowed, a route to {node}/errors and the reason."""
         try:
             protocol.check_reply_topic(reply, self.config.topics.reply_prefix)
         except BadRequest as exc:
-            self._refuse(Reply(None, reply.correlation, reply.request_id), exc, delivery)
-            return
-        try:
-            incoming = protocol.parse(data, reply, self.config.limits)
-        except BadRequest as exc:
-            self._refuse(reply, exc, delivery)
-            return
-        self._accept(incoming, delivery, message_property(message, "MessageExpiryInterval"))
+            return Reply(None, reply.correlation, reply.request_id), exc
+        return reply, None
 
     def _is_duplicate(self, reply: Reply, delivery: list[tuple[int, int]], dup: bool) -> bool:
         """In progress: acknowledged with the first delivery. Answered already: acknowledged only."""
@@ -397,45 +410,26 @@ class Daemon:
     def _generate(self, job: Job) -> Result:
         """Run the engine; stream chunks as they come when the request asked for it."""
         reply, request = job.incoming.reply, job.incoming.request
+        check_prompt_tokens(self.engine, request, self.config.limits.max_prompt_tokens)
+        seq = 0
         for item in self.engine.stream(request):
             if isinstance(item, Result):
                 return item
             if job.cancelled:  # a cancel that raced the engine's start
                 self.engine.cancel(request.id)
             if job.incoming.stream and isinstance(item, Chunk) and item.text:
-                self._publish(reply, protocol.chunk_message(request.id, item.index, item.text))
+                self._publish(reply, protocol.chunk_message(request.id, seq, item.text))
+                seq += 1
         raise EngineError("the engine's stream ended without a result (a bug in the engine)")
 
     # --- status, discovery, metrics ------------------------------------------------------------------
 
-    def _status_payload(self, state: str, reason: str | None) -> bytes:
-        info = getattr(self.engine, "info", None)
-        return protocol.status_message(state, reason, self.config.device_id, model=self._model_name(),
-                                       quant=getattr(info, "quant", None), profile=self.config.model.profile,
-                                       version=__version__, ts=round(time.time(), 3))
-
     def _publish_status(self, state: str, reason: str | None) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(self.topics["status"], self._status_payload(state, reason), qos=1, retain=True)
+        return announce.publish_status(self.client, self.config, self.topics, state, reason, self.engine)
 
     def publish_discovery(self) -> None:
-        if not self.config.topics.discovery:
-            return
-        info = getattr(self.engine, "info", None)
-        for topic, payload, retain in discovery.discovery_messages(
-                self.topics.node, self.config.device_id, model=self._model_name(),
-                quant=getattr(info, "quant", None), profile=self.config.model.profile, sw_version=__version__,
-                discovery_prefix=self.config.topics.discovery_prefix):
-            self.client.publish(topic, payload, qos=1, retain=retain)
+        announce.publish_discovery(self.client, self.config, self.topics, self.engine)
 
     def publish_metrics(self) -> None:
         snapshot = self.metrics.snapshot(len(self.queue), self._running is not None)
-        self.client.publish(self.topics["metrics"], protocol.metrics_message(snapshot), qos=1, retain=True)
-
-    def _model_name(self) -> str:
-        return self.config.model.path.name if self.config.model.path else "?"
-
-    @staticmethod
-    def _wait_published(info: mqtt.MQTTMessageInfo, timeout_s: float) -> None:
-        end = time.monotonic() + timeout_s
-        while not info.is_published() and time.monotonic() < end:
-            time.sleep(0.01)
+        announce.publish_metrics(self.client, self.topics, snapshot)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from edgekit.engine.records import Chunk, Request, Result
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, TooLarge
 from edgekit.plan import Settings
 from edgekit.serve.config import ModelConfig
 
@@ -25,6 +25,8 @@ class EngineLike(Protocol):
     def cancel(self, request_id: str) -> bool: ...
     def alive(self) -> bool: ...
     def close(self) -> None: ...
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]: ...
+    def render_prompt(self, messages: Any) -> str: ...
 
 
 def open_engine(model: ModelConfig) -> EngineLike:
@@ -44,6 +46,16 @@ def open_engine(model: ModelConfig) -> EngineLike:
         raise
     log.info("serving %s (%s, n_ctx %d)", model.path, engine.info.quant, engine.info.n_ctx)
     return engine
+
+
+def check_prompt_tokens(engine: EngineLike, request: Request, limit: int | None) -> None:
+    """limits.max_prompt_tokens: count the prompt as the model will see it (one tokenize in the engine)."""
+    if limit is None:
+        return
+    text = request.prompt if request.prompt is not None else engine.render_prompt(request.messages)
+    count = len(engine.tokenize(text, add_bos=request.prompt is not None, special=request.prompt is None))
+    if count > limit:
+        raise TooLarge(f"prompt is {count} tokens, the limit is {limit}")
 
 
 def settings_for(model: ModelConfig) -> Settings:

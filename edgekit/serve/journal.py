@@ -16,27 +16,32 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from edgekit.atomic import write_text
 from edgekit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+COMPACT_EVERY = 10_000  # appends between rewrites of the file without the expired keys
+
 
 class Journal:
-    """Keys answered within the last ``window_s`` seconds; appends are fsynced, the file compacted at open."""
+    """Keys answered within the last ``window_s`` seconds, in an append-only file compacted now and then."""
 
     def __init__(self, path: Path, window_s: float) -> None:
         self.path = path
         self.window_s = window_s
         self._lock = threading.Lock()
         self._answered: dict[str, float] = {}
+        self._file: Any = None
+        self._appended = 0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"state folder {path.parent}: {exc.strerror} (set daemon.state_dir)") from None
         self._load()
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the daemon's life
+        self._compact()
 
     def __contains__(self, key: str) -> bool:
         with self._lock:
@@ -53,18 +58,38 @@ class Journal:
             self._answered[key] = now
             self._file.write(json.dumps([now, key]) + "\n")
             self._file.flush()
+            self._appended += 1
+            if self._appended >= COMPACT_EVERY:
+                self._compact()
 
     def sync(self) -> None:
-        """Make the records durable: call before acknowledging the requests they answer."""
-        with self._lock:
-            os.fsync(self._file.fileno())
+        """Make the records durable: call before acknowledging the requests they answer.
+
+        Outside the lock: an fsync can take seconds on a busy disk, and record() is on the
+        path of every answer.
+        """
+        file = self._file
+        try:
+            os.fsync(file.fileno())
+        except ValueError:  # closed by a compaction meanwhile, whose rewrite was fsynced
+            pass
 
     def close(self) -> None:
         with self._lock:
             self._file.close()
 
+    def _compact(self) -> None:
+        """Forget keys older than the window; rewrite the file atomically with the rest and append to it."""
+        cutoff = time.time() - self.window_s
+        self._answered = {k: t for k, t in self._answered.items() if t >= cutoff}
+        if self._file is not None:
+            self._file.close()
+        write_text(self.path, "".join(json.dumps([t, k]) + "\n" for k, t in self._answered.items()))
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the daemon's life
+        self._appended = 0
+
     def _load(self) -> None:
-        """Read the surviving entries (a torn last line from a crash is skipped) and rewrite the file compactly."""
+        """Read the entries within the window; a torn last line (a crash mid-write) is skipped."""
         cutoff = time.time() - self.window_s
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
@@ -77,6 +102,5 @@ class Journal:
                 continue
             if stamp >= cutoff:
                 self._answered[key] = stamp
-        write_text(self.path, "".join(json.dumps([t, k]) + "\n" for k, t in self._answered.items()))
         log.info("journal %s: %d answered request(s) within the last %.0f s", self.path, len(self._answered),
                  self.window_s)

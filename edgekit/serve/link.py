@@ -78,6 +78,21 @@ def connect_blocking(client: mqtt.Client, url: str, keepalive_s: int, properties
         raise BrokerError(f"cannot reach the MQTT broker at {url}: {exc} (is it running? check --broker)") from None
 
 
+def quick_ack(client: mqtt.Client) -> None:
+    """ACK what we just received now, not after Linux's delayed-ACK timer (up to 40 ms).
+
+    Call on every PUBACK and message received. Mosquitto leaves Nagle's algorithm on for
+    its side unless set_tcp_nodelay is configured: it then holds its next packet to us
+    (a reply) until our ACK of its last one (a PUBACK) arrives. TCP_QUICKACK flushes it.
+    """
+    sock = client.socket()
+    if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except (OSError, AttributeError):
+            pass
+
+
 def _set_tls(client: mqtt.Client, broker: BrokerConfig) -> None:
     try:
         client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None,

@@ -108,7 +108,13 @@ class UnitSpec:
 
     @property
     def config_path(self) -> str:
-        return f"{self.env_dir}/%i.toml" if self.template else f"{self.env_dir}/edgekit.toml"
+        folder = str(self.env_dir).replace("%", "%%")  # a literal % in a unit is written %%
+        return f"{folder}/%i.toml" if self.template else f"{folder}/edgekit.toml"
+
+
+def _unit_word(text: str) -> str:
+    """One word of a unit's command line: quoted when it holds whitespace (systemd.service(5), "Command lines")."""
+    return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
 def _lines(settings: Sequence[tuple[str, str, str]]) -> list[str]:
@@ -129,8 +135,8 @@ def _service_lines(spec: UnitSpec) -> list[str]:
     return [
         "Type=notify",
         "NotifyAccess=main",
-        f"ExecStart={spec.executable} serve --config {spec.config_path}",
-        "# SIGHUP: re-read the config and reload the model without dropping the broker session",
+        f"ExecStart={_unit_word(str(spec.executable))} serve --config {_unit_word(spec.config_path)}",
+        "# SIGHUP: load the model file again and swap it in; the broker session stays up",
         "ExecReload=/bin/kill -HUP $MAINPID",
         *env_files,
         f"Environment=PYTHONUNBUFFERED=1 HF_HOME=%C/edgekit{instance}/huggingface",
@@ -223,6 +229,7 @@ class RenderedFile:
     path: Path
     text: str
     mode: int = 0o644
+    editable: bool = False  # the user's to edit: an existing, different copy is kept unless forced
 
 
 @dataclass(frozen=True)
@@ -259,17 +266,25 @@ def plan_installation(box: BoxSettings, *, dest: Path = Path("/etc/systemd/syste
         profile_ref = profile.name
     name = box.instance or "edgekit"
     device_id = box.device_id or (f"{_hostname()}-{box.instance}" if box.instance else None)
-    files.append(RenderedFile(env_dir / f"{name}.toml", render_config(model, profile_ref, box.broker, device_id)))
-    files.append(RenderedFile(env_dir / "edgekit.env", render_env()))
+    files.append(RenderedFile(env_dir / f"{name}.toml", render_config(model, profile_ref, box.broker, device_id),
+                              editable=True))
+    files.append(RenderedFile(env_dir / "edgekit.env", render_env(), editable=True))
     unit = f"edgekit@{box.instance}.service" if box.instance else UNIT_NAME
     warnings = tuple(p for p in problems if p)
     return Installation(tuple(files), unit, _next_commands(unit, spec, password), warnings)
 
 
-def write_installation(installation: Installation) -> list[Path]:
-    """Write every file atomically (temp file, fsync, rename) with its mode; return the paths."""
+def write_installation(installation: Installation, *, force: bool = False) -> list[Path]:
+    """Write every file atomically (temp file, fsync, rename) with its mode; return the paths written.
+
+    An editable file (the box's TOML and env file) that exists with other content is kept, so that
+    running install-service again (say, after adding a password) never loses local edits.
+    """
     written = []
     for file in installation.files:
+        if file.editable and not force and file.path.is_file() and file.path.read_text(encoding="utf-8") != file.text:
+            log.info("kept %s: it differs from the rendering (--force replaces it)", file.path)
+            continue
         file.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(file.path) as tmp:
             tmp.write_text(file.text, encoding="utf-8")

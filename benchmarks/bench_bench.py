@@ -1,0 +1,74 @@
+"""`edgekit bench` on the TinyLlama-shaped Q4_K_M and Q8_0: every figure, every output format.
+
+Run: .venv/bin/python -m pytest benchmarks/bench_bench.py -q -s --benchmark-enable
+Writes bench-results/bench.{json,csv,jsonl,html} and prints the table. With llama-bench
+built (benchmarks/build_llama_tools.sh; built here when missing unless
+EDGEKIT_BENCH_NO_BUILD=1) the rates are shown as a ratio to llama-bench's on the same
+files and threads. Checks, printed and asserted only with EDGEKIT_BENCH_STRICT=1 (a
+shared box moves every figure):
+  generation rate within 5% of llama-bench's tg rate (the pp32 setting: depth 32, near
+  llama-bench's depth 0), and time to first token of the 256-token prompt within 10% of
+  256 / llama-bench's pp256 rate.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from edgekit.bench.output import format_table, table_rows, to_csv, to_json, to_jsonl
+from edgekit.bench.report import write_report
+from edgekit.bench.runner import BenchConfig, run_bench
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench-results"
+TOOLS = REPO / ".cache" / "llama-tools" / "bin"
+THREADS = int(os.environ.get("EDGEKIT_BENCH_THREADS", "2"))
+STRICT = os.environ.get("EDGEKIT_BENCH_STRICT") == "1"
+
+
+def _llama_bench() -> Path | None:
+    binary = TOOLS / "llama-bench"
+    if not binary.exists() and os.environ.get("EDGEKIT_BENCH_NO_BUILD") != "1":
+        subprocess.run([str(REPO / "benchmarks" / "build_llama_tools.sh")], check=True)
+    return binary if binary.exists() else None
+
+
+def test_edgekit_bench_tinyllama(benchmark, tinyllama_q4_k_m, tinyllama_q8_0):
+    config = BenchConfig(
+        models=(tinyllama_q4_k_m, tinyllama_q8_0), prompt_tokens=(32, 256), gen_tokens=128, repeat=3,
+        concurrency=(1,), threads=THREADS, llama_bench=_llama_bench(),
+    )
+    run = benchmark.pedantic(lambda: run_bench(config, progress=lambda s: print(f"[bench] {s}", flush=True)),
+                             rounds=1, iterations=1)
+    OUT.mkdir(exist_ok=True)
+    for suffix, render in (("json", to_json), ("csv", to_csv), ("jsonl", to_jsonl)):
+        (OUT / f"bench.{suffix}").write_text(render(run))
+    write_report(OUT / "bench.html", run, title="edgekit bench: TinyLlama-shaped Q4_K_M and Q8_0")
+    print("\n" + format_table(table_rows(run)))
+    for line in acceptance_lines(run):
+        print(line)
+    benchmark.extra_info["measurements"] = len(run.measurements)
+    assert all(m.samples for m in run.measurements)
+
+
+def acceptance_lines(run) -> list[str]:  # type: ignore[no-untyped-def]
+    """The two acceptance checks per model, as printed lines; asserted when STRICT."""
+    lines = []
+    for m in run.measurements:
+        name = m.model.file_type
+        if m.prompt_tokens == 32 and m.llama_bench_tg_ts:
+            ratio = m.figure("gen_tps").mean / m.llama_bench_tg_ts
+            lines.append(f"[accept {name}] generation {m.figure('gen_tps').mean:.2f} tok/s vs llama-bench tg"
+                         f"{m.gen_tokens} {m.llama_bench_tg_ts:.2f}: {ratio:.3f}")
+            if STRICT:
+                assert abs(ratio - 1) <= 0.05, lines[-1]
+        if m.prompt_tokens == 256 and m.llama_bench_pp_ts:
+            expected = 1000 * 256 / m.llama_bench_pp_ts
+            ttft = m.figure("ttft_ms").mean
+            lines.append(f"[accept {name}] TTFT pp256 {ttft:.1f} ms vs 256 / llama-bench pp256 "
+                         f"({m.llama_bench_pp_ts:.1f} t/s) = {expected:.1f} ms: {ttft / expected:.3f}")
+            if STRICT:
+                assert abs(ttft / expected - 1) <= 0.10, lines[-1]
+    return lines

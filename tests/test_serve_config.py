@@ -1,0 +1,87 @@
+"""ServeConfig: TOML < environment < flags, unknown keys named, secrets from files only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgekit.errors import ConfigError
+from edgekit.serve.config import BrokerConfig, broker_address, broker_password, load_config, sanitise_device_id
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edgekit.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_name_the_device_after_the_host() -> None:
+    config = load_config(None, env={})
+    assert config.prefix == f"edgekit/{config.device_id}" and config.client_id == f"edgekit-{config.device_id}"
+    assert config.broker.url == "mqtt://127.0.0.1:1883" and config.topics.discovery
+
+
+def test_hostnames_are_sanitised_for_topics() -> None:
+    assert sanitise_device_id("Pi 5.local") == "pi-5-local"
+
+
+def test_toml_then_environment_then_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, '[broker]\nurl = "mqtt://toml:1"\nkeepalive_s = 7\n[limits]\nqueue_size = 3\n')
+    env = {"EDGEKIT_BROKER": "mqtt://env:2", "EDGEKIT_LIMITS_QUEUE_SIZE": "5"}
+    config = load_config(path, env=env, flags={"broker": "mqtt://flag:3", "prefix": None})
+    assert config.broker.url == "mqtt://flag:3" and config.broker.keepalive_s == 7
+    assert config.limits.queue_size == 5
+
+
+def test_an_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'limits.queue_sise'"):
+        load_config(write(tmp_path, "[limits]\nqueue_sise = 3\n"), env={})
+    with pytest.raises(ConfigError, match="'mqtt'"):
+        load_config(write(tmp_path, "[mqtt]\nurl = 1\n"), env={})
+
+
+def test_a_wrong_type_is_an_error_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="limits.queue_size"):
+        load_config(write(tmp_path, '[limits]\nqueue_size = "many"\n'), env={})
+    with pytest.raises(ConfigError, match="topics.discovery"):
+        load_config(None, env={"EDGEKIT_TOPICS_DISCOVERY": "maybe"})
+
+
+@pytest.mark.parametrize("toml, words", [
+    ('[broker]\nurl = "http://x"\n', "mqtt://"),
+    ('[topics]\nprefix = "edgekit/#"\n', "wildcards"),
+    ('[topics]\nshare_group = "a/b"\n', "share_group"),
+    ("[limits]\nqueue_size = 0\n", "queue_size"),
+    ('[broker]\ncert_file = "c.pem"\n', "key_file"),
+])
+def test_inconsistent_settings_are_refused(tmp_path: Path, toml: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_config(write(tmp_path, toml), env={})
+
+
+def test_broker_urls_give_host_port_and_tls() -> None:
+    assert broker_address("mqtt://h:1884") == ("h", 1884, False)
+    assert broker_address("mqtts://h") == ("h", 8883, True)
+    assert broker_address("h") == ("h", 1883, False)
+
+
+def test_password_comes_from_its_file(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    assert broker_password(BrokerConfig(username="u", password_file=tmp_path / "pw"), env={}) == "s3cret"
+
+
+def test_password_comes_from_systemd_credentials(tmp_path: Path) -> None:
+    (tmp_path / "mqtt_password").write_text("from-systemd")
+    assert broker_password(BrokerConfig(username="u"), env={"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "from-systemd"
+    assert broker_password(BrokerConfig(username="u"), env={}) is None
+
+
+def test_a_missing_password_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="password file"):
+        broker_password(BrokerConfig(password_file=tmp_path / "nope"), env={})
+
+
+def test_there_is_no_password_setting_to_leak_on_a_command_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'broker.password'"):
+        load_config(write(tmp_path, '[broker]\npassword = "x"\n'), env={})

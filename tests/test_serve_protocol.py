@@ -1,0 +1,115 @@
+"""The protocol's pure parts: topics, request validation against limits, reply messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgekit.engine.records import Result, Timings
+from edgekit.errors import BadRequest, TooLarge
+from edgekit.serve import protocol
+from edgekit.serve.config import LimitsConfig
+from edgekit.serve.protocol import Reply, Topics
+
+LIMITS = LimitsConfig(max_payload_bytes=200, max_prompt_chars=50, max_tokens=100, default_max_tokens=16)
+
+
+def parse(body: dict, response_topic: str | None = "edgekit/reply/t", correlation: bytes | None = b"c1"):
+    reply = protocol.reply_of(body, response_topic, correlation)
+    return protocol.parse(body, reply, LIMITS)
+
+
+def test_a_single_daemon_uses_its_prefix_for_every_topic() -> None:
+    topics = Topics.for_device("edgekit/box", "box")
+    assert topics["request"] == "edgekit/box/request" and topics["status"] == "edgekit/box/status"
+    assert topics.request_subscription == "edgekit/box/request"
+
+
+def test_a_fleet_shares_the_request_topic_and_keeps_status_per_device() -> None:
+    topics = Topics.for_device("edgekit/fleet", "pi-3", share_group="g")
+    assert topics.request_subscription == "$share/g/edgekit/fleet/request"
+    assert topics["cancel"] == "edgekit/fleet/cancel"
+    assert topics["status"] == "edgekit/fleet/pi-3/status" and topics["metrics"] == "edgekit/fleet/pi-3/metrics"
+
+
+def test_chat_request_is_parsed_with_defaults_and_the_given_id() -> None:
+    incoming = parse({"id": "a1", "messages": [{"role": "user", "content": "Hi"}], "stream": True, "seed": 3})
+    request = incoming.request
+    assert request.id == "a1" and request.messages == ({"role": "user", "content": "Hi"},)
+    assert request.max_tokens == 16 and request.seed == 3 and incoming.stream
+    assert incoming.reply == Reply("edgekit/reply/t", b"c1", "a1", "edgekit/reply/t\0a1")
+
+
+def test_response_topic_property_wins_over_reply_to_and_correlation_gives_the_id() -> None:
+    reply = protocol.reply_of({"reply_to": "x/y"}, "edgekit/reply/z", b"\x01\x02")
+    assert reply.topic == "edgekit/reply/z" and reply.request_id == "0102" and reply.key is not None
+
+
+def test_a_request_with_neither_id_nor_correlation_cannot_be_deduplicated() -> None:
+    reply = protocol.reply_of({"reply_to": "edgekit/reply/q"}, None, None)
+    assert reply.key is None and len(reply.request_id) == 32
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"prompt": "x", "temperature": 2.5}, "temperature"),
+    ({"prompt": "x", "max_tokens": 101}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": True}, "max_tokens"),
+    ({"prompt": "x", "top_p": -0.1}, "top_p"),
+    ({"prompt": "x", "stop": [""]}, "stop"),
+    ({"prompt": "x", "stream": "yes"}, "stream"),
+    ({"prompt": "x", "json_schema": "{}"}, "json_schema"),
+    ({"prompt": "x", "colour": "red"}, "colour"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "role"),
+    ({"messages": []}, "messages"),
+    ({"prompt": "x", "messages": [{"role": "user", "content": "y"}]}, "exactly one"),
+    ({}, "exactly one"),
+])
+def test_out_of_range_or_malformed_fields_are_bad_request_naming_the_field(body: dict, words: str) -> None:
+    with pytest.raises(BadRequest, match=words) as info:
+        parse(body)
+    assert info.value.code == "bad_request"
+
+
+def test_a_long_prompt_is_too_large() -> None:
+    with pytest.raises(TooLarge) as info:
+        parse({"prompt": "x" * 51})
+    assert info.value.code == "too_large"
+
+
+def test_payload_over_the_byte_limit_is_too_large_before_parsing() -> None:
+    with pytest.raises(TooLarge):
+        protocol.decode(b"{" + b" " * 300 + b"}", LIMITS)
+
+
+@pytest.mark.parametrize("payload", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_payload_that_is_not_a_json_object_is_bad_request(payload: bytes) -> None:
+    with pytest.raises(BadRequest):
+        protocol.decode(payload, LIMITS)
+
+
+@pytest.mark.parametrize("topic", ["lights/kitchen/set", "edgekit/reply/#", "$SYS/x"])
+def test_reply_topics_outside_the_prefix_or_with_wildcards_are_refused(topic: str) -> None:
+    with pytest.raises(BadRequest, match="reply topic"):
+        protocol.check_reply_topic(Reply(topic, None, "1"), "edgekit/reply/")
+
+
+def test_an_empty_allowed_prefix_allows_any_plain_topic() -> None:
+    protocol.check_reply_topic(Reply("lights/kitchen/answer", None, "1"), "")
+
+
+def test_result_message_carries_usage_timings_and_device() -> None:
+    timings = Timings(time_to_first_token_ms=12.5, prompt_tokens_per_s=100.0, generation_tokens_per_s=50.0,
+                      total_ms=40.0)
+    result = Result("r1", "hello", "stop", 5, 2, timings)
+    message = json.loads(protocol.result_message("r1", result, "box", queue_ms=2.0))
+    assert message["type"] == "result" and message["text"] == "hello" and message["finish_reason"] == "stop"
+    assert message["usage"] == {"prompt_tokens": 5, "completion_tokens": 2}
+    assert message["timings"]["queue_ms"] == 2.0 and message["timings"]["total_ms"] == 42.0
+    assert message["device"] == "box"
+
+
+def test_error_and_chunk_messages_have_the_documented_shape() -> None:
+    assert json.loads(protocol.error_message("r1", "busy", "full")) == {
+        "id": "r1", "type": "error", "error": {"code": "busy", "message": "full"}}
+    assert json.loads(protocol.chunk_message("r1", 3, "ab")) == {"id": "r1", "type": "chunk", "seq": 3, "text": "ab"}
