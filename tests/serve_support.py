@@ -8,13 +8,12 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import threading
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -59,7 +58,7 @@ class Listener:
         assert self._subscribed.wait(10), "the listener's subscription was not confirmed"
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
-        client.subscribe([(topic, 1) for topic in self.topics])
+        client.subscribe([(topic, 2) for topic in self.topics])  # QoS 2: exactly once from the broker
 
     def publish(self, topic: str, payload: bytes | str, **properties: Any) -> None:
         """Publish at QoS 1 and wait until the broker has it."""

@@ -23,7 +23,7 @@ def report(tiny_gguf_f16, tiny_q8_0, tiny_q4_k_m, tmp_path_factory) -> Path:
     """A real bench of two levels and their quality against the f16 file, as one report."""
     config = BenchConfig(models=(tiny_q8_0, tiny_q4_k_m), prompt_tokens=(16,), gen_tokens=8, repeat=2, threads=2)
     run = run_bench(config, progress=lambda _: None)
-    quality = compare_quality(tiny_gguf_f16, [tiny_q8_0, tiny_q4_k_m], ctx=128, chunks=2)
+    quality = compare_quality(tiny_gguf_f16, [tiny_q8_0, tiny_q4_k_m], ctx=64, chunks=2)
     return write_report(tmp_path_factory.mktemp("report") / "report.html", run, quality)
 
 

@@ -7,6 +7,7 @@ long one ("long_request") and cancel it when done with it.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from edgekit.serve.client import RequestClient
+from edgekit.serve.config import BrokerConfig
+from tests.fixtures.broker import Broker
 from tests.serve_support import LONG_CTX, DaemonProcess, Listener, finals
 
 DEVICE = "testbox"
@@ -260,3 +263,61 @@ def test_sighup_reloads_the_model_and_keeps_serving(daemon, mosquitto, client: R
     assert status["state"] == "online"
     assert client.ask({"prompt": "Hi", "max_tokens": 1}).final["type"] == "result"
     assert daemon.process.poll() is None
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl for a test certificate")
+def test_daemon_and_client_connect_over_tls_with_a_password_from_a_file(tmp_path: Path, tiny_q8_0: Path) -> None:
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(folder / "broker.key"),
+                    "-out", str(folder / "ca.crt")], check=True, capture_output=True)
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(folder / "passwd"), "kitchen", "s3cret"], check=True)
+    (folder / "mqtt_password").write_text("s3cret\n")
+    broker = Broker(folder)
+    secure = (f"cafile {folder / 'ca.crt'}\ncertfile {folder / 'ca.crt'}\nkeyfile {folder / 'broker.key'}\n"
+              f"password_file {folder / 'passwd'}\nallow_anonymous false\n")
+    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true\n", secure))
+    tls = {"username": "kitchen", "password_file": str(folder / "mqtt_password"), "ca_file": str(folder / "ca.crt")}
+    url = f"mqtts://127.0.0.1:{broker.port}"
+    with broker:
+        daemon = DaemonProcess(tmp_path / "d", tiny_q8_0, url, "tlsbox", broker=tls, topics={"discovery": False})
+        listener_free_start(daemon)
+        try:
+            config = BrokerConfig(url=url, username="kitchen", password_file=folder / "mqtt_password",
+                                  ca_file=folder / "ca.crt")
+            with RequestClient(url, daemon.prefix, broker=config, timeout_s=60) as client:
+                assert client.ask({"prompt": "Hi", "max_tokens": 1}).final["type"] == "result"
+        finally:
+            assert daemon.stop() == 0, daemon.output()
+
+
+def listener_free_start(daemon: DaemonProcess) -> None:
+    """Start a daemon whose broker our plain-TCP Listener cannot reach: wait for its log line instead."""
+    daemon.start(wait=False)
+    end = time.monotonic() + 120
+    while "connected to mqtts://" not in daemon.output():
+        assert daemon.process.poll() is None and time.monotonic() < end, daemon.output()
+        time.sleep(0.2)
+
+
+def test_a_refused_login_is_not_taken_for_a_connection(tmp_path: Path, tiny_q8_0: Path) -> None:
+    folder = tmp_path / "auth"
+    folder.mkdir()
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(folder / "passwd"), "kitchen", "right"], check=True)
+    (folder / "wrong").write_text("wrong\n")
+    broker = Broker(folder)
+    broker.conf.write_text(broker.conf.read_text().replace(
+        "allow_anonymous true\n", f"allow_anonymous false\npassword_file {folder / 'passwd'}\n"))
+    with broker:
+        daemon = DaemonProcess(tmp_path / "d", tiny_q8_0, broker.url, "authbox",
+                               broker={"username": "kitchen", "password_file": str(folder / "wrong")})
+        daemon.start(wait=False)
+        try:
+            end = time.monotonic() + 120
+            while "refused the connection" not in daemon.output() and time.monotonic() < end:
+                time.sleep(0.2)
+            assert "refused the connection" in daemon.output()
+            assert "connected to" not in daemon.output() and daemon.process.poll() is None
+        finally:
+            daemon.stop()

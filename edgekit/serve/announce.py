@@ -10,6 +10,7 @@ import paho.mqtt.client as mqtt
 from edgekit import __version__
 from edgekit.serve import discovery, protocol
 from edgekit.serve.config import ServeConfig
+from edgekit.serve.jobs import is_published
 from edgekit.serve.protocol import Topics
 
 
@@ -48,6 +49,6 @@ def publish_metrics(client: mqtt.Client, topics: Topics, snapshot: dict[str, Any
 def wait_published(info: mqtt.MQTTMessageInfo, timeout_s: float) -> bool:
     """Poll rather than info.wait_for_publish(), which raises when the publish was queued while offline."""
     end = time.monotonic() + timeout_s
-    while not info.is_published() and time.monotonic() < end:
+    while not is_published(info) and time.monotonic() < end:
         time.sleep(0.01)
-    return info.is_published()
+    return is_published(info)

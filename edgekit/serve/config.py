@@ -48,6 +48,7 @@ class BrokerConfig:
     key_file: Path | None = None  # client certificate's key
     client_id: str | None = None  # None = "edgekit-<device id>" (stable: the persistent session hangs on it)
     keepalive_s: int = 30  # the Last Will fires ~1.5x this after the daemon dies
+    answer_qos: int = 2  # final answers: 2 = exactly once into the broker; 1 for brokers without QoS 2 (AWS IoT)
     session_expiry_s: int = 86_400  # how long the broker keeps our session (and queued requests) while we are away
     reconnect_min_s: float = 1.0  # backoff between reconnect attempts grows from this ...
     reconnect_max_s: float = 30.0  # ... to this
@@ -291,6 +292,8 @@ def _check(config: ServeConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"setting {key} = {value}: must be at least 1")
+    if config.broker.answer_qos not in (1, 2):
+        raise ConfigError(f"setting broker.answer_qos = {config.broker.answer_qos}: must be 1 or 2")
     if not 1 <= limits.default_max_tokens <= limits.max_tokens:
         raise ConfigError("setting limits.default_max_tokens must be between 1 and limits.max_tokens")
     if any(c in config.prefix for c in "#+$") or config.prefix.endswith("/"):

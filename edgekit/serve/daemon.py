@@ -24,7 +24,7 @@ from edgekit.errors import BadRequest, Busy, Cancelled, EdgekitError, EngineErro
 from edgekit.serve import announce, discovery, protocol
 from edgekit.serve.config import ServeConfig, broker_address
 from edgekit.serve.engines import EngineLike, check_prompt_tokens, open_engine
-from edgekit.serve.jobs import Confirmations, Job, JobQueue
+from edgekit.serve.jobs import Confirmations, Job, JobQueue, Ledger
 from edgekit.serve.journal import Journal
 from edgekit.serve.link import connect_properties, message_property, new_client, publish_properties, quick_ack
 from edgekit.serve.metrics import Metrics
@@ -54,11 +54,10 @@ class Daemon:
         self.journal: Journal | None = None
         self.engine: EngineLike | None = None
         self.client: mqtt.Client | None = None
-        self._lock = threading.Lock()  # guards _active, _running, _generation, job.mids
+        self.ledger: Ledger | None = None
+        self._lock = threading.Lock()  # guards _running
         self._engine_lock = threading.Lock()  # held by the worker for a whole request; a reload swaps under it
-        self._active: dict[str, Job] = {}  # accepted and not yet acknowledged, by dedup key
         self._running: Job | None = None
-        self._generation = 0  # connections so far; packet ids are only valid on their own
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._reload_requested = False
@@ -80,8 +79,13 @@ class Daemon:
         """Model first (READY means warm), then the broker: requests wait there, not here."""
         self.notifier.status("loading the model")
         self.engine = open_engine(self.config.model)
-        self.journal = Journal(self.config.state_dir / "answered.jsonl", self.config.limits.dedup_window_s)
-        self.client = self._new_client()
+        try:
+            self.journal = Journal(self.config.state_dir / "answered.jsonl", self.config.limits.dedup_window_s)
+            self.client = self._new_client()
+            self.ledger = Ledger(self.client.ack, self.journal)
+        except BaseException:
+            self.engine.close()
+            raise
         host, port, _tls = broker_address(self.config.broker.url)
         self.client.connect_async(host, port, keepalive=self.config.broker.keepalive_s, clean_start=False,
                                   properties=connect_properties(self.config.broker.session_expiry_s,
@@ -89,7 +93,8 @@ class Daemon:
         self._spawn("mqtt", lambda: self.client.loop_forever(retry_first_connection=True))
         self._spawn("worker", self._work)
         self.confirmations.start()
-        self.notifier.ready(f"serving {announce.model_name(self.config)} on {self.config.broker.url} as {self.topics.prefix}")
+        name, url = announce.model_name(self.config), self.config.broker.url
+        self.notifier.ready(f"serving {name} on {url} as {self.topics.prefix}")
 
     def request_stop(self) -> None:
         """Signal-safe: only set flags; the main loop does the rest."""
@@ -204,8 +209,7 @@ class Daemon:
         if reason.is_failure:  # refused: paho retries; we are not connected
             log.warning("broker %s refused the connection: %s", self.config.broker.url, reason)
             return
-        with self._lock:
-            self._generation += 1
+        self.ledger.new_connection()
         log.info("connected to %s (session present: %s)", self.config.broker.url, flags.session_present)
         subscriptions = [(self.topics.request_subscription, 1), (self.topics["cancel"], 1)]
         if self.config.topics.discovery:
@@ -224,7 +228,7 @@ class Daemon:
             self._dispatch(message)
         except Exception:  # never let one message kill paho's network thread
             log.exception("handling a message on %s failed", message.topic)
-            self._ack(self._delivery(message))
+            self.ledger.ack(self._delivery(message))
 
     def _dispatch(self, message: mqtt.MQTTMessage) -> None:
         if message.topic == self.topics["request"]:
@@ -235,7 +239,7 @@ class Daemon:
         elif discovery.is_ha_birth(message.topic, message.payload,
                                    discovery_prefix=self.config.topics.discovery_prefix):
             self.publish_discovery()
-        self._ack(self._delivery(message))
+        self.ledger.ack(self._delivery(message))
 
     # --- requests in ----------------------------------------------------------------------------
 
@@ -272,34 +276,19 @@ class Daemon:
         return reply, None
 
     def _is_duplicate(self, reply: Reply, delivery: list[tuple[int, int]], dup: bool) -> bool:
-        """In progress: acknowledged with the first delivery. Answered already: acknowledged only."""
-        if reply.key is None:
-            return False
-        with self._lock:
-            job = self._active.get(reply.key)
-            if job is not None:
-                job.mids.extend(delivery)
-        if job is not None:
-            log.info("request %s is already in progress (dup=%s)", reply.request_id, dup)
-            return True
-        if reply.key in self.journal:
-            log.info("request %s was answered already (dup=%s): acknowledging only", reply.request_id, dup)
-            self.journal.sync()
-            self._ack(delivery)
-            return True
-        return False
+        state = self.ledger.duplicate(reply.key, delivery)
+        if state is not None:
+            log.info("request %s: a duplicate (dup flag %s) of one %s", reply.request_id, dup, state)
+        return state is not None
 
     def _accept(self, incoming: protocol.Incoming, delivery: list[tuple[int, int]], expiry_s: int | None) -> None:
         now = time.monotonic()
         job = Job(incoming, now, now + expiry_s if expiry_s is not None else None, list(delivery))
-        key = self._key(job)
-        with self._lock:
-            self._active[key] = job
+        self.ledger.add(job)
         try:
             self.queue.put(job)
         except Busy as exc:
-            with self._lock:
-                self._active.pop(key, None)
+            self.ledger.drop(job)
             self._refuse(incoming.reply, exc, job.mids)
 
     def _take_cancel(self, payload: bytes) -> None:
@@ -308,8 +297,8 @@ class Daemon:
         except (BadRequest, KeyError) as exc:
             log.warning("ignoring a cancel without an id: %s", exc)
             return
+        jobs = self.ledger.with_id(request_id)
         with self._lock:
-            jobs = [job for job in self._active.values() if job.request_id == request_id]
             running = self._running
         for job in jobs:
             job.cancelled = True
@@ -329,7 +318,7 @@ class Daemon:
             log.warning("request %s refused (%s: %s); no reply topic, told %s", reply.request_id, error.code,
                         error, self.topics["errors"])
         info = self._publish(reply, protocol.error_message(reply.request_id, error.code, str(error)))
-        self.confirmations.add(info, lambda: self._ack(delivery))
+        self.confirmations.add(info, lambda: self.ledger.ack(delivery))
 
     def _answer(self, job: Job, payload: bytes, code: str) -> None:
         """A job's final message: remembered first, acknowledged once the broker has the answer."""
@@ -339,33 +328,17 @@ class Daemon:
         if remember:
             self.journal.record(job.incoming.reply.key)
         info = self._publish(job.incoming.reply, payload)
-        self.confirmations.add(info, lambda: self._commit(job, remember))
+        self.confirmations.add(info, lambda: self.ledger.commit(job, remember))
 
-    def _commit(self, job: Job, remembered: bool) -> None:
-        if remembered:
-            self.journal.sync()
-        with self._lock:
-            self._active.pop(self._key(job), None)
-            mids = list(job.mids)
-        self._ack(mids)
-
-    def _publish(self, reply: Reply, payload: bytes) -> mqtt.MQTTMessageInfo:
+    def _publish(self, reply: Reply, payload: bytes, final: bool = True) -> mqtt.MQTTMessageInfo:
+        """Chunks at QoS 1 (a repeat has the same seq); final answers at answer_qos (2: a resend after a
+        reconnect is recognised by the broker, not delivered twice)."""
         topic = reply.topic or self.topics["errors"]
-        return self.client.publish(topic, payload, qos=1, properties=publish_properties(reply.correlation))
-
-    def _ack(self, delivery: list[tuple[int, int]]) -> None:
-        with self._lock:
-            current = [mid for generation, mid in delivery if generation == self._generation]
-        for mid in current:
-            self.client.ack(mid, 1)
+        qos = self.config.broker.answer_qos if final else 1
+        return self.client.publish(topic, payload, qos=qos, properties=publish_properties(reply.correlation))
 
     def _delivery(self, message: mqtt.MQTTMessage) -> list[tuple[int, int]]:
-        """What to acknowledge for this message: nothing at QoS 0."""
-        return [(self._generation, message.mid)] if message.qos > 0 else []
-
-    @staticmethod
-    def _key(job: Job) -> str:
-        return job.incoming.reply.key or f"\0{job.request_id}"
+        return self.ledger.delivery(message.qos, message.mid)
 
     # --- the worker ---------------------------------------------------------------------------------
 
@@ -418,7 +391,7 @@ class Daemon:
             if job.cancelled:  # a cancel that raced the engine's start
                 self.engine.cancel(request.id)
             if job.incoming.stream and isinstance(item, Chunk) and item.text:
-                self._publish(reply, protocol.chunk_message(request.id, seq, item.text))
+                self._publish(reply, protocol.chunk_message(request.id, seq, item.text), final=False)
                 seq += 1
         raise EngineError("the engine's stream ended without a result (a bug in the engine)")
 

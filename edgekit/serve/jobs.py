@@ -146,5 +146,85 @@ class Confirmations:
 
     def _confirmed(self, mid: int) -> list[_Pending]:
         with self._lock:
-            done = [m for m, p in self._pending.items() if m == mid or p.info.is_published()]
+            done = [m for m, p in self._pending.items() if m == mid or is_published(p.info)]
             return [self._pending.pop(m) for m in done]
+
+
+def is_published(info: Any) -> bool:
+    """paho's is_published() raises for a message first sent while offline; paho still sends it later."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False
+
+
+Delivery = list[tuple[int, int]]  # (connection generation, packet id) of each delivery to acknowledge
+
+
+class Ledger:
+    """Accepted requests until they are acknowledged: who is in progress, and which deliveries to PUBACK.
+
+    ``ack`` is the client's ack(mid, qos); ``journal`` the answered-keys journal (journal.py).
+    """
+
+    def __init__(self, ack: Callable[[int, int], Any], journal: Any) -> None:
+        self._send_ack = ack
+        self.journal = journal
+        self._lock = threading.Lock()  # guards _active, _generation and every job.mids
+        self._active: dict[str, Job] = {}
+        self._generation = 0
+
+    def new_connection(self) -> None:
+        """A (re)connect: packet ids of earlier connections mean nothing any more."""
+        with self._lock:
+            self._generation += 1
+
+    def delivery(self, qos: int, mid: int) -> Delivery:
+        """What to acknowledge for one received message: nothing at QoS 0."""
+        return [(self._generation, mid)] if qos > 0 else []
+
+    def ack(self, delivery: Delivery) -> None:
+        with self._lock:
+            current = [mid for generation, mid in delivery if generation == self._generation]
+        for mid in current:
+            self._send_ack(mid, 1)
+
+    def add(self, job: Job) -> None:
+        with self._lock:
+            self._active[_key(job)] = job
+
+    def drop(self, job: Job) -> None:
+        with self._lock:
+            self._active.pop(_key(job), None)
+
+    def with_id(self, request_id: str) -> list[Job]:
+        with self._lock:
+            return [job for job in self._active.values() if job.request_id == request_id]
+
+    def duplicate(self, key: str | None, delivery: Delivery) -> str | None:
+        """Whether ``key`` is "in progress" (acked with its first delivery) or "answered" (acked now); else None."""
+        if key is None:
+            return None
+        with self._lock:
+            job = self._active.get(key)
+            if job is not None:
+                job.mids.extend(delivery)
+                return "in progress"
+        if key in self.journal:
+            self.journal.sync()
+            self.ack(delivery)
+            return "answered"
+        return None
+
+    def commit(self, job: Job, remembered: bool) -> None:
+        """The broker has the answer: make the journal durable, then acknowledge every delivery."""
+        if remembered:
+            self.journal.sync()
+        with self._lock:
+            self._active.pop(_key(job), None)
+            mids = list(job.mids)
+        self.ack(mids)
+
+
+def _key(job: Job) -> str:
+    return job.incoming.reply.key or f"\0{job.request_id}"
