@@ -26,7 +26,14 @@ from edgekit.serve.config import ServeConfig, broker_address
 from edgekit.serve.engines import EngineLike, check_prompt_tokens, open_engine
 from edgekit.serve.jobs import Confirmations, Job, JobQueue, Ledger
 from edgekit.serve.journal import Journal
-from edgekit.serve.link import connect_properties, message_property, new_client, publish_properties, quick_ack
+from edgekit.serve.link import (
+    connect_properties,
+    message_property,
+    new_client,
+    publish_properties,
+    quick_ack,
+    release_stale_qos2,
+)
 from edgekit.serve.metrics import Metrics
 from edgekit.serve.notify import Notifier
 from edgekit.serve.protocol import Reply, Topics
@@ -62,6 +69,7 @@ class Daemon:
         self._wake = threading.Event()
         self._reload_requested = False
         self._draining = False
+        self._released = False  # the QoS 2 sweep of a previous process's packet ids is done
         self._threads: dict[str, threading.Thread] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -211,6 +219,9 @@ class Daemon:
             return
         self.ledger.new_connection()
         log.info("connected to %s (session present: %s)", self.config.broker.url, flags.session_present)
+        if flags.session_present and not self._released and self.config.broker.answer_qos == 2:
+            release_stale_qos2(client)  # only the first connect: later ones resume paho's own handshakes
+        self._released = True
         subscriptions = [(self.topics.request_subscription, 1), (self.topics["cancel"], 1)]
         if self.config.topics.discovery:
             subscriptions.append((f"{self.config.topics.discovery_prefix}/status", 1))

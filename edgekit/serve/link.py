@@ -93,6 +93,18 @@ def quick_ack(client: mqtt.Client) -> None:
             pass
 
 
+def release_stale_qos2(client: mqtt.Client) -> None:
+    """After a restart into a persistent session, finish the QoS 2 handshakes a killed process left half done.
+
+    The broker keeps a QoS 2 message it got without its PUBREL under that packet id, and until
+    it is released it takes any new PUBLISH with the same id for a resend and drops it (MQTT 5,
+    4.3.3): one of our answers would vanish. Which ids the dead process used is unknown, so
+    release them all; a PUBREL for an id the broker does not hold gets a harmless PUBCOMP.
+    """
+    for mid in range(1, 65536):
+        client._send_pubrel(mid)  # paho has no public call for a PUBREL of its own making
+
+
 def _set_tls(client: mqtt.Client, broker: BrokerConfig) -> None:
     try:
         client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None,
