@@ -44,7 +44,7 @@ class Runner:
 
     def __init__(self, llm: Any, cancel_seq: Any) -> None:
         self._llm = llm
-        self._cancel_seq = cancel_seq  # shared RawValue: equals job.seq when that job is cancelled
+        self._cancel_seq = cancel_seq  # c_long in shared memory: equals job.seq when that job is cancelled
         self._seq = -1
         self._request_id = ""
         self._vocab = llm._model.vocab
