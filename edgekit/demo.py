@@ -89,7 +89,8 @@ def build_model(folder: Path) -> Path:
         convert(checkpoint, f16, "f16")
         say(f"2. converted to {f16.name} in {time.perf_counter() - started:.1f} s")
         result = quantize.quantize_file(f16, LEVEL, quantized)
-        say(f"3. quantized to {LEVEL}: {result}")
+        say(f"3. quantized to {LEVEL}: {result.size / 1e6:.0f} MB, {result.bits_per_weight:.2f} bits/weight, "
+            f"{result.seconds:.1f} s")
         f16.unlink()
     else:
         say(f"2-3. reusing {quantized}")
