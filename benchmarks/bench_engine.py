@@ -25,12 +25,6 @@ import pytest
 
 from edgekit.engine import Engine, Request, Result
 from edgekit.plan import Settings
-from tests.fixtures.models import (  # noqa: F401  (session fixtures, used by name)
-    tinyllama_checkpoint,
-    tinyllama_f16,
-    tinyllama_q4_k_m,
-    tinyllama_q8_0,
-)
 
 THREADS = int(os.environ.get("EDGEKIT_BENCH_THREADS", "2"))
 ROUNDS = 1

@@ -14,7 +14,7 @@ import pytest
 
 from edgekit.bench.output import to_json
 from edgekit.bench.quality import compare_quality
-from edgekit.bench.recommend import SPEED_PROMPT_TOKENS, Targets, recommend
+from edgekit.bench.recommend import Targets, recommend
 from edgekit.bench.runner import BenchConfig, run_bench
 from edgekit.cli import main
 from edgekit.errors import DoesNotFit
@@ -37,7 +37,7 @@ def measured(levels, tmp_path_factory) -> tuple[Path, Path]:
     """(bench JSON, quality JSON) of the three files, measured for real on this machine."""
     files = sorted(levels.glob("*.gguf"))
     folder = tmp_path_factory.mktemp("measured")
-    run = run_bench(BenchConfig(models=tuple(files), prompt_tokens=(SPEED_PROMPT_TOKENS,), gen_tokens=8,
+    run = run_bench(BenchConfig(models=tuple(files), prompt_tokens=(32,), gen_tokens=4,
                                 repeat=1, warmup=0), progress=lambda _: None)
     (folder / "bench.json").write_text(to_json(run))
     ref = next(f for f in files if f.name.endswith(".f16.gguf"))
