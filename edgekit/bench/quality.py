@@ -230,7 +230,7 @@ def quality_table(results: Sequence[QualityResult]) -> list[dict[str, Any]]:
             "type": r.file_type or "?",
             "size MB": f"{r.size_bytes / 1e6:.1f}",
             "bpw": f"{r.bits_per_weight:.2f}",
-            "PPL": f"{r.perplexity:.4g} ± {r.perplexity_stderr:.2g}",
+            "PPL": f"{r.perplexity:.6g} ± {r.perplexity_stderr:.3g}",
             "KL mean": f"{r.kl_mean:.5f}",
             "KL p99": f"{r.kl_p99:.4f}",
             "top-1 %": f"{100 * r.top1_agreement:.1f}",
