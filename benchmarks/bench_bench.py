@@ -17,13 +17,14 @@ import os
 import subprocess
 from pathlib import Path
 
+from edgekit.bench.llama_bench import LLAMA_TOOLS
 from edgekit.bench.output import format_table, table_rows, to_csv, to_json, to_jsonl
 from edgekit.bench.report import write_report
 from edgekit.bench.runner import BenchConfig, run_bench
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench-results"
-TOOLS = REPO / ".cache" / "llama-tools" / "bin"
+TOOLS = LLAMA_TOOLS / "bin"
 THREADS = int(os.environ.get("EDGEKIT_BENCH_THREADS", "2"))
 STRICT = os.environ.get("EDGEKIT_BENCH_STRICT") == "1"
 
@@ -31,7 +32,7 @@ STRICT = os.environ.get("EDGEKIT_BENCH_STRICT") == "1"
 def _llama_bench() -> Path | None:
     binary = TOOLS / "llama-bench"
     if not binary.exists() and os.environ.get("EDGEKIT_BENCH_NO_BUILD") != "1":
-        subprocess.run([str(REPO / "benchmarks" / "build_llama_tools.sh")], check=True)
+        subprocess.run([str(REPO / "benchmarks" / "build_llama_tools.sh"), str(LLAMA_TOOLS)], check=True)
     return binary if binary.exists() else None
 
 

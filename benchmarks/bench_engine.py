@@ -23,15 +23,16 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.bench.llama_bench import LLAMA_TOOLS
 from edgekit.engine import Engine, Request, Result
 from edgekit.plan import Settings
 
 THREADS = int(os.environ.get("EDGEKIT_BENCH_THREADS", "2"))
 ROUNDS = 1
 # llama-bench on the build box (2 threads, same files), used when llama-bench is not built
-# here (benchmarks/build_llama_tools.sh builds it into .cache/llama-tools).
+# here (benchmarks/build_llama_tools.sh builds it into LLAMA_TOOLS).
 REFERENCE = {"Q4_K_M": {"pp128": 159.0, "tg128": 25.5}, "Q8_0": {"pp128": 97.0, "tg128": 14.3}}
-LLAMA_BENCH = Path(__file__).resolve().parents[1] / ".cache" / "llama-tools" / "bin" / "llama-bench"
+LLAMA_BENCH = LLAMA_TOOLS / "bin" / "llama-bench"
 STRICT = os.environ.get("EDGEKIT_BENCH_STRICT") == "1"
 WORDS = "kitchen hall heater window door garage garden porch light fan".split()
 

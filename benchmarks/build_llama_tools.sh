@@ -5,13 +5,13 @@
 #
 # Same CPU flags as scripts/install.sh: AMX off on x86 (a default build crashes in
 # the AMX matmul on quantized models), native otherwise.
-#   usage: benchmarks/build_llama_tools.sh [DEST]   (default: .cache/llama-tools)
+#   usage: benchmarks/build_llama_tools.sh [DEST]   (default: ~/.cache/edgekit/llama-tools)
 #   result: DEST/bin/llama-bench, DEST/bin/llama-perplexity, DEST/bin/llama-quantize
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LLAMA_CPP_VERSION=0.3.36
-DEST=$(realpath -m "${1:-.cache/llama-tools}")
+DEST=$(realpath -m "${1:-${EDGEKIT_LLAMA_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/edgekit/llama-tools}}")
 PIP=${PIP:-.venv/bin/pip}
 TARGETS=(llama-bench llama-perplexity llama-quantize)
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.bench.llama_bench import LLAMA_TOOLS
 from edgekit.bench.quality import calibration_text, compare_quality
 from edgekit.cli import main
 from edgekit.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS = REPO / ".cache" / "llama-tools"
+TOOLS = LLAMA_TOOLS
 CTX, CHUNKS = 256, 4  # 4 chunks x 127 scored tokens: enough to order the levels, seconds to run
 
 
@@ -25,7 +26,7 @@ def tiny_quality(tiny_gguf_f32, tiny_q8_0, tiny_q4_k_m, tiny_q2_k):
 
 @pytest.fixture(scope="session")
 def llama_tools() -> Path:
-    """llama.cpp's own tools from the vendored source, built once into .cache/llama-tools/bin."""
+    """llama.cpp's own tools from the vendored source, built once into LLAMA_TOOLS/bin."""
     if not (TOOLS / "bin" / "llama-perplexity").exists():
         subprocess.run([str(REPO / "benchmarks" / "build_llama_tools.sh"), str(TOOLS)], check=True)
     return TOOLS / "bin"

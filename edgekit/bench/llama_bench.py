@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,10 @@ from edgekit.errors import EngineError, UsageError
 log = logging.getLogger(__name__)
 
 _TIMEOUT_S = 3600
+# Where benchmarks/build_llama_tools.sh puts llama-bench and llama-perplexity: outside the
+# checkout, so a fresh clone on the same box reuses a build that takes minutes.
+LLAMA_TOOLS = Path(os.environ.get("EDGEKIT_LLAMA_TOOLS") or
+                   Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgekit" / "llama-tools")
 
 
 @dataclass(frozen=True)
