@@ -85,11 +85,14 @@ def test_mosquitto_pub_request_is_answered_on_its_response_topic_with_its_correl
     final, chunks = messages[-1].json, [m.json for m in messages[:-1]]
     assert final["type"] == "result", final
     assert final["usage"]["completion_tokens"] >= 1 and final["device"] == DEVICE
-    assert set(final["timings"]) == {"queue_ms", "time_to_first_token_ms", "prompt_tokens_per_s",
-                                     "generation_tokens_per_s", "total_ms"}
+    assert set(final["timings"]) == {"queue_ms", "time_to_first_token_ms", "prompt_ms", "prompt_tokens_per_s",
+                                     "generation_ms", "generation_tokens_per_s", "total_ms"}
+    assert set(final["usage"]) == {"prompt_tokens", "completion_tokens", "cached_prompt_tokens"}
     if stream:
         assert [c["seq"] for c in chunks] == list(range(len(chunks))) and chunks
         assert "".join(c["text"] for c in chunks) == final["text"]
+        assert sum(c["tokens"] for c in chunks) <= final["usage"]["completion_tokens"]
+        assert all(a["elapsed_ms"] <= b["elapsed_ms"] for a, b in zip(chunks, chunks[1:]))
     else:
         assert chunks == []
 

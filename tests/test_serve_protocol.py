@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgekit.engine.records import Result, Timings
+from edgekit.engine.records import Chunk, Result, Timings
 from edgekit.errors import BadRequest, TooLarge
 from edgekit.serve import protocol
 from edgekit.serve.config import LimitsConfig
@@ -112,4 +112,6 @@ def test_result_message_carries_usage_timings_and_device() -> None:
 def test_error_and_chunk_messages_have_the_documented_shape() -> None:
     assert json.loads(protocol.error_message("r1", "busy", "full")) == {
         "id": "r1", "type": "error", "error": {"code": "busy", "message": "full"}}
-    assert json.loads(protocol.chunk_message("r1", 3, "ab")) == {"id": "r1", "type": "chunk", "seq": 3, "text": "ab"}
+    chunk = Chunk("r1", 5, "ab", 2, 12.3456)
+    assert json.loads(protocol.chunk_message("r1", 3, chunk)) == {
+        "id": "r1", "type": "chunk", "seq": 3, "text": "ab", "tokens": 2, "elapsed_ms": 12.346}

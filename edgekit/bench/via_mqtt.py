@@ -48,7 +48,7 @@ def records_of(request: Request, messages: list[dict[str, Any]],
                arrival_ms: list[float]) -> tuple[list[Chunk], Result, float]:
     """Chunks timed by their arrival at the client, the daemon's Result, and the round trip."""
     chunks = [
-        Chunk(request.id, i, m.get("text", ""), 1, ms)
+        Chunk(request.id, i, m.get("text", ""), int(m.get("tokens", 1)), ms)
         for i, (m, ms) in enumerate((m, ms) for m, ms in zip(messages, arrival_ms) if m.get("type") == "chunk")
     ]
     final = messages[-1]
@@ -60,10 +60,12 @@ def records_of(request: Request, messages: list[dict[str, Any]],
         # the client saw the first token when the first chunk arrived: TTFT as an IoT backend sees it
         time_to_first_token_ms=chunks[0].elapsed_ms if chunks else float(t.get("time_to_first_token_ms", 0)),
         prompt_tokens=prompt_tokens,
-        prompt_ms=1000 * prompt_tokens / pp_rate if pp_rate else 0.0,
+        cached_prompt_tokens=int(usage.get("cached_prompt_tokens", 0)),
+        prompt_ms=float(t["prompt_ms"]) if "prompt_ms" in t else 1000 * prompt_tokens / pp_rate if pp_rate else 0.0,
         prompt_tokens_per_s=pp_rate,
         completion_tokens=completion,
-        generation_ms=1000 * max(0, completion - 1) / tg_rate if tg_rate else 0.0,
+        generation_ms=float(t["generation_ms"]) if "generation_ms" in t
+        else 1000 * max(0, completion - 1) / tg_rate if tg_rate else 0.0,
         generation_tokens_per_s=tg_rate,
         total_ms=float(t.get("total_ms", 0)),
     )

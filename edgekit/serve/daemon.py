@@ -402,7 +402,7 @@ class Daemon:
             if job.cancelled:  # a cancel that raced the engine's start
                 self.engine.cancel(request.id)
             if job.incoming.stream and isinstance(item, Chunk) and item.text:
-                self._publish(reply, protocol.chunk_message(request.id, seq, item.text), final=False)
+                self._publish(reply, protocol.chunk_message(request.id, seq, item), final=False)
                 seq += 1
         raise EngineError("the engine's stream ended without a result (a bug in the engine)")
 

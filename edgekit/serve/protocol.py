@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from edgekit.engine.records import Request, Result
+from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import BadRequest, TooLarge
 from edgekit.serve.config import LimitsConfig
 
@@ -186,8 +186,10 @@ def _dump(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def chunk_message(request_id: str, seq: int, text: str) -> bytes:
-    return _dump({"id": request_id, "type": "chunk", "seq": seq, "text": text})
+def chunk_message(request_id: str, seq: int, chunk: Chunk) -> bytes:
+    """One streamed piece; elapsed_ms is the engine's clock since the request started running."""
+    return _dump({"id": request_id, "type": "chunk", "seq": seq, "text": chunk.text,
+                  "tokens": chunk.tokens, "elapsed_ms": round(chunk.elapsed_ms, 3)})
 
 
 def result_message(request_id: str, result: Result, device_id: str, queue_ms: float) -> bytes:
@@ -195,11 +197,14 @@ def result_message(request_id: str, result: Result, device_id: str, queue_ms: fl
     t = result.timings
     return _dump({
         "id": request_id, "type": "result", "text": result.text, "finish_reason": result.finish_reason,
-        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
+        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                  "cached_prompt_tokens": t.cached_prompt_tokens},
         "timings": {
             "queue_ms": round(queue_ms, 3),
             "time_to_first_token_ms": round(t.time_to_first_token_ms, 3),
+            "prompt_ms": round(t.prompt_ms, 3),
             "prompt_tokens_per_s": round(t.prompt_tokens_per_s, 2),
+            "generation_ms": round(t.generation_ms, 3),
             "generation_tokens_per_s": round(t.generation_tokens_per_s, 2),
             "total_ms": round(t.total_ms + queue_ms, 3),
         },
