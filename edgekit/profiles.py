@@ -56,7 +56,7 @@ class Run:
     min_ctx: int = field(default=512, metadata={"range": (64, 1 << 20)})
     n_batch: int = field(default=512, metadata={"range": (1, 1 << 16)})
     n_ubatch: int = field(default=512, metadata={"range": (1, 1 << 16)})
-    flash_attn: bool = False
+    flash_attn: bool = True
     type_k: str = field(default="f16", metadata={"choices": KV_CACHE_TYPES})
     type_v: str = field(default="f16", metadata={"choices": KV_CACHE_TYPES})
     use_mmap: bool = True

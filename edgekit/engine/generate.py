@@ -50,6 +50,7 @@ class Runner:
         self._vocab = llm._model.vocab
         self._n_ctx = usable_context(llm)
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._one_token = (llama_cpp.llama_token * 1)()
         # Checked by ggml between graph nodes, so a cancel lands inside a long prompt batch.
         self._abort = llama_cpp.ggml_abort_callback(lambda _data: self._cancelled())
 
@@ -156,12 +157,23 @@ class Runner:
                 reason = "cancelled"
                 break
             if i + 1 < limit:
-                llm.eval([token])
+                self._decode_one(token)
                 progress.decoded += 1
         tail = text.finish()
         if tail:
             self._emit(emit, tail, pending, progress)
         return reason
+
+    def _decode_one(self, token: int) -> None:
+        """Evaluate one generated token with llama_decode directly: Llama.eval builds a batch in
+        Python and copies the whole vocabulary's logits into numpy on every call."""
+        llm = self._llm
+        self._one_token[0] = token
+        status = llama_cpp.llama_decode(llm.ctx, llama_cpp.llama_batch_get_one(self._one_token, 1))
+        if status != 0:
+            raise EngineError(f"llama.cpp failed to evaluate a generated token (llama_decode returned {status})")
+        llm.input_ids[llm.n_tokens] = token  # Llama's record of the KV cache, for prefix reuse
+        llm.n_tokens += 1
 
     def _emit(self, emit: Callable[[Chunk], None], text: str, tokens: int, progress: _Progress) -> None:
         elapsed = (time.perf_counter() - progress.t_start) * 1000
