@@ -80,8 +80,8 @@ def test_concurrent_requests_wait_in_the_queue(bench_run):
         waits = sorted(s.queue_ms for s in m.samples)
         if m.concurrency == 1:
             assert waits[-1] < min(s.total_ms for s in m.samples)
-        else:  # of two requests sent at once, one waits for the whole of the other
-            assert waits[-1] > min(s.generation_ms for s in m.samples)
+        else:  # of two requests sent at once, one waits for (most of) the whole run of the other
+            assert waits[-1] > 0.5 * min(s.total_ms - s.queue_ms for s in m.samples)
 
 
 def test_warm_up_runs_are_sent_but_not_counted(tiny_q4_k_m):

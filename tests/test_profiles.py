@@ -82,7 +82,7 @@ def test_env_folder_shadows_a_shipped_profile(tmp_path, monkeypatch):
         ("[match]\ngpu = 'amd'\n", "match.gpu = 'amd'"),
         ("quant = 'Q4_K_X'\n", "not a llama.cpp quant level"),
         ("[run]\nn_batch = 128\nn_ubatch = 256\n", "must not exceed run.n_batch"),
-        ("[run]\ntype_v = 'q8_0'\n", "needs run.flash_attn = true"),
+        ("[run]\ntype_v = 'q8_0'\nflash_attn = false\n", "needs run.flash_attn = true"),
         ("run = 3\n", "[run] must be a table"),
     ],
 )

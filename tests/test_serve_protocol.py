@@ -100,12 +100,13 @@ def test_an_empty_allowed_prefix_allows_any_plain_topic() -> None:
 
 def test_result_message_carries_usage_timings_and_device() -> None:
     timings = Timings(time_to_first_token_ms=12.5, prompt_tokens_per_s=100.0, generation_tokens_per_s=50.0,
-                      total_ms=40.0)
+                      total_ms=40.0, cached_prompt_tokens=3, prompt_ms=20.0, generation_ms=18.0)
     result = Result("r1", "hello", "stop", 5, 2, timings)
     message = json.loads(protocol.result_message("r1", result, "box", queue_ms=2.0))
     assert message["type"] == "result" and message["text"] == "hello" and message["finish_reason"] == "stop"
-    assert message["usage"] == {"prompt_tokens": 5, "completion_tokens": 2}
+    assert message["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "cached_prompt_tokens": 3}
     assert message["timings"]["queue_ms"] == 2.0 and message["timings"]["total_ms"] == 42.0
+    assert message["timings"]["prompt_ms"] == 20.0 and message["timings"]["generation_ms"] == 18.0
     assert message["device"] == "box"
 
 
