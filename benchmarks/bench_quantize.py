@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.bench.llama_bench import LLAMA_TOOLS
 from tests.fixtures.models import tinyllama_checkpoint, tinyllama_f16  # noqa: F401  (session fixtures)
 
 THREADS = 2
@@ -28,7 +29,7 @@ LEVEL = "Q4_K_M"
 LLAMA_QUANTIZE_SECONDS = 35.0  # llama-quantize, same input and level, 2 threads, on the build box
 GOAL_RATIO = 1.05
 STRICT = os.environ.get("EDGEKIT_BENCH_STRICT") == "1"
-LLAMA_QUANTIZE = Path(__file__).resolve().parents[1] / ".cache" / "llama-tools" / "bin" / "llama-quantize"
+LLAMA_QUANTIZE = LLAMA_TOOLS / "bin" / "llama-quantize"  # benchmarks/build_llama_tools.sh
 
 CHILD = """
 import json, sys, time
