@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
@@ -19,6 +20,21 @@ from edgekit.gguf_file import GGUFInfo
 
 if TYPE_CHECKING:
     from edgekit.plan import Settings  # plan imports this module: typing only
+
+_STATUS_UNITS = {"kB": 1 << 10, "mB": 1 << 20}
+
+
+def process_memory_bytes(pid: int, field: str = "VmRSS", proc: Path = Path("/proc")) -> int | None:
+    """A memory line of /proc/<pid>/status (VmRSS now, VmHWM the peak), in bytes; None if unreadable."""
+    try:
+        status = (proc / str(pid) / "status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(f"{field}:"):
+            value, unit = line.split()[1:3]
+            return int(value) * _STATUS_UNITS.get(unit, 1)
+    return None
 
 MiB = 1 << 20
 F32 = 4

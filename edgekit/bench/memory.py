@@ -10,6 +10,8 @@ import logging
 import os
 from pathlib import Path
 
+from edgekit.memory import process_memory_bytes
+
 log = logging.getLogger(__name__)
 
 
@@ -38,17 +40,7 @@ def drop_from_page_cache(path: str | os.PathLike[str]) -> bool:
 
 def peak_rss_bytes(pid: int | None, proc: Path = Path("/proc")) -> int | None:
     """VmHWM (peak resident set) of process ``pid`` from /proc/<pid>/status, in bytes."""
-    if pid is None:
-        return None
-    try:
-        status = (proc / str(pid) / "status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            value, unit = line.split()[1:3]
-            return int(value) * {"kB": 1024, "mB": 1 << 20}.get(unit, 1)
-    return None
+    return None if pid is None else process_memory_bytes(pid, "VmHWM", proc)
 
 
 def gpu_memory_bytes(pid: int | None) -> int | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.engine.records import Result
+from edgekit.memory import process_memory_bytes
 
 TTFT_SAMPLES = 512  # the window for the time-to-first-token percentiles
 
@@ -70,20 +71,10 @@ def _percentile(ordered: list[float], q: int) -> float | None:
 def process_tree_rss_bytes(pid: int | None = None) -> int:
     """Resident memory of this process and its children (the engine runs in a child process)."""
     pid = pid or os.getpid()
-    total = _rss(pid)
+    total = process_memory_bytes(pid) or 0
     for child in _children(pid):
         total += process_tree_rss_bytes(child)
     return total
-
-
-def _rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _children(pid: int) -> list[int]:
