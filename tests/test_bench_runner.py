@@ -18,7 +18,7 @@ from edgekit.engine import Engine
 from edgekit import gguf_file
 from tests.test_bench_quality import llama_tools  # noqa: F401  (shared session fixture)
 
-PROMPTS, GEN, REPEAT, CONCURRENCY = (16, 48), 8, 2, (1, 2)
+PROMPTS, GEN, REPEAT, CONCURRENCY = (16, 48), 40, 2, (1, 2)  # 40 tokens: long enough that a thread start is noise
 LLAMA_BENCH_FIELDS = {
     "build_commit", "model_filename", "model_type", "model_size", "model_n_params", "n_batch", "n_ubatch",
     "n_threads", "type_k", "type_v", "n_gpu_layers", "n_prompt", "n_gen", "n_depth", "test_time",

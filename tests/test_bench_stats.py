@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgekit.bench.stats import differences, mean, percentile, stdev, summarize
+from edgekit.bench.stats import compare_rounds, differences, mean, percentile, stdev, summarize
 
 DATA = [12.5, 3.0, 7.25, 100.0, 0.5, 42.0, 42.0, 8.125, 19.0, 61.5, 5.0]
 
@@ -43,3 +43,13 @@ def test_differences_spread_a_multi_token_chunk_over_its_tokens():
     # chunks at 10, 30 (1 token), 90 (3 tokens): gaps 20, then 60/3 three times
     assert differences([10.0, 30.0, 90.0], [1, 1, 3]) == [20.0, 20.0, 20.0, 20.0]
     assert differences([0.0, 5.0, 15.0]) == [5.0, 10.0]
+
+
+def test_alternating_rounds_compare_pair_by_pair_and_best_against_best():
+    ours, theirs = [40.0, 30.0, 45.0], [50.0, 30.0, 44.0]
+    c = compare_rounds(ours, theirs)
+    assert c.n == 3 and c.ours_median == 40.0 and c.theirs_median == 44.0
+    assert c.median_ratio == pytest.approx(float(np.median(np.array(ours) / np.array(theirs))))
+    assert c.best_ratio == pytest.approx(45.0 / 50.0)
+    with pytest.raises(ValueError, match="one positive reference rate"):
+        compare_rounds([1.0], [1.0, 2.0])

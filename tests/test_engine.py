@@ -110,6 +110,30 @@ def test_streamed_text_equals_complete_text_and_chunks_are_whole_characters(engi
     assert engine.complete(Request(**request)).text == result.text
 
 
+def test_the_first_chunk_goes_at_once_and_later_text_is_gathered_by_the_stream_interval(engine: Engine):
+    every_token, _ = collect(engine, Request(prompt="The kitchen light is", max_tokens=64, stream_interval_ms=0))
+    gathered, result = collect(engine, Request(prompt="The kitchen light is", max_tokens=64, stream_interval_ms=60_000))
+    assert len(every_token) > 2 and len(gathered) == 2  # the first piece, then the rest at the end
+    assert "".join(c.text for c in gathered) == result.text == "".join(c.text for c in every_token)
+    # The first chunk left before any later token was made; every token keeps its own time.
+    assert gathered[0].elapsed_ms <= gathered[1].token_ms[0]
+    for chunk in gathered:
+        assert len(chunk.token_ms) == chunk.tokens and list(chunk.token_ms) == sorted(chunk.token_ms)
+        assert chunk.token_ms[-1] <= chunk.elapsed_ms
+
+
+def test_gathered_chunks_are_at_least_the_stream_interval_apart(engine: Engine):
+    chunks, result = collect(engine, Request(prompt="Tell me a long story:", max_tokens=400, stream_interval_ms=20))
+    assert "".join(c.text for c in chunks) == result.text and len(chunks) >= 3
+    sends = [c.elapsed_ms for c in chunks[:-1]]  # the last one goes when generation ends
+    assert all(b - a >= 20 for a, b in zip(sends, sends[1:])), sends
+
+
+def test_a_negative_stream_interval_is_a_bad_request(engine: Engine):
+    with pytest.raises(BadRequest, match="stream_interval_ms"):
+        list(engine.stream(Request(prompt="Hi", stream_interval_ms=-1)))
+
+
 def test_a_prompt_one_token_over_the_context_is_refused_with_the_counts(own_engine: Engine):
     n_ctx = own_engine.info.n_ctx
     with pytest.raises(ContextOverflow, match=f"prompt is {n_ctx} tokens, context is {n_ctx}"):
@@ -181,7 +205,7 @@ def test_a_repeated_system_prompt_is_not_evaluated_again(engine: Engine):
 
 
 def test_cancelling_during_generation_stops_within_one_token(engine: Engine):
-    request = Request(prompt="Tell me a long story:", max_tokens=600)
+    request = Request(prompt="Tell me a long story:", max_tokens=600, stream_interval_ms=0)
     t_before = time.perf_counter()
     stream = engine.stream(request)
     chunks: list[Chunk] = []
@@ -197,11 +221,10 @@ def test_cancelling_during_generation_stops_within_one_token(engine: Engine):
             assert engine.cancel(request.id)
     assert result.finish_reason == "cancelled" and result.completion_tokens < 600
     assert "".join(c.text for c in chunks) == result.text
-    # Chunks emitted (child clock) after the cancel cover the one token in progress plus
-    # at most 3 held-back bytes of an unfinished UTF-8 character.
+    # Tokens made (child clock) after the cancel: at most the one being evaluated when it came.
     start = t_before + result.timings.queue_ms / 1000
-    late = sum(c.tokens for c in chunks if start + c.elapsed_ms / 1000 > t_cancel)
-    assert late <= 4
+    late = [ms for c in chunks for ms in c.token_ms if start + ms / 1000 > t_cancel]
+    assert len(late) <= 1, late
 
 
 def test_cancelling_during_prompt_processing_stops_the_prompt(engine: Engine):

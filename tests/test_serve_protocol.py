@@ -38,6 +38,8 @@ def test_chat_request_is_parsed_with_defaults_and_the_given_id() -> None:
     request = incoming.request
     assert request.id == "a1" and request.messages == ({"role": "user", "content": "Hi"},)
     assert request.max_tokens == 16 and request.seed == 3 and incoming.stream
+    assert request.stream_interval_ms == 100.0  # the engine's default: a few chunks a second
+    assert parse({"prompt": "x", "stream_interval_ms": 0}).request.stream_interval_ms == 0.0
     assert incoming.reply == Reply("edgekit/reply/t", b"c1", "a1", "edgekit/reply/t\0a1")
 
 
@@ -58,6 +60,7 @@ def test_a_request_with_neither_id_nor_correlation_cannot_be_deduplicated() -> N
     ({"prompt": "x", "top_p": -0.1}, "top_p"),
     ({"prompt": "x", "stop": [""]}, "stop"),
     ({"prompt": "x", "stream": "yes"}, "stream"),
+    ({"prompt": "x", "stream_interval_ms": -5}, "stream_interval_ms"),
     ({"prompt": "x", "json_schema": "{}"}, "json_schema"),
     ({"prompt": "x", "colour": "red"}, "colour"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "role"),
@@ -113,6 +116,7 @@ def test_result_message_carries_usage_timings_and_device() -> None:
 def test_error_and_chunk_messages_have_the_documented_shape() -> None:
     assert json.loads(protocol.error_message("r1", "busy", "full")) == {
         "id": "r1", "type": "error", "error": {"code": "busy", "message": "full"}}
-    chunk = Chunk("r1", 5, "ab", 2, 12.3456)
+    chunk = Chunk("r1", 5, "ab", 2, 12.3456, (3.0001, 9.5))
     assert json.loads(protocol.chunk_message("r1", 3, chunk)) == {
-        "id": "r1", "type": "chunk", "seq": 3, "text": "ab", "tokens": 2, "elapsed_ms": 12.346}
+        "id": "r1", "type": "chunk", "seq": 3, "text": "ab", "tokens": 2, "elapsed_ms": 12.346,
+        "token_ms": [3.0, 9.5]}

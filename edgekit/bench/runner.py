@@ -191,7 +191,11 @@ def _collect(records: Iterable[Chunk | Result]) -> tuple[list[Chunk], Result]:
 
 def _sample(chunks: list[Chunk], result: Result, e2e_ms: float) -> Sample:
     t = result.timings
-    itl = differences([c.elapsed_ms for c in chunks], [c.tokens for c in chunks])
+    token_ms = [ms for c in chunks for ms in c.token_ms]
+    if token_ms and len(token_ms) == sum(c.tokens for c in chunks):  # each token's own time
+        itl = differences(token_ms)
+    else:  # chunk arrival times (through MQTT): a chunk of k tokens stands for k equal gaps
+        itl = differences([c.elapsed_ms for c in chunks], [c.tokens for c in chunks])
     return Sample(
         ttft_ms=t.time_to_first_token_ms, prompt_tokens=t.prompt_tokens,
         cached_prompt_tokens=t.cached_prompt_tokens, prompt_ms=t.prompt_ms,

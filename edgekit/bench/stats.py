@@ -84,3 +84,33 @@ def differences(times: Sequence[float], counts: Sequence[int] | None = None) -> 
         k = max(1, counts[i]) if counts else 1
         gaps.extend([(times[i] - times[i - 1]) / k] * k)
     return gaps
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Our rate against a reference rate, the two measured in alternation, round by round.
+
+    On a shared or throttling box a single run moves by 10-20%; pairing each of our
+    rounds with the reference's run next to it cancels slow drifts, and each tool's best
+    round is its least disturbed one. Both views are given, so neither is cherry-picked.
+    """
+
+    n: int
+    ours_median: float
+    theirs_median: float
+    median_ratio: float  # the median over rounds of ours / theirs
+    best_ratio: float  # our best round / their best round
+
+    def __str__(self) -> str:
+        return (f"{self.ours_median:.2f} vs {self.theirs_median:.2f} (medians of {self.n} alternating rounds): "
+                f"paired median ratio {self.median_ratio:.3f}, best against best {self.best_ratio:.3f}")
+
+
+def compare_rounds(ours: Sequence[float], theirs: Sequence[float]) -> Comparison:
+    """Compare rates (higher is better) measured in alternating rounds, pair by pair."""
+    if len(ours) != len(theirs) or not ours or min(theirs) <= 0:
+        raise ValueError("compare_rounds needs one positive reference rate for each of our rates")
+    return Comparison(
+        n=len(ours), ours_median=percentile(ours, 50), theirs_median=percentile(theirs, 50),
+        median_ratio=percentile([a / b for a, b in zip(ours, theirs)], 50), best_ratio=max(ours) / max(theirs),
+    )

@@ -41,6 +41,8 @@ def body_of(request: Request) -> dict[str, Any]:
     return {
         "id": request.id, "prompt": request.prompt, "max_tokens": request.max_tokens,
         "temperature": request.temperature, "seed": request.seed, "stream": True,
+        # one message per token, so the client's arrival times give the inter-token latency
+        "stream_interval_ms": 0,
     }
 
 

@@ -7,7 +7,9 @@ with a Result whose finish_reason is "cancelled" (with the text made so far).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -137,7 +139,8 @@ class Engine:
 
     def complete(self, request: Request) -> Result:
         """Run a request to the end and return its Result."""
-        for item in self.stream(request):
+        # No one reads the chunks: the worker sends the first and then only the rest at the end.
+        for item in self.stream(dataclasses.replace(request, stream_interval_ms=math.inf)):
             if isinstance(item, Result):
                 return item
         raise EngineError("the engine's stream ended without a result")  # not reached
@@ -289,6 +292,8 @@ def _check_request(request: Request) -> None:
         raise BadRequest('every message needs a "role" and a "content" string')
     if request.max_tokens < 1:
         raise BadRequest(f"max_tokens is {request.max_tokens}: ask for at least 1")
+    if not request.stream_interval_ms >= 0:  # NaN fails too
+        raise BadRequest(f"stream_interval_ms is {request.stream_interval_ms}: give 0 (every token) or more")
     if request.temperature < 0 or not 0 < request.top_p <= 1:
         raise BadRequest("temperature must be >= 0 and top_p in (0, 1]")
     if request.json_schema is not None and request.grammar is not None:

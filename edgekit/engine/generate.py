@@ -135,33 +135,30 @@ class Runner:
     ) -> FinishReason:
         """Sample up to the token limit; every token's text goes through the assembler."""
         llm, text = self._llm, TextAssembler(job.request.stop)
+        outbox = _Outbox(emit, self._request_id, job.request.stream_interval_ms / 1000, progress)
         limit = min(job.request.max_tokens, self._n_ctx - n_prompt)
-        pending = 0  # tokens not yet covered by an emitted chunk
         reason: FinishReason = "length"
         for i in range(limit):
             token = sampler.sample(llm.ctx)
+            now = time.perf_counter()
             if progress.t_first is None:
-                progress.t_first = time.perf_counter()
+                progress.t_first = now
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 reason = "stop"
                 break
             progress.completion += 1
-            pending += 1
-            piece = text.feed(self._piece(token))
-            if piece:
-                self._emit(emit, piece, pending, progress)
-                pending = 0
+            outbox.add(text.feed(self._piece(token)), now)
             if text.stopped:
-                return "stop"
+                reason = "stop"
+                break
             if self._cancelled():
                 reason = "cancelled"
                 break
             if i + 1 < limit:
                 self._decode_one(token)
                 progress.decoded += 1
-        tail = text.finish()
-        if tail:
-            self._emit(emit, tail, pending, progress)
+        outbox.add(text.finish(), None)
+        outbox.flush()
         return reason
 
     def _decode_one(self, token: int) -> None:
@@ -175,11 +172,6 @@ class Runner:
         llm.input_ids[llm.n_tokens] = token  # Llama's record of the KV cache, for prefix reuse
         llm.n_tokens += 1
 
-    def _emit(self, emit: Callable[[Chunk], None], text: str, tokens: int, progress: _Progress) -> None:
-        elapsed = (time.perf_counter() - progress.t_start) * 1000
-        emit(Chunk(self._request_id, len(progress.texts), text, tokens, elapsed))
-        progress.texts.append(text)
-
     def _piece(self, token: int) -> bytes:
         """The token's bytes (a byte token may be half a UTF-8 character)."""
         n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
@@ -187,6 +179,46 @@ class Runner:
             self._piece_buf = ctypes.create_string_buffer(-n)
             n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, -n, 0, False)
         return self._piece_buf.raw[:n]
+
+
+class _Outbox:
+    """Streamed text on its way to the parent: the first piece at once (time to first token),
+    later ones gathered until ``interval_s`` has passed since the last send.
+
+    Every send wakes the parent, and on a box with as many cores as llama.cpp has threads
+    that wake-up lands on a core a compute thread needs: per-token sends cost a few percent
+    of generation speed. Each token's own time still travels (Chunk.token_ms), so
+    inter-token latency stays exact.
+    """
+
+    def __init__(self, emit: Callable[[Chunk], None], request_id: str, interval_s: float, progress: _Progress) -> None:
+        self._emit, self._request_id, self._interval_s, self._progress = emit, request_id, interval_s, progress
+        self._texts: list[str] = []
+        self._token_ms: list[float] = []
+        self._last_send: float | None = None
+
+    def add(self, text: str, t_token: float | None) -> None:
+        """One token's released text ("" while held back), or with t_token None the final tail."""
+        if t_token is not None:
+            self._token_ms.append((t_token - self._progress.t_start) * 1000)
+        if text:
+            self._texts.append(text)
+            now = time.perf_counter()
+            if self._last_send is None or now - self._last_send >= self._interval_s:
+                self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        if not self._texts:
+            return
+        now = now if now is not None else time.perf_counter()
+        text, progress = "".join(self._texts), self._progress
+        chunk = Chunk(self._request_id, len(progress.texts), text, len(self._token_ms),
+                      (now - progress.t_start) * 1000, tuple(self._token_ms))
+        self._texts.clear()
+        self._token_ms = []
+        self._last_send = now
+        progress.texts.append(text)
+        self._emit(chunk)
 
 
 def usable_context(llm: Any) -> int:

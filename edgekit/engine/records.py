@@ -29,6 +29,9 @@ class Request:
     stop: tuple[str, ...] = ()
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None  # GBNF
+    # Streamed text is gathered for this long between chunks (the first goes at once); 0 sends
+    # every token's text as it comes. See generate._Outbox for why.
+    stream_interval_ms: float = 100.0
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -56,7 +59,8 @@ class Chunk:
     index: int  # 0, 1, 2, ... in order
     text: str
     tokens: int  # tokens this chunk covers
-    elapsed_ms: float  # since the request started running
+    elapsed_ms: float  # since the request started running, when the chunk was sent
+    token_ms: tuple[float, ...] = ()  # when each of its tokens was sampled, on the same clock
 
 
 @dataclass(frozen=True)

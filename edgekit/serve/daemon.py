@@ -10,6 +10,7 @@ describes the protocol; jobs.py why acknowledgements wait for the answer.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -395,6 +396,8 @@ class Daemon:
         """Run the engine; stream chunks as they come when the request asked for it."""
         reply, request = job.incoming.reply, job.incoming.request
         check_prompt_tokens(self.engine, request, self.config.limits.max_prompt_tokens)
+        if not job.incoming.stream:  # only the Result is wanted: no wake-ups for chunks
+            request = replace(request, stream_interval_ms=math.inf)
         seq = 0
         for item in self.engine.stream(request):
             if isinstance(item, Result):

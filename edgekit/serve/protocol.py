@@ -28,7 +28,8 @@ TOPICS: dict[str, str] = {
 ROLES = ("system", "user", "assistant")
 ERROR_CODES = ("bad_request", "context_overflow", "busy", "expired", "cancelled", "too_large", "internal")
 
-# Sampling fields: (type, lowest, highest); a str bound names a LimitsConfig field.
+# Numeric fields (sampling, and how often to stream): (type, lowest, highest); a str bound
+# names a LimitsConfig field.
 SAMPLING: dict[str, tuple[type, float, float | str]] = {
     "max_tokens": (int, 1, "max_tokens"),
     "temperature": (float, 0.0, "max_temperature"),
@@ -37,6 +38,7 @@ SAMPLING: dict[str, tuple[type, float, float | str]] = {
     "min_p": (float, 0.0, 1.0),
     "repeat_penalty": (float, 0.0, 10.0),
     "seed": (int, 0, 2**32 - 1),
+    "stream_interval_ms": (float, 0.0, 60000.0),
 }
 ENVELOPE_FIELDS = ("id", "reply_to", "stream")
 REQUEST_FIELDS = set(SAMPLING) | {"messages", "prompt", "stop", "json_schema"} | set(ENVELOPE_FIELDS)
@@ -189,7 +191,8 @@ def _dump(message: dict[str, Any]) -> bytes:
 def chunk_message(request_id: str, seq: int, chunk: Chunk) -> bytes:
     """One streamed piece; elapsed_ms is the engine's clock since the request started running."""
     return _dump({"id": request_id, "type": "chunk", "seq": seq, "text": chunk.text,
-                  "tokens": chunk.tokens, "elapsed_ms": round(chunk.elapsed_ms, 3)})
+                  "tokens": chunk.tokens, "elapsed_ms": round(chunk.elapsed_ms, 3),
+                  "token_ms": [round(ms, 3) for ms in chunk.token_ms]})
 
 
 def result_message(request_id: str, result: Result, device_id: str, queue_ms: float) -> bytes:
