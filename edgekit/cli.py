@@ -582,7 +582,9 @@ def _add_measurement(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--jsonl", action="store_true")
     p.add_argument("--output", type=Path, default=None, help="write JSON/CSV/JSONL here instead of stdout")
     p.add_argument("--report", type=Path, default=None, help="write an HTML report")
-    p.add_argument("--compare-llama-bench", type=Path, default=None, metavar="PATH")
+    p.add_argument("--compare-llama-bench", type=Path, default=None, metavar="PATH",
+                   help="llama.cpp's llama-bench binary: run it on the same file and settings after each round "
+                        "and show our rates as paired ratios to its (benchmarks/build_llama_tools.sh builds it)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("quality", help="perplexity and KL divergence of quantized files against a reference")

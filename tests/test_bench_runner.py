@@ -2,20 +2,27 @@
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
+from pathlib import Path
 
-
+import numpy as np
 import pytest
 
 from edgekit.bench import output
 from edgekit.bench.prompts import PromptMaker
 from edgekit.bench.quality import calibration_text
 from edgekit.bench.results import BenchRun
-from edgekit.bench.runner import BenchConfig, MeasureContext, engine_send, measure, model_facts, resolve_settings
+from edgekit.bench.llama_bench import fits_beside, llama_bench_commands
+from edgekit.bench.runner import (
+    BenchConfig, MeasureContext, engine_send, measure, model_facts, resolve_settings,
+)
 from edgekit.cli import main
 from edgekit.engine import Engine
-from edgekit import gguf_file
+from edgekit import gguf_file, hardware
+from edgekit.memory import KV_PAD, MiB, kv_bytes_per_layer, shape_of
+from edgekit.plan import Settings
 from tests.test_bench_quality import llama_tools  # noqa: F401  (shared session fixture)
 
 PROMPTS, GEN, REPEAT, CONCURRENCY = (16, 48), 40, 2, (1, 2)  # 40 tokens: long enough that a thread start is noise
@@ -84,18 +91,49 @@ def test_concurrent_requests_wait_in_the_queue(bench_run):
             assert waits[-1] > 0.5 * min(s.total_ms - s.queue_ms for s in m.samples)
 
 
-def test_warm_up_runs_are_sent_but_not_counted(tiny_q4_k_m):
-    config = BenchConfig(models=(tiny_q4_k_m,), prompt_tokens=(16,), gen_tokens=4, repeat=3, warmup=2)
-    info = gguf_file.validate(tiny_q4_k_m)
+def _measure_recording(model, config, record, after_round=None):
+    """measure() on a real engine; record(engine, request) sees every request as it is sent."""
+    info = gguf_file.validate(model)
     settings = resolve_settings(info, config)
-    sent = []
-    with Engine(tiny_q4_k_m, settings) as engine:
+    with Engine(model, settings) as engine:
         real = engine_send(engine)
         maker = PromptMaker(calibration_text(), lambda t: engine.tokenize(t, add_bos=True, special=True))
-        ctx = MeasureContext(facts=model_facts(info), settings=settings, cold_ms=None, warm_ms=None, mode="engine", config=config)
-        m = measure(ctx, lambda r: sent.append(r) or real(r), maker, 16, 1, progress=lambda _: None)
+        ctx = MeasureContext(model_facts(info), settings, None, None, "engine", config)
+
+        def send(request):
+            record(engine, request)
+            return real(request)
+
+        return measure(ctx, send, maker, progress=lambda _: None, after_round=after_round)
+
+
+def test_warm_up_runs_are_sent_but_not_counted(tiny_q4_k_m):
+    config = BenchConfig(models=(tiny_q4_k_m,), prompt_tokens=(16,), gen_tokens=4, repeat=3, warmup=2)
+    sent = []
+    [m] = _measure_recording(tiny_q4_k_m, config, lambda _engine, request: sent.append(request))
     assert len(sent) == 2 + 3 and len(m.samples) == 3
     assert len({r.prompt for r in sent}) == 5  # every request had a prompt of its own
+    assert [s.repeat_index for s in m.samples] == [0, 1, 2]
+
+
+def test_rounds_run_every_setting_then_the_reference(tiny_q4_k_m):
+    """A round runs each (prompt size, concurrency) once, then after_round: llama-bench's turn
+    sees the same moment of the box as the round it is paired with."""
+    config = BenchConfig(models=(tiny_q4_k_m,), prompt_tokens=(8, 24), gen_tokens=3, repeat=2, warmup=1,
+                         concurrency=(1, 2))
+    events = []
+    found = _measure_recording(
+        tiny_q4_k_m, config,
+        lambda engine, request: events.append(len(engine.tokenize(request.prompt, add_bos=True, special=True))),
+        after_round=lambda r: events.append(f"after {r}"),
+    )
+    warmups, rounds = events[:2], events[2:]
+    assert warmups == [8, 24]
+    # each round: pp8 c1, pp8 c2 (two requests at once), pp24 c1, pp24 c2; then the reference
+    assert [sorted(rounds[0:3]), sorted(rounds[3:6]), rounds[6]] == [[8, 8, 8], [24, 24, 24], "after 0"]
+    assert [sorted(rounds[7:10]), sorted(rounds[10:13]), rounds[13:]] == [[8, 8, 8], [24, 24, 24], ["after 1"]]
+    for m in found:
+        assert [s.repeat_index for s in m.samples] == [r for r in (0, 1) for _ in range(m.concurrency)]
 
 
 def test_terminal_table_and_progress(bench_json):
@@ -142,14 +180,59 @@ def test_unwritable_output_fails_before_measuring(tiny_q4_k_m, capsys):
 
 
 @pytest.mark.slow  # needs llama-bench, built once into .cache/llama-tools by benchmarks/build_llama_tools.sh
-def test_compare_llama_bench_gives_ratios(tiny_q4_k_m, llama_tools, tmp_path):
-    out = tmp_path / "b.csv"
-    argv = ["bench", str(tiny_q4_k_m), "--prompt-tokens", "32", "--gen-tokens", "16", "--repeat", "2",
-            "--threads", "2", "--csv", "--output", str(out), "--compare-llama-bench", str(llama_tools / "llama-bench")]
+def test_compare_llama_bench_runs_it_after_each_round_and_pairs_the_rates(tiny_q4_k_m, llama_tools, tmp_path):
+    out = tmp_path / "b.json"
+    argv = ["bench", str(tiny_q4_k_m), "--prompt-tokens", "32", "--gen-tokens", "16", "--repeat", "3",
+            "--threads", "2", "--json", "--output", str(out), "--compare-llama-bench", str(llama_tools / "llama-bench")]
     assert main(argv) == 0
-    row = next(csv.DictReader(io.StringIO(out.read_text())))
-    assert float(row["llama_bench_tg_ts"]) > 0 and float(row["llama_bench_pp_ts"]) > 0
-    assert float(row["gen_ts_vs_llama_bench"]) > 0 and float(row["pp_ts_vs_llama_bench"]) > 0
+    [m] = BenchRun.from_dict(json.loads(out.read_text())).measurements
+    assert len(m.llama_bench_pp_samples) == len(m.llama_bench_tg_samples) == 3  # one llama-bench run per round
+    assert min(m.llama_bench_pp_samples) > 0 and min(m.llama_bench_tg_samples) > 0
+    assert m.llama_bench_tg_ts == pytest.approx(np.mean(m.llama_bench_tg_samples))
+    gen = [s.gen_tps for s in sorted(m.samples, key=lambda s: s.repeat_index)]
+    assert m.vs_llama_bench("gen_tps") == pytest.approx(np.median(np.divide(gen, m.llama_bench_tg_samples)))
+    row = next(csv.DictReader(io.StringIO(output.to_csv(BenchRun.from_dict(json.loads(out.read_text()))))))
+    assert float(row["gen_ts_vs_llama_bench"]) == pytest.approx(m.vs_llama_bench("gen_tps"), abs=1e-3)
+    assert float(row["ttft_rate_vs_llama_bench_pp"]) > 0 and row["llama_bench_paired_rounds"] == "3"
+
+
+def test_llama_bench_ratios_pair_rounds_or_fall_back_to_means(bench_run):
+    m = next(m for m in bench_run.measurements if m.concurrency == 2)
+    pp, tg = (50.0, 100.0), (10.0, 40.0)
+    paired = dataclasses.replace(m, llama_bench_pp_ts=75.0, llama_bench_tg_ts=25.0,
+                                 llama_bench_pp_samples=pp, llama_bench_tg_samples=tg)
+    rounds = [[s for s in m.samples if s.repeat_index == r] for r in (0, 1)]
+    gen = [np.mean([s.gen_tps for s in r]) for r in rounds]
+    ttft_rate = [m.prompt_tokens * 1000 / np.mean([s.ttft_ms for s in r]) for r in rounds]
+    assert paired.vs_llama_bench("gen_tps") == pytest.approx(np.median(np.divide(gen, tg)))
+    assert paired.vs_llama_bench("ttft_ms") == pytest.approx(np.median(np.divide(ttft_rate, pp)))
+    apart = dataclasses.replace(paired, llama_bench_pp_samples=(), llama_bench_tg_samples=())
+    assert apart.vs_llama_bench("prompt_tps") == pytest.approx(np.mean([s.prompt_tps for s in m.samples]) / 75.0)
+    assert m.vs_llama_bench("gen_tps") is None
+    assert "n/a" not in output.table_rows(BenchRun(bench_run.edgekit_version, "", {}, (paired,)))[0]["vs llama-bench pp/tg/TTFT"]
+
+
+def test_missing_llama_bench_is_refused_before_measuring(tiny_q4_k_m, tmp_path, capsys):
+    assert main(["bench", str(tiny_q4_k_m), "--compare-llama-bench", str(tmp_path / "llama-bench")]) == 2
+    err = capsys.readouterr().err
+    assert "llama-bench" in err and "build_llama_tools.sh" in err and "[bench]" not in err
+
+
+def test_llama_bench_beside_the_engine_only_when_a_second_copy_fits(tiny_q4_k_m):
+    info = gguf_file.validate(tiny_q4_k_m)
+    assert fits_beside(info, Settings(n_ctx=512))
+    kv_per_token = kv_bytes_per_layer(shape_of(info), Settings(n_ctx=KV_PAD)) * info.block_count // KV_PAD
+    too_long = 2 * hardware.detect().memory_total_mb * MiB // kv_per_token  # its KV cache alone is twice the RAM
+    assert not fits_beside(info, Settings(n_ctx=too_long))
+
+
+def test_llama_bench_commands_match_the_settings_and_measure_generation_at_the_prompts_depth(tiny_q4_k_m):
+    settings = Settings(n_threads=3, n_batch=256, n_ubatch=128, flash_attn=False, type_k="q8_0", type_v="q8_0")
+    pp, tg = llama_bench_commands(Path("llama-bench"), tiny_q4_k_m, (32, 256), 64, settings, 1)
+    common = {"-m": str(tiny_q4_k_m), "-t": "3", "-r": "1", "-b": "256", "-ub": "128", "-ngl": "0", "-fa": "off",
+              "-ctk": "q8_0", "-ctv": "q8_0", "-o": "json"}
+    assert dict(zip(pp[1::2], pp[2::2])) == {**common, "-p": "32,256", "-n": "0"}
+    assert dict(zip(tg[1::2], tg[2::2])) == {**common, "-p": "0", "-n": "64", "-d": "32,256"}
 
 
 def test_via_mqtt_measures_end_to_end_and_shows_the_transport_apart(tiny_q4_k_m, mosquitto, tmp_path):

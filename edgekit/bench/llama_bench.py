@@ -1,21 +1,27 @@
 """Run llama.cpp's llama-bench on the same file and settings, to compare rates with ours.
 
 llama-bench reports one record per test: a pp test (n_prompt = N, n_gen = 0) whose
-avg_ts is prompt tokens per second, and a tg test (n_prompt = 0, n_gen = M) whose
-avg_ts is generated tokens per second (tools/llama-bench/llama-bench.cpp, test::get_ts).
+samples_ts are prompt tokens per second, and a tg test (n_prompt = 0, n_gen = M, after
+n_depth tokens already in the cache) whose samples_ts are generated tokens per second
+(tools/llama-bench/llama-bench.cpp, test::get_ts).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import subprocess
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit import gguf_file
+from edgekit.bench.results import Measurement
+from edgekit.bench.stats import mean
 from edgekit.errors import EngineError, UsageError
+from edgekit.plan import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,30 +34,62 @@ LLAMA_TOOLS = Path(os.environ.get("EDGEKIT_LLAMA_TOOLS") or
 
 @dataclass(frozen=True)
 class LlamaBenchFigures:
-    """llama-bench's mean rates for one model: pp by prompt size, and tg."""
+    """llama-bench's records for one model: pp tests by prompt size, tg tests by KV depth."""
 
-    pp_ts: dict[int, float] = field(default_factory=dict)  # n_prompt -> tokens/s
-    tg_ts: float = 0.0
-    tg_n_gen: int = 0
-    build_commit: str = ""
     records: tuple[dict, ...] = ()
 
+    @property
+    def build_commit(self) -> str:
+        return str(self.records[0].get("build_commit", "")) if self.records else ""
 
-def llama_bench_command(binary: Path, model: Path, prompt_tokens: Sequence[int], gen_tokens: int,
-                        threads: int, repeat: int, n_batch: int, n_ubatch: int, n_gpu_layers: int) -> list[str]:
-    """The llama-bench argv that matches an edgekit bench run."""
-    return [
+    def pp_samples(self, n_prompt: int) -> tuple[float, ...]:
+        """The rate of each repetition of the pp test of ``n_prompt`` tokens (from an empty cache)."""
+        return self._samples(lambda r: r.get("n_gen", 0) == 0 and r.get("n_prompt") == n_prompt
+                             and r.get("n_depth", 0) == 0)
+
+    def tg_samples(self, depth: int) -> tuple[float, ...]:
+        """The rate of each repetition of the tg test that starts after ``depth`` tokens in the cache."""
+        return self._samples(lambda r: r.get("n_prompt", 0) == 0 and r.get("n_gen", 0) > 0
+                             and r.get("n_depth", 0) == depth)
+
+    def _samples(self, match: Callable[[dict], bool]) -> tuple[float, ...]:
+        return next((tuple(float(x) for x in r.get("samples_ts", ())) for r in self.records if match(r)), ())
+
+
+def llama_bench_commands(binary: Path, model: Path, prompt_tokens: Sequence[int], gen_tokens: int,
+                         settings: Settings, repeat: int) -> list[list[str]]:
+    """The llama-bench runs that measure what an edgekit bench run with ``settings`` does.
+
+    Two runs: the pp tests from an empty cache, and the tg tests at a KV depth of each
+    prompt size (``-d``), because our generation runs after the prompt and attention over a
+    deeper cache costs more per token. (One run with ``-d`` would repeat every pp test at
+    every depth too.)
+    """
+    common = [
         str(binary), "-m", str(model),
-        "-p", ",".join(str(n) for n in prompt_tokens), "-n", str(gen_tokens),
-        "-t", str(threads), "-r", str(repeat),
-        "-b", str(n_batch), "-ub", str(n_ubatch),
-        "-ngl", str(99 if n_gpu_layers < 0 else n_gpu_layers),
+        "-t", str(settings.n_threads or 1), "-r", str(repeat),
+        "-b", str(settings.n_batch), "-ub", str(settings.n_ubatch),
+        "-ngl", str(99 if settings.n_gpu_layers < 0 else settings.n_gpu_layers),
+        "-fa", "on" if settings.flash_attn else "off",
+        "-ctk", settings.type_k, "-ctv", settings.type_v,
         "-o", "json",
+    ]
+    depths = ",".join(str(n) for n in prompt_tokens)
+    return [
+        common + ["-p", ",".join(str(n) for n in prompt_tokens), "-n", "0"],
+        common + ["-p", "0", "-n", str(gen_tokens), "-d", depths],
     ]
 
 
-def run_llama_bench(argv: list[str]) -> LlamaBenchFigures:
-    """Run llama-bench and read its JSON; errors name the binary and what it said."""
+def run_llama_bench(argvs: Sequence[list[str]]) -> LlamaBenchFigures:
+    """Run llama-bench once per argv and gather the records; errors name the binary and what it said."""
+    records: list[dict] = []
+    for argv in argvs:
+        records += _run_one(argv)
+    return LlamaBenchFigures(records=tuple(records))
+
+
+def _run_one(argv: list[str]) -> list[dict]:
     binary = Path(argv[0])
     if not binary.is_file():
         raise UsageError(f"--compare-llama-bench {binary}: no such file (build it: benchmarks/build_llama_tools.sh)")
@@ -66,18 +104,53 @@ def run_llama_bench(argv: list[str]) -> LlamaBenchFigures:
     return parse_llama_bench_json(done.stdout)
 
 
-def parse_llama_bench_json(text: str) -> LlamaBenchFigures:
-    """llama-bench -o json output -> its pp and tg rates."""
+def parse_llama_bench_json(text: str) -> list[dict]:
+    """llama-bench -o json output -> its records (one per test)."""
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
         raise EngineError(f"llama-bench printed something that is not JSON ({exc})") from None
-    pp: dict[int, float] = {}
-    tg, n_gen = 0.0, 0
-    for rec in records:
-        if rec.get("n_gen", 0) == 0 and rec.get("n_prompt", 0) > 0:
-            pp[int(rec["n_prompt"])] = float(rec["avg_ts"])
-        elif rec.get("n_prompt", 0) == 0 and rec.get("n_gen", 0) > 0:
-            tg, n_gen = float(rec["avg_ts"]), int(rec["n_gen"])
-    commit = str(records[0].get("build_commit", "")) if records else ""
-    return LlamaBenchFigures(pp_ts=pp, tg_ts=tg, tg_n_gen=n_gen, build_commit=commit, records=tuple(records))
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise EngineError("llama-bench's JSON is not a list of test records")
+    return records
+
+
+class LlamaBenchRounds:
+    """llama-bench -r 1 on the same file and settings, run after each of our rounds."""
+
+    def __init__(self, argvs: list[list[str]], name: str, progress: Callable[[str], None]) -> None:
+        self.argvs, self.name, self.progress = argvs, name, progress
+        self.figures: list[LlamaBenchFigures] = []
+
+    def __call__(self, index: int) -> None:
+        self.progress(f"{self.name}: llama-bench, round {index + 1}")
+        self.figures.append(run_llama_bench(self.argvs))
+
+
+def fits_beside(info: gguf_file.GGUFInfo, settings: Settings) -> bool:
+    """Whether a second process with this model and settings fits in the memory free now."""
+    from edgekit import hardware  # reads /proc and asks the GPU: only with --compare-llama-bench
+    from edgekit.memory import MiB, estimate_memory
+
+    need = estimate_memory(info, settings)
+    box = hardware.detect()
+    discrete = [g for g in box.gpus if not g.integrated]
+    if discrete and need.vram:
+        return need.ram_required <= box.usable_memory_mb * MiB and need.vram <= max(g.free_mb for g in discrete) * MiB
+    return need.ram_required + need.vram <= box.usable_memory_mb * MiB  # CPU only, or memory shared with the GPU
+
+
+def attach_llama_bench(found: list[Measurement], figures: list[LlamaBenchFigures], alternated: bool) -> list[Measurement]:
+    """llama-bench's rates on every measurement (pp of its prompt size; tg at its prompt size's
+    depth): the mean over its runs, and, when it ran after each of our rounds, its rate in each
+    round, which the engine's measurements pair with."""
+    out = []
+    for m in found:
+        pp = [x for f in figures for x in f.pp_samples(m.prompt_tokens)]
+        tg = [x for f in figures for x in f.tg_samples(m.prompt_tokens)]
+        paired = alternated and m.mode == "engine" and len(figures) == m.repeats
+        out.append(dataclasses.replace(
+            m, llama_bench_pp_ts=mean(pp) if pp else None, llama_bench_tg_ts=mean(tg) if tg else None,
+            llama_bench_pp_samples=tuple(pp) if paired else (), llama_bench_tg_samples=tuple(tg) if paired else (),
+        ))
+    return out

@@ -43,9 +43,23 @@ def csv_row(m: Measurement) -> dict[str, Any]:
     for figure in SUMMARY_FIGURES:
         summary = m.figure(figure).to_dict()
         row.update({f"{figure}_{stat}": round(summary[stat], 4) for stat in _STATS})
-    row["gen_ts_vs_llama_bench"] = ratio(m.figure("gen_tps").mean, m.llama_bench_tg_ts)
-    row["pp_ts_vs_llama_bench"] = ratio(m.figure("prompt_tps").mean, m.llama_bench_pp_ts)
+    row.update(llama_bench_ratios(m))
     return row
+
+
+def llama_bench_ratios(m: Measurement) -> dict[str, Any]:
+    """Our rates over llama-bench's (>1: faster), paired round by round when it ran between our rounds."""
+    return {
+        "gen_ts_vs_llama_bench": _rounded(m.vs_llama_bench("gen_tps")),
+        "pp_ts_vs_llama_bench": _rounded(m.vs_llama_bench("prompt_tps")),
+        # prompt_tokens / TTFT against llama-bench's pp rate: 1.0 when the first token costs no more than the prompt
+        "ttft_rate_vs_llama_bench_pp": _rounded(m.vs_llama_bench("ttft_ms")),
+        "llama_bench_paired_rounds": len(m.llama_bench_pp_samples or m.llama_bench_tg_samples),
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def to_csv(run: BenchRun) -> str:
@@ -56,11 +70,6 @@ def to_csv(run: BenchRun) -> str:
         writer.writeheader()
         writer.writerows(rows)
     return out.getvalue()
-
-
-def ratio(ours: float, theirs: float | None) -> float | None:
-    """ours / theirs rounded to 3 places; None when there is nothing to compare with."""
-    return round(ours / theirs, 3) if theirs else None
 
 
 # --- JSONL in llama-bench's names ------------------------------------------------------------
@@ -159,8 +168,10 @@ def table_rows(run: BenchRun) -> list[dict[str, str]]:
         if m.mode == "mqtt":
             row["MQTT ms"] = f"{m.figure('transport_ms').p50:.1f}"
         if m.llama_bench_tg_ts:
-            row["vs llama-bench pp/tg"] = (
-                f"{ratio(pp.mean, m.llama_bench_pp_ts) or 0:.2f}/{ratio(tg.mean, m.llama_bench_tg_ts):.2f}"
+            r = llama_bench_ratios(m)
+            row["vs llama-bench pp/tg/TTFT"] = "/".join(
+                "n/a" if r[k] is None else f"{r[k]:.2f}"
+                for k in ("pp_ts_vs_llama_bench", "gen_ts_vs_llama_bench", "ttft_rate_vs_llama_bench_pp")
             )
         rows.append(row)
     return rows

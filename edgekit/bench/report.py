@@ -14,9 +14,9 @@ from pathlib import Path
 
 from edgekit.atomic import write_text
 from edgekit.bench.charts import PALETTE, Bar, Box, Point, bar_chart, box_chart, legend, scatter_chart
-from edgekit.bench.output import table_rows
+from edgekit.bench.output import llama_bench_ratios, table_rows
 from edgekit.bench.quality import QualityResult, quality_table
-from edgekit.bench.results import BenchRun
+from edgekit.bench.results import BenchRun, Measurement
 
 _CSS = """
 body{margin:0;background:#f9fafb;color:#1f2937;font:16px/1.55 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif}
@@ -116,15 +116,21 @@ def _llama_bench_note(run: BenchRun) -> str:
     rows = [m for m in run.measurements if m.llama_bench_tg_ts]
     if not rows:
         return ""
-    items = "".join(
-        f"<li>{escape(m.label)}: generation {m.figure('gen_tps').mean / (m.llama_bench_tg_ts or 1):.2f}× "
-        f"llama-bench's {m.llama_bench_tg_ts:.1f} tok/s"
-        + (f", prompt {m.figure('prompt_tps').mean / m.llama_bench_pp_ts:.2f}× its {m.llama_bench_pp_ts:.1f} tok/s"
-           if m.llama_bench_pp_ts else "")
-        + "</li>"
-        for m in rows
-    )
-    return f'<p class="note">Against llama.cpp\'s own llama-bench on the same file and threads:</p><ul class="note">{items}</ul>'
+    items = "".join(f"<li>{escape(m.label)}: {escape(_vs_llama_bench(m))}</li>" for m in rows)
+    return (f'<p class="note">Against llama.cpp\'s own llama-bench on the same file and settings '
+            f"(our rate / its rate; paired round by round when it ran between our rounds):</p>"
+            f'<ul class="note">{items}</ul>')
+
+
+def _vs_llama_bench(m: Measurement) -> str:
+    r = llama_bench_ratios(m)
+    parts = [f"generation {r['gen_ts_vs_llama_bench']:.2f}× its {m.llama_bench_tg_ts:.1f} tok/s"]
+    if m.llama_bench_pp_ts and r["pp_ts_vs_llama_bench"] is not None:
+        parts.append(f"prompt {r['pp_ts_vs_llama_bench']:.2f}× its {m.llama_bench_pp_ts:.1f} tok/s")
+        if r["ttft_rate_vs_llama_bench_pp"] is not None:
+            parts.append(f"{m.prompt_tokens} tokens / TTFT {r['ttft_rate_vs_llama_bench_pp']:.2f}× its pp rate")
+    rounds = r["llama_bench_paired_rounds"]
+    return ", ".join(parts) + (f" ({rounds} paired rounds)" if rounds else " (llama-bench run once, apart)")
 
 
 def _boxes(run: BenchRun, colours: dict[str, str], pick) -> list[Box]:  # type: ignore[no-untyped-def]

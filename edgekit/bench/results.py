@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from edgekit.bench.stats import Summary, summarize
+from edgekit.bench.stats import Summary, mean, percentile, summarize
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Sample:
     total_ms: float  # the engine's own total: from the call (queue included) to the last token
     e2e_ms: float  # submit to final record, as the caller saw it
     itl_ms: tuple[float, ...] = ()  # per-token gaps after the first token
+    repeat_index: int = 0  # the round it was measured in (0 .. repeats-1)
 
     @property
     def transport_ms(self) -> float:
@@ -74,8 +75,13 @@ class Measurement:
     samples: tuple[Sample, ...]
     measured_on: str  # the box the figures come from, e.g. "x86_64, 2 cores (this machine)"
     test_time: str
+    # llama-bench's mean rates on the same file and settings: pp of prompt_tokens from an empty
+    # cache, tg of gen_tokens after prompt_tokens in the cache (-d), as our generation runs
     llama_bench_pp_ts: float | None = None
     llama_bench_tg_ts: float | None = None
+    # llama-bench's rate in each round, run after each of our rounds (empty when it ran once, apart)
+    llama_bench_pp_samples: tuple[float, ...] = ()
+    llama_bench_tg_samples: tuple[float, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def figure(self, name: str) -> Summary:
@@ -85,6 +91,32 @@ class Measurement:
         if name == "transport_ms":
             return summarize([s.transport_ms for s in self.samples])
         return summarize([getattr(s, name) for s in self.samples])
+
+    def round_means(self, name: str) -> list[float]:
+        """The mean of one figure in each round, in round order (concurrent requests share a round)."""
+        rounds: dict[int, list[float]] = {}
+        for s in self.samples:
+            rounds.setdefault(s.repeat_index, []).append(getattr(s, name))
+        return [mean(rounds[r]) for r in sorted(rounds)]
+
+    def vs_llama_bench(self, figure: str) -> float | None:
+        """Our rate over llama-bench's, >1 is faster: "gen_tps" against tg, "prompt_tps" against pp,
+        "ttft_ms" as prompt_tokens / TTFT against pp.
+
+        With llama-bench run after each of our rounds, the median of the round-by-round
+        ratios: both tools see the same moment of a box whose speed drifts. Else the ratio
+        of the means.
+        """
+        theirs_samples = self.llama_bench_tg_samples if figure == "gen_tps" else self.llama_bench_pp_samples
+        theirs_mean = self.llama_bench_tg_ts if figure == "gen_tps" else self.llama_bench_pp_ts
+        if not theirs_mean:
+            return None
+        ours = self.round_means(figure)
+        if figure == "ttft_ms":
+            ours = [1000 * self.prompt_tokens / ms for ms in ours if ms > 0]
+        if theirs_samples and len(theirs_samples) == len(ours) and min(theirs_samples) > 0:
+            return percentile([a / b for a, b in zip(ours, theirs_samples)], 50)
+        return mean(ours) / theirs_mean if ours else None
 
     @property
     def label(self) -> str:
@@ -104,6 +136,8 @@ class Measurement:
         values["samples"] = tuple(
             Sample(**{**s, "itl_ms": tuple(s.get("itl_ms", ()))}) for s in data["samples"]
         )
+        for name in ("llama_bench_pp_samples", "llama_bench_tg_samples"):
+            values[name] = tuple(data.get(name, ()))
         return cls(**values)
 
 

@@ -20,7 +20,9 @@ from typing import Any
 
 from edgekit import __version__, gguf_file
 from edgekit.bench import memory
-from edgekit.bench.llama_bench import llama_bench_command, run_llama_bench
+from edgekit.bench.llama_bench import (
+    LlamaBenchRounds, attach_llama_bench, fits_beside, llama_bench_commands, run_llama_bench,
+)
 from edgekit.bench.prompts import PromptMaker
 from edgekit.bench.quality import calibration_text
 from edgekit.bench.results import BenchRun, Measurement, ModelFacts, Sample
@@ -60,6 +62,9 @@ class BenchConfig:
             raise UsageError("--repeat must be at least 1 and --gen-tokens at least 2")
         if any(n < 1 for n in self.prompt_tokens) or any(c < 1 for c in self.concurrency):
             raise UsageError("--prompt-tokens and --concurrency take positive numbers, e.g. 32,256 and 1,4")
+        if self.llama_bench and not self.llama_bench.is_file():  # before minutes of measuring
+            raise UsageError(f"--compare-llama-bench {self.llama_bench}: no such file "
+                             "(build it: benchmarks/build_llama_tools.sh)")
 
 
 def run_bench(config: BenchConfig, progress: Progress = log.info) -> BenchRun:
@@ -89,17 +94,20 @@ def bench_model(path: Path, config: BenchConfig, progress: Progress) -> list[Mea
         warm_ms = _load_ms(engine, started)
         maker = PromptMaker(calibration_text(), lambda text: engine.tokenize(text, add_bos=True, special=True))
         context = MeasureContext(facts, settings, cold_ms, warm_ms, "engine", config)
-        found = [
-            measure(context, engine_send(engine), maker, n, c, progress)
-            for n in config.prompt_tokens for c in config.concurrency
-        ]
+        rounds = _alternating_llama_bench(config, info, settings, progress)
+        found = measure(context, engine_send(engine), maker, progress, rounds)
         pid = _child_pid(engine)
         rss, gpu = memory.peak_rss_bytes(pid), memory.gpu_memory_bytes(pid)
         found = [dataclasses.replace(m, peak_rss_bytes=rss, gpu_memory_bytes=gpu) for m in found]
         if config.via:
             found += _via_mqtt(config, facts, settings, maker, progress)
-    if config.llama_bench:
-        found = _compare_llama_bench(config, info.path, settings, found, progress)
+    if rounds is not None:
+        found = attach_llama_bench(found, rounds.figures, alternated=True)
+    elif config.llama_bench:
+        progress(f"{info.path.name}: llama-bench, {config.repeat} repetitions")
+        argvs = llama_bench_commands(config.llama_bench, info.path, config.prompt_tokens, config.gen_tokens,
+                                     settings, config.repeat)
+        found = attach_llama_bench(found, [run_llama_bench(argvs)], alternated=False)
     return found
 
 
@@ -135,19 +143,32 @@ class MeasureContext:
     config: BenchConfig
 
 
-def measure(ctx: MeasureContext, send: Send, maker: PromptMaker, n_prompt: int, concurrency: int,
-             progress: Progress) -> Measurement:
-    """Warm-up runs (not counted), then ``repeat`` rounds of ``concurrency`` requests sent at once."""
+def measure(ctx: MeasureContext, send: Send, maker: PromptMaker, progress: Progress,
+            after_round: Callable[[int], None] | None = None) -> list[Measurement]:
+    """Every (prompt size, concurrency) setting of the config: warm-up runs (not counted), then
+    ``repeat`` rounds, each running every setting once and then ``after_round`` (llama-bench's turn).
+
+    Rounds rather than one setting's repeats back to back: a drift of the box's speed then
+    touches every setting alike, and a reference run between rounds sees the same moment.
+    """
     config = ctx.config
-    for i in range(config.warmup):
-        progress(f"{ctx.facts.file_name} {ctx.mode} pp{n_prompt} c{concurrency}: warm-up {i + 1}/{config.warmup}")
-        _round(send, maker, n_prompt, config.gen_tokens, 1)
-    samples: list[Sample] = []
+    keys = [(n, c) for n in config.prompt_tokens for c in config.concurrency]
+    for n in config.prompt_tokens:  # a warm-up per prompt size: the first run of a batch shape allocates
+        for i in range(config.warmup):
+            progress(f"{ctx.facts.file_name} {ctx.mode} pp{n}: warm-up {i + 1}/{config.warmup}")
+            _round(send, maker, n, config.gen_tokens, 1, 0)
+    samples: dict[tuple[int, int], list[Sample]] = {key: [] for key in keys}
     for r in range(config.repeat):
-        progress(f"{ctx.facts.file_name} {ctx.mode} pp{n_prompt} tg{config.gen_tokens} c{concurrency}: "
-                 f"repeat {r + 1}/{config.repeat}")
-        samples += _round(send, maker, n_prompt, config.gen_tokens, concurrency)
-    s = ctx.settings
+        for n, c in keys:
+            progress(f"{ctx.facts.file_name} {ctx.mode} pp{n} tg{config.gen_tokens} c{c}: repeat {r + 1}/{config.repeat}")
+            samples[(n, c)] += _round(send, maker, n, config.gen_tokens, c, r)
+        if after_round:
+            after_round(r)
+    return [_measurement(ctx, n, c, samples[(n, c)]) for n, c in keys]
+
+
+def _measurement(ctx: MeasureContext, n_prompt: int, concurrency: int, samples: list[Sample]) -> Measurement:
+    config, s = ctx.config, ctx.settings
     return Measurement(
         model=ctx.facts, mode=ctx.mode, prompt_tokens=n_prompt, gen_tokens=config.gen_tokens,
         concurrency=concurrency, repeats=config.repeat, warmup=config.warmup,
@@ -158,16 +179,17 @@ def measure(ctx: MeasureContext, send: Send, maker: PromptMaker, n_prompt: int, 
     )
 
 
-def _round(send: Send, maker: PromptMaker, n_prompt: int, gen_tokens: int, concurrency: int) -> list[Sample]:
+def _round(send: Send, maker: PromptMaker, n_prompt: int, gen_tokens: int, concurrency: int,
+           index: int) -> list[Sample]:
     """``concurrency`` requests submitted at once, each with a prompt that starts elsewhere."""
     requests = [
         Request(prompt=maker.next(n_prompt), max_tokens=gen_tokens, temperature=0.0, seed=0)
         for _ in range(concurrency)
     ]
     if concurrency == 1:
-        return [_sample(*send(requests[0]))]
+        return [_sample(*send(requests[0]), index)]
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return [_sample(*done) for done in pool.map(send, requests)]
+        return [_sample(*done, index) for done in pool.map(send, requests)]
 
 
 def engine_send(engine: Any) -> Send:
@@ -189,7 +211,7 @@ def _collect(records: Iterable[Chunk | Result]) -> tuple[list[Chunk], Result]:
     raise EngineError("the engine's stream ended without a final result")
 
 
-def _sample(chunks: list[Chunk], result: Result, e2e_ms: float) -> Sample:
+def _sample(chunks: list[Chunk], result: Result, e2e_ms: float, repeat_index: int) -> Sample:
     t = result.timings
     token_ms = [ms for c in chunks for ms in c.token_ms]
     if token_ms and len(token_ms) == sum(c.tokens for c in chunks):  # each token's own time
@@ -201,7 +223,7 @@ def _sample(chunks: list[Chunk], result: Result, e2e_ms: float) -> Sample:
         cached_prompt_tokens=t.cached_prompt_tokens, prompt_ms=t.prompt_ms,
         prompt_tps=t.prompt_tokens_per_s, gen_tokens=t.completion_tokens,
         generation_ms=t.generation_ms, gen_tps=t.generation_tokens_per_s,
-        queue_ms=t.queue_ms, total_ms=t.total_ms, e2e_ms=e2e_ms, itl_ms=tuple(itl),
+        queue_ms=t.queue_ms, total_ms=t.total_ms, e2e_ms=e2e_ms, itl_ms=tuple(itl), repeat_index=repeat_index,
     )
 
 
@@ -212,25 +234,21 @@ def _via_mqtt(config: BenchConfig, facts: ModelFacts, settings: Settings, maker:
 
     with mqtt_send(config.via or "", config.prefix) as send:
         context = MeasureContext(facts, settings, None, None, "mqtt", config)
-        return [
-            measure(context, send, maker, n, c, progress)
-            for n in config.prompt_tokens for c in config.concurrency
-        ]
+        return measure(context, send, maker, progress)
 
 
-def _compare_llama_bench(config: BenchConfig, path: Path, settings: Settings, found: list[Measurement],
-                         progress: Progress) -> list[Measurement]:
-    """Run llama-bench on the same file and threads, and attach its rates to every measurement."""
-    progress(f"{path.name}: llama-bench")
-    argv = llama_bench_command(
-        config.llama_bench or Path(), path, config.prompt_tokens, config.gen_tokens,
-        settings.n_threads or 1, config.repeat, settings.n_batch, settings.n_ubatch, settings.n_gpu_layers,
-    )
-    figures = run_llama_bench(argv)
-    return [
-        dataclasses.replace(m, llama_bench_pp_ts=figures.pp_ts.get(m.prompt_tokens), llama_bench_tg_ts=figures.tg_ts)
-        for m in found
-    ]
+def _alternating_llama_bench(config: BenchConfig, info: gguf_file.GGUFInfo, settings: Settings,
+                             progress: Progress) -> LlamaBenchRounds | None:
+    """The per-round llama-bench runs, when asked for and when a second copy of the model fits
+    beside the loaded engine; else None (llama-bench then runs once, after the engine is closed)."""
+    if not config.llama_bench:
+        return None
+    if not fits_beside(info, settings):
+        progress(f"{info.path.name}: not enough free memory to run llama-bench beside the engine; "
+                 "it runs once after edgekit's rounds, so the ratios see different moments of the box")
+        return None
+    argvs = llama_bench_commands(config.llama_bench, info.path, config.prompt_tokens, config.gen_tokens, settings, 1)
+    return LlamaBenchRounds(argvs, info.path.name, progress)
 
 
 def _timed_load(engine_cls: Any, path: Path, settings: Settings, drop_cache: bool) -> float | None:
