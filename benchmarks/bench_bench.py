@@ -18,6 +18,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from edgekit.bench.llama_bench import LLAMA_TOOLS
 from edgekit.bench.output import format_table, table_rows, to_csv, to_json, to_jsonl
 from edgekit.bench.report import write_report
@@ -41,6 +43,7 @@ def _llama_bench() -> Path | None:
 ROUNDS = int(os.environ.get("EDGEKIT_BENCH_ROUNDS", "12"))
 
 
+@pytest.mark.timeout(3600)  # rounds of edgekit and llama-bench on two files: about 15 minutes at 2 threads
 def test_edgekit_bench_tinyllama(benchmark, tinyllama_q4_k_m, tinyllama_q8_0):
     config = BenchConfig(
         models=(tinyllama_q4_k_m, tinyllama_q8_0), prompt_tokens=(32, 256), gen_tokens=64, repeat=ROUNDS,

@@ -111,7 +111,7 @@ class Runner:
         differ = np.flatnonzero(llm.input_ids[:m] != np.asarray(tokens[:m], dtype=llm.input_ids.dtype))
         common = int(differ[0]) if differ.size else m
         # The last prompt token is always evaluated again: its logits pick the first answer token.
-        keep = min(common, len(tokens) - 1)
+        keep = aligned_keep(len(tokens), min(common, len(tokens) - 1))
         if keep <= 0 or not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
             keep = 0
         llm.n_tokens = keep  # Llama.eval drops the KV cache from here on
@@ -219,6 +219,23 @@ class _Outbox:
         self._last_send = now
         progress.texts.append(text)
         self._emit(chunk)
+
+
+# llama.cpp's repacked CPU matmuls (Q4_0, Q4_K, Q8_0, IQ4_NL ... on x86 and ARM) take a
+# batch's rows 4 at a time and send the rest one by one through gemv, each row a full pass
+# over the weights, as costly as generating a token (ggml-cpu/repack.cpp, forward_mul_mat).
+ROW_BLOCK = 4
+
+
+def aligned_keep(n_tokens: int, keep: int) -> int:
+    """How many cached tokens to keep so the rest makes whole row blocks, where that is cheaper.
+
+    Evaluating 1 or 2 cached tokens again in the batch costs less than the 3 or 2 leftover
+    rows would; a leftover of 1 would need 3 more tokens and is kept. Measured on the
+    TinyLlama-shaped Q4_K_M at 2 threads: 31 tokens after a cached BOS took 393 ms, 32 took 309.
+    """
+    extra = -(n_tokens - keep) % ROW_BLOCK
+    return keep - extra if 0 < extra <= 2 and keep >= extra else keep
 
 
 def usable_context(llm: Any) -> int:
