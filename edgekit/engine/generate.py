@@ -221,9 +221,11 @@ class _Outbox:
         self._emit(chunk)
 
 
-# llama.cpp's repacked CPU matmuls (Q4_0, Q4_K, Q8_0, IQ4_NL ... on x86 and ARM) take a
-# batch's rows 4 at a time and send the rest one by one through gemv, each row a full pass
-# over the weights, as costly as generating a token (ggml-cpu/repack.cpp, forward_mul_mat).
+# llama.cpp's repacked CPU matmuls (Q4_0, Q4_K, IQ4_NL, and Q8_0 on some CPUs; x86 and ARM)
+# take a batch's rows 4 at a time and send the rest one by one through gemv, each row a full
+# pass over the weights, as costly as generating a token (ggml-cpu/repack.cpp,
+# forward_mul_mat). For types that are not repacked a few more rows in a small batch cost
+# little: the weights are read once either way.
 ROW_BLOCK = 4
 
 
