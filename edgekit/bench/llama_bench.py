@@ -38,10 +38,6 @@ class LlamaBenchFigures:
 
     records: tuple[dict, ...] = ()
 
-    @property
-    def build_commit(self) -> str:
-        return str(self.records[0].get("build_commit", "")) if self.records else ""
-
     def pp_samples(self, n_prompt: int) -> tuple[float, ...]:
         """The rate of each repetition of the pp test of ``n_prompt`` tokens (from an empty cache)."""
         return self._samples(lambda r: r.get("n_gen", 0) == 0 and r.get("n_prompt") == n_prompt
@@ -74,10 +70,10 @@ def llama_bench_commands(binary: Path, model: Path, prompt_tokens: Sequence[int]
         "-ctk", settings.type_k, "-ctv", settings.type_v,
         "-o", "json",
     ]
-    depths = ",".join(str(n) for n in prompt_tokens)
+    sizes = ",".join(str(n) for n in prompt_tokens)
     return [
-        common + ["-p", ",".join(str(n) for n in prompt_tokens), "-n", "0"],
-        common + ["-p", "0", "-n", str(gen_tokens), "-d", depths],
+        common + ["-p", sizes, "-n", "0"],
+        common + ["-p", "0", "-n", str(gen_tokens), "-d", sizes],
     ]
 
 
