@@ -60,6 +60,7 @@ class StreamedTensor:
     source: TensorRef
     qtype: gguf.GGMLQuantizationType
     permute_heads: int | None = None  # Q/K: rows are regrouped per head (see llama.permute_rows)
+    delta: Callable[[int, int], np.ndarray] | None = None  # rows [start, stop) to add: a merged LoRA
     on_written: Callable[[], None] | None = None  # progress reporting
     workspace: Workspace = field(default_factory=Workspace)
     chunk_elements: int = CHUNK_ELEMENTS
@@ -83,6 +84,8 @@ class StreamedTensor:
         for start, stop in self._row_chunks():
             raw = self.workspace.array("raw", (stop - start, self.source.row_size), RAW_DTYPES[self.source.dtype])
             rows = self.source.read_rows(start, stop, out=raw)  # (rows, row_size), on-disk dtype
+            if self.delta is not None:  # added in HF's row order, before the permutation
+                rows = to_float32(rows) + self.delta(start, stop)  # (rows, row_size)
             if len(self.source.shape) < 2:
                 rows = rows.reshape(-1, 1)  # (n, 1): a bias permutes element by element
             if self.permute_heads:
@@ -104,9 +107,9 @@ class StreamedTensor:
 
     def _encode(self, rows: np.ndarray) -> np.ndarray:
         """Raw rows -> bytes of ``qtype``, skipping the float32 detour when the types already match."""
-        if self.qtype == Q.BF16 and self.source.dtype == "BF16":
+        if self.qtype == Q.BF16 and rows.dtype == RAW_DTYPES["BF16"]:
             return rows
-        if self.qtype == Q.F16 and self.source.dtype == "F16":
+        if self.qtype == Q.F16 and rows.dtype == RAW_DTYPES["F16"]:
             return rows
         wide = to_float32(rows, out=self.workspace.array("f32", rows.shape, np.float32))  # (rows, row_size)
         if self.qtype == Q.F16:

@@ -22,6 +22,7 @@ from edgekit import __version__
 from edgekit.atomic import atomic_path, check_writable_dir
 from edgekit.convert.checkpoint import Checkpoint, open_checkpoint
 from edgekit.convert.llama import ARCHITECTURES, LlamaParams, add_hparams, check_tensors, llama3_rope_factors, permute_heads
+from edgekit.convert.lora import LoraMerge, check_base, delta_for
 from edgekit.convert.stream import OUTTYPES, StreamedTensor, Workspace, tensor_type
 from edgekit.convert.vocab import Vocab, load_vocab
 from edgekit.errors import UsageError
@@ -54,17 +55,20 @@ class ConversionPlan:
     vocab: Vocab
     tensors: list[tuple[str, StreamedTensor]]  # (GGUF name, source) in file order
     outtype: str
+    merges: tuple[LoraMerge, ...] = ()  # LoRA adapters merged into the weights
 
 
-def convert(hf_dir: Path, output: Path, outtype: str = "f16", progress: Progress | None = None) -> Path:
+def convert(hf_dir: Path, output: Path, outtype: str = "f16", progress: Progress | None = None,
+            merges: tuple[LoraMerge, ...] = ()) -> Path:
     """Convert the checkpoint in ``hf_dir`` to the GGUF file ``output``; return its path."""
-    return convert_checkpoint(hf_dir, output, outtype, progress).path
+    return convert_checkpoint(hf_dir, output, outtype, progress, merges).path
 
 
-def convert_checkpoint(hf_dir: Path, output: Path, outtype: str = "f16", progress: Progress | None = None) -> ConvertResult:
-    """convert(), returning what was written and how long it took."""
+def convert_checkpoint(hf_dir: Path, output: Path, outtype: str = "f16", progress: Progress | None = None,
+                       merges: tuple[LoraMerge, ...] = ()) -> ConvertResult:
+    """convert(), returning what was written and how long it took; ``merges`` are LoRAs merged on the way."""
     started = time.perf_counter()
-    plan = plan_conversion(Path(hf_dir), outtype)
+    plan = plan_conversion(Path(hf_dir), outtype, merges)
     output = check_writable_dir(Path(output))
     with atomic_path(output) as tmp:
         _write(plan, tmp, progress)
@@ -80,7 +84,7 @@ def convert_checkpoint(hf_dir: Path, output: Path, outtype: str = "f16", progres
     return result
 
 
-def plan_conversion(hf_dir: Path, outtype: str) -> ConversionPlan:
+def plan_conversion(hf_dir: Path, outtype: str, merges: tuple[LoraMerge, ...] = ()) -> ConversionPlan:
     """Read and check everything about the checkpoint; raise before any output exists."""
     if outtype not in OUTTYPES:
         raise UsageError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
@@ -88,12 +92,16 @@ def plan_conversion(hf_dir: Path, outtype: str) -> ConversionPlan:
     params = LlamaParams.from_config(checkpoint.config)
     vocab = load_vocab(hf_dir, params.vocab)
     sources = check_tensors(params, checkpoint.tensors)
+    for merge in merges:
+        check_base(merge.adapter, {name: ref.shape for name, ref in sources.items()}, str(hf_dir))
     names = gguf.get_tensor_name_map(ARCHITECTURES[params.architecture], params.n_layer)
     tensors, workspace = [], Workspace()
     for hf_name, ref in sorted(sources.items(), key=lambda item: (str(item[1].file), item[1].offset)):
-        streamed = StreamedTensor(ref, tensor_type(ref, outtype), permute_heads(params, hf_name), workspace=workspace)
+        streamed = StreamedTensor(ref, tensor_type(ref, outtype), permute_heads(params, hf_name), workspace=workspace,
+                                  delta=delta_for(hf_name, merges))
         tensors.append((names.get_name(hf_name, try_suffixes=(".weight", ".bias")), streamed))
-    return ConversionPlan(checkpoint=checkpoint, params=params, vocab=vocab, tensors=tensors, outtype=outtype)
+    return ConversionPlan(checkpoint=checkpoint, params=params, vocab=vocab, tensors=tensors, outtype=outtype,
+                          merges=tuple(merges))
 
 
 def _write(plan: ConversionPlan, path: Path, progress: Progress | None) -> None:
@@ -132,6 +140,8 @@ def _add_metadata(writer: gguf.GGUFWriter, plan: ConversionPlan) -> None:
     for key, value in source.items():
         writer.add_string(f"edgekit.source.{key}", value)
     writer.add_string("edgekit.converter", f"edgekit {__version__}")
+    if plan.merges:  # provenance: which adapters (and scales) this file has merged in
+        writer.add_array("edgekit.lora.merged", [f"{m.adapter.path.resolve()}:{m.scale:g}" for m in plan.merges])
     if plan.params.sliding_window is not None:
         writer.add_uint32("edgekit.sliding_window", int(plan.params.sliding_window))  # recorded; llama.cpp ignores it
 

@@ -6,6 +6,7 @@ tokenizer_config.json with the real chat template), filled with seeded random we
 """
 
 from edgekit.testmodels.build import make_test_model
+from edgekit.testmodels.lora import make_test_lora
 from edgekit.testmodels.presets import PRESETS, Preset, parse_size
 from edgekit.testmodels.tokenizer import calibration_text, tokenizer_model
 from edgekit.testmodels.weights import TensorSpec, bf16_bits_to_f32, tensor_specs, tensor_values
@@ -16,6 +17,7 @@ __all__ = [
     "TensorSpec",
     "bf16_bits_to_f32",
     "calibration_text",
+    "make_test_lora",
     "make_test_model",
     "parse_size",
     "tensor_specs",

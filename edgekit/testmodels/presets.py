@@ -52,6 +52,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # 2 layers, GQA 8/2 (so a wrong K permutation shows), widths that are multiples of 256 (K-quants).
     "tiny": Preset("tiny", "tinyllama", 32000, 256, 768, 2, 8, 2, 2048),
+    # tiny with 8 layers: depth up-scaling (SOLAR's recipe) needs layers to drop and stack.
+    "tiny8": Preset("tiny8", "tinyllama", 32000, 256, 768, 8, 8, 2, 2048),
     "tinyllama": Preset("tinyllama", "tinyllama", 32000, 2048, 5632, 22, 32, 4, 2048),
     "solar-mini": Preset("solar-mini", "solar", 32000, 4096, 14336, 2, 32, 8, 4096),
     "solar": Preset("solar", "solar", 32000, 4096, 14336, 48, 32, 8, 4096),
