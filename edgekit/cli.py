@@ -79,7 +79,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         # With --quant the converted file is an intermediate: -o names the quantized output
         # (one level) or the stem of one output per level (OUT-Q4_K_M.gguf, ...).
         converted = Path(scratch) / f"model.{args.outtype}.gguf" if levels else args.output
-        result = convert_checkpoint(args.hf_dir, converted, args.outtype, progress=show)
+        result = convert_checkpoint(args.hf_dir, converted, args.outtype, progress=show, merges=_merges(args.lora))
         if not levels:
             print(f"wrote {result.path} ({result.outtype}, {result.tensor_count} tensors, "
                   f"{result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s)")
@@ -88,6 +88,31 @@ def cmd_convert(args: argparse.Namespace) -> int:
             out = args.output if len(levels) == 1 else args.output.with_name(f"{args.output.stem}-{level}{args.output.suffix}")
             quantize_file(converted, level, out)
             print(f"wrote {out} ({level}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _merges(specs: list[str] | None) -> tuple[Any, ...]:
+    """--lora PEFT_DIR[:SCALE] (repeatable) as the adapters convert merges."""
+    from edgekit.convert.lora import LoraMerge, open_peft, parse_lora_arg
+
+    return tuple(LoraMerge(open_peft(path), scale) for _, path, scale in map(parse_lora_arg, specs or []))
+
+
+def cmd_convert_lora(args: argparse.Namespace) -> int:
+    from edgekit.convert.lora_gguf import convert_lora
+
+    r = convert_lora(args.peft_dir, args.base, args.output, args.outtype)
+    print(f"wrote {r.path} (LoRA adapter, {r.tensor_pairs} weights, rank {r.rank}, alpha {r.alpha:g}, "
+          f"{r.path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from edgekit.upscale import describe_layers, upscale
+
+    r = upscale(args.source, args.output, drop=args.drop, layers=args.layers)
+    print(f"wrote {r.path} ({len(r.layers)} layers from {r.source_layers}: {describe_layers(r.layers)}, "
+          f"{r.tensor_count} tensors)")
     return 0
 
 
@@ -462,6 +487,25 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
                    help="quantize to these levels, e.g. Q4_K_M: -o is then the quantized file "
                         "(several levels: OUT-LEVEL.gguf each); the converted file is not kept")
     p.set_defaults(func=cmd_convert)
+
+    p.add_argument("--lora", action="append", metavar="PEFT_DIR[:SCALE]",
+                   help="merge this PEFT LoRA/QLoRA adapter into the weights (repeatable; SCALE defaults to 1)")
+
+    p = sub.add_parser("convert-lora", help="convert a PEFT LoRA/QLoRA adapter to a llama.cpp GGUF adapter")
+    p.add_argument("peft_dir", type=Path)
+    p.add_argument("--base", type=Path, required=True, help="the base model: checkpoint folder or GGUF file")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--outtype", default="f32", choices=["f32", "f16"])
+    p.set_defaults(func=cmd_convert_lora)
+
+    p = sub.add_parser("upscale", help="depth up-scaling (SOLAR): stack a model's layers into a deeper model")
+    p.add_argument("source", type=Path, help="checkpoint folder (writes a folder) or GGUF file (writes a GGUF)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--drop", type=int, default=None,
+                   help="layers dropped from the end of the first copy and the start of the second (default 8)")
+    g.add_argument("--layers", default=None, help="explicit source layers, e.g. 0-23,8-31")
+    p.set_defaults(func=cmd_upscale)
 
     p = sub.add_parser("quantize", help="quantize a GGUF to one or more llama.cpp levels")
     p.add_argument("input", type=Path)

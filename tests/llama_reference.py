@@ -21,11 +21,11 @@ def load_weights(folder: Path) -> dict[str, np.ndarray]:
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
     weights: dict[str, np.ndarray] = {}
     for name in files:
-        weights.update(_read_safetensors(folder / name))
+        weights.update(read_safetensors(folder / name))
     return weights
 
 
-def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+def read_safetensors(file: Path) -> dict[str, np.ndarray]:
     data = file.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
@@ -96,8 +96,11 @@ def mlp(h: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
 
 def forward(folder: Path, tokens: list[int]) -> np.ndarray:
     """Logits (T, V) of the checkpoint in ``folder`` for ``tokens``."""
-    cfg = json.loads((folder / "config.json").read_text())
-    weights = load_weights(folder)
+    return forward_weights(json.loads((folder / "config.json").read_text()), load_weights(folder), tokens)
+
+
+def forward_weights(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
+    """Logits (T, V) of a Llama with config ``cfg`` and Hugging Face-named ``weights`` for ``tokens``."""
     eps = cfg.get("rms_norm_eps", 1e-6)
     theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
