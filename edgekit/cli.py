@@ -249,7 +249,15 @@ def _run_settings(args: argparse.Namespace) -> Any:
 
     hardware = detect()
     profile = load_profile(args.profile) if args.profile else choose_profile(hardware)[0]
-    return plan_for(args.model, profile, hardware, ctx=args.ctx).settings
+    return plan_for(args.model, profile, hardware, ctx=args.ctx, lora=_adapters(getattr(args, "lora", None))).settings
+
+
+def _adapters(specs: list[str] | None) -> tuple[Any, ...]:
+    """--lora NAME=adapter.gguf[:SCALE] (repeatable) as the adapters the engine loads."""
+    from edgekit.convert.lora import parse_lora_arg
+    from edgekit.plan import LoraAdapter
+
+    return tuple(LoraAdapter(name, str(path), scale) for name, path, scale in map(parse_lora_arg, specs or []))
 
 
 def _timings_line(result: Any) -> str:
@@ -302,9 +310,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
         json_schema=schema,
+        adapter=_adapter_choice(args),
+        adapter_scale=args.adapter_scale,
     )
     with Engine(args.model, _run_settings(args)) as engine:
         return 0 if _stream_answer(engine, request) is not None else 130
+
+
+def _adapter_choice(args: argparse.Namespace) -> str | None:
+    """--adapter NAME, or the one adapter given with --lora."""
+    if args.adapter is not None or not args.lora:
+        return args.adapter
+    names = [adapter.name for adapter in _adapters(args.lora)]
+    if len(names) > 1:
+        from edgekit.errors import UsageError
+
+        raise UsageError(f"several --lora adapters ({', '.join(names)}): choose one with --adapter NAME")
+    return names[0]
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -560,6 +582,10 @@ def _add_engine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--raw", action="store_true", help="no chat template: the prompt is the text")
+    p.add_argument("--lora", action="append", metavar="NAME=ADAPTER.gguf[:SCALE]",
+                   help="load a GGUF LoRA adapter beside the model (repeatable; edgekit convert-lora makes one)")
+    p.add_argument("--adapter", default=None, help="the --lora adapter this prompt runs with (default: the only one)")
+    p.add_argument("--adapter-scale", type=float, default=None, help="scale for the adapter (default: its --lora scale)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chat", help="interactive chat in the terminal")

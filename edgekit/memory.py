@@ -8,6 +8,7 @@ docs/profiles.md ("How the planner counts memory").
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +87,12 @@ class MemoryEstimate:
     compute_reserved: int  # llama.cpp's CPU compute buffer; resident only if every logit is kept
     runtime: int  # process baseline: Python, libllama, vocabulary, CUDA runtime
     n_gpu_layers: int  # resolved: 0..n_layer+1 (n_layer+1 = every layer and the output)
+    adapters: int = 0  # LoRA adapters (Settings.lora): read into buffers of their own, never mapped
 
     @property
     def ram(self) -> int:
         """Expected resident size (VmRSS) of the serving process."""
-        return self.weights_ram + self.repacked + self.kv_ram + self.compute_ram + self.runtime
+        return self.weights_ram + self.repacked + self.kv_ram + self.compute_ram + self.runtime + self.adapters
 
     @property
     def ram_required(self) -> int:
@@ -108,7 +110,7 @@ class MemoryEstimate:
     def to_dict(self) -> dict[str, float | int]:
         """MiB figures for JSON and humans."""
         names = ("weights_ram", "weights_vram", "repacked", "reclaimable", "kv_ram", "kv_vram", "compute_ram", "compute_vram",
-                 "compute_reserved", "runtime", "ram", "ram_required", "vram", "total")
+                 "compute_reserved", "runtime", "adapters", "ram", "ram_required", "vram", "total")
         data: dict[str, float | int] = {f"{n}_mb": round(getattr(self, n) / MiB, 1) for n in names}
         data["n_gpu_layers"] = self.n_gpu_layers
         return data
@@ -167,6 +169,8 @@ def estimate_memory(
         compute_reserved=compute_reserved_bytes(shape, settings),
         runtime=runtime_bytes(shape, gpu=on_gpu > 0),
         n_gpu_layers=on_gpu,
+        # Counted on the CPU: llama.cpp puts a pair beside its weight, so offloaded layers' go to VRAM.
+        adapters=sum(os.path.getsize(a.path) for a in settings.lora),
     )
 
 

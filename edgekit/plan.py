@@ -21,7 +21,16 @@ from edgekit.profiles import Profile
 
 MIN_CTX = 64
 
-__all__ = ["Settings", "Plan", "Budget", "MemoryEstimate", "estimate_memory", "plan_for", "budget_for"]
+__all__ = ["LoraAdapter", "Settings", "Plan", "Budget", "MemoryEstimate", "estimate_memory", "plan_for", "budget_for"]
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A GGUF LoRA adapter loaded once beside the model (edgekit convert-lora); requests pick it by name."""
+
+    name: str
+    path: str
+    scale: float = 1.0  # the scale a request gets unless it gives its own
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class Settings:
     use_mmap: bool = True
     use_mlock: bool = False
     seed: int = 0
+    lora: tuple[LoraAdapter, ...] = ()  # run-time adapters (llama_adapter_lora_init), none applied by default
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,8 @@ class Plan:
             f"settings: n_ctx {s.n_ctx}, threads {s.n_threads}/{s.n_threads_batch}, gpu layers {layers}, "
             f"batch {s.n_batch}/{s.n_ubatch}, flash_attn {s.flash_attn}, kv {s.type_k}/{s.type_v}, mmap {s.use_mmap}",
             f"memory:   weights {_mb(e.weights_ram + e.repacked)} MB + kv {_mb(e.kv_ram)} + compute {_mb(e.compute_ram)}"
-            f" + runtime {_mb(e.runtime)} = {_mb(e.ram)} MB RAM"
+            f" + runtime {_mb(e.runtime)}" + (f" + adapters {_mb(e.adapters)}" if e.adapters else "")
+            + f" = {_mb(e.ram)} MB RAM"
             + (f" ({_mb(e.reclaimable)} MB of it reclaimable page cache)" if e.reclaimable else ""),
             *([f"vram:     weights {_mb(e.weights_vram)} MB + kv {_mb(e.kv_vram)} + compute {_mb(e.compute_vram)}"
                f" = {_mb(e.vram)} MB"] if e.vram else []),
@@ -107,13 +118,19 @@ def plan_for(
     profile: Profile,
     hardware: Hardware,
     ctx: int | None = None,
+    lora: tuple[LoraAdapter, ...] = (),
 ) -> Plan:
-    """Choose the file and settings that fit ``hardware``; DoesNotFit says by how much none did."""
+    """Choose the file and settings that fit ``hardware``; DoesNotFit says by how much none did.
+
+    ``lora`` adapters are loaded with the model, so their memory counts against the budget too."""
     if ctx is not None and ctx < MIN_CTX:
         raise UsageError(f"--ctx {ctx} is too small: give at least {MIN_CTX} tokens")
     infos = [m if isinstance(m, GGUFInfo) else validate(m) for m in (models if isinstance(models, list) else [models])]
     budget = budget_for(profile, hardware)
     base, reasons = _base_settings(profile, hardware, infos, ctx)
+    if lora:
+        base = replace(base, lora=tuple(lora))
+        reasons = [*reasons, f"{len(lora)} LoRA adapter(s) loaded beside the model: {', '.join(a.name for a in lora)}"]
     candidates = _by_preference(infos, profile.quant)
     attempts: list[_Attempt] = []
     for n_ctx in _context_ladder(base.n_ctx, min(profile.run.min_ctx, base.n_ctx)):

@@ -30,12 +30,13 @@ def tiny8_checkpoint() -> Path:
     return checkpoint("tiny8", "bf16", shard_size="10MB")
 
 
-def _tensors(path: Path) -> dict[str, tuple[str, bytes]]:
-    return {t.name: (t.tensor_type.name, bytes(t.data)) for t in gguf.GGUFReader(path).tensors}
+def _tensors(reader: gguf.GGUFReader | Path) -> dict[str, tuple[str, bytes]]:
+    reader = gguf.GGUFReader(reader) if isinstance(reader, Path) else reader
+    return {t.name: (t.tensor_type.name, bytes(t.data)) for t in reader.tensors}
 
 
-def _field(path: Path, key: str) -> object:
-    return gguf.GGUFReader(path).fields[key].contents()
+def _fields(reader: gguf.GGUFReader, *keys: str) -> list[object]:
+    return [reader.fields[key].contents() for key in keys]
 
 
 def _stacked_reference(folder: Path, layers: tuple[int, ...]) -> tuple[dict, dict]:
@@ -91,9 +92,8 @@ def test_nonsense_layer_choices_are_refused(drop: int | None, layers: str | None
 def test_upscaled_gguf_has_12_layers_and_logits_of_the_stacked_model(tiny8_checkpoint: Path, tmp_path: Path) -> None:
     result = upscale(converted(tiny8_checkpoint, "f32"), tmp_path / "up.gguf", drop=2)
     assert result.layers == DROP_2
-    assert _field(result.path, "llama.block_count") == 12
-    assert _field(result.path, "edgekit.upscale.layers") == "0-5,2-7"
-    assert _field(result.path, "edgekit.upscale.source_block_count") == 8
+    keys = ("llama.block_count", "edgekit.upscale.layers", "edgekit.upscale.source_block_count")
+    assert _fields(gguf.GGUFReader(result.path), *keys) == [12, "0-5,2-7", 8]
     sp = spm.SentencePieceProcessor(model_file=str(tiny8_checkpoint / "tokenizer.model"))
     ids = ([sp.bos_id()] + sp.encode("The quick brown fox jumps over the lazy dog. " * 3))[:30]
     config, weights = _stacked_reference(tiny8_checkpoint, DROP_2)
@@ -113,7 +113,8 @@ def test_checkpoint_path_and_gguf_path_give_identical_tensors(tiny8_checkpoint: 
 def test_quantized_gguf_is_upscaled_byte_for_byte(tiny8_checkpoint: Path, tmp_path: Path) -> None:
     source = quantized(converted(tiny8_checkpoint, "f16"), "Q4_K_M")
     out = upscale(source, tmp_path / "up.gguf", drop=2).path
-    before, after = _tensors(source), _tensors(out)
+    source_reader, out_reader = gguf.GGUFReader(source), gguf.GGUFReader(out)
+    before, after = _tensors(source_reader), _tensors(out_reader)
     assert len(after) == len(before) + 4 * 9  # four more blocks of nine tensors
     for name, data in after.items():
         if name.startswith("blk."):
@@ -121,8 +122,8 @@ def test_quantized_gguf_is_upscaled_byte_for_byte(tiny8_checkpoint: Path, tmp_pa
             name = f"blk.{DROP_2[int(index)]}.{rest}"
         assert data == before[name]  # same type, same bytes: never dequantized
     assert {kind for kind, _ in after.values()} >= {"Q4_K", "Q6_K"}
-    tokenizer = _field(source, "tokenizer.ggml.tokens")
-    assert _field(out, "tokenizer.ggml.tokens") == tokenizer and _field(out, "general.file_type") == _field(source, "general.file_type")
+    keys = ("tokenizer.ggml.tokens", "general.file_type", "tokenizer.chat_template")
+    assert _fields(out_reader, *keys) == _fields(source_reader, *keys)
     text = llama_cpp.Llama(str(out), n_ctx=64, n_threads=2, verbose=False)("Hello", max_tokens=4, temperature=0)
     assert text["usage"]["completion_tokens"] >= 1  # llama.cpp loads and runs it
 

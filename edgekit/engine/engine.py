@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgekit import errors
 from edgekit.engine import worker
+from edgekit.engine.adapters import check_adapter, check_adapter_files
 from edgekit.engine.chat import ChatTemplate
 from edgekit.engine.process import WorkerDied, WorkerProcess, is_error, unwrap
 from edgekit.engine.records import Chunk, ModelInfo, Request, Result, Timings
@@ -65,6 +66,7 @@ class Engine:
         self._current: tuple[str, int] | None = None  # (request id, seq) running in the child
         self._waiting: set[str] = set()
         self._cancel_early: set[str] = set()
+        self.load_count = 0  # times a worker loaded the model; switching adapters never adds to it
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -118,6 +120,7 @@ class Engine:
         """Yield the answer's chunks in order; the last item is the Result."""
         t_call = time.perf_counter()
         _check_request(request)
+        check_adapter(request, self.settings)
         with self._state_lock:
             self._waiting.add(request.id)  # cancellable from here on
         try:
@@ -231,6 +234,7 @@ class Engine:
         if not current.ready:
             try:
                 self._info = current.wait_ready(self.start_timeout_s)
+                self.load_count += 1
             finally:
                 if not current.ready:
                     self._worker = None
@@ -241,7 +245,8 @@ class Engine:
         if self.validate:
             from edgekit import gguf_file
 
-            gguf_file.validate(self.model)
+            info = gguf_file.validate(self.model)
+            check_adapter_files(info.architecture, self.settings.lora)
         self._worker = WorkerProcess(self.model, self.settings, self._cancel_fd)
 
     def _crashed(self, current: WorkerProcess, what: str) -> EngineError:

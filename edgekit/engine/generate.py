@@ -9,6 +9,7 @@ parent and the child, so the parent's call time can be compared with ours).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,8 +43,9 @@ class _Progress:
 class Runner:
     """Serves jobs one after another on one Llama, keeping its KV cache between them."""
 
-    def __init__(self, llm: Any, cancel_seq: Any) -> None:
+    def __init__(self, llm: Any, cancel_seq: Any, adapters: Any = None) -> None:
         self._llm = llm
+        self._adapters = adapters  # edgekit.engine.adapters.Adapters, or None (no LoRA support needed)
         self._cancel_seq = cancel_seq  # c_long in shared memory: equals job.seq when that job is cancelled
         self._seq = -1
         self._request_id = ""
@@ -58,6 +60,7 @@ class Runner:
         """Evaluate the prompt (reusing the cached prefix), then sample until a finish reason."""
         self._seq, self._request_id = job.seq, job.request.id
         progress = _Progress(t_start=time.perf_counter())
+        adapter = self._use_adapter(job.request)
         tokens = self._tokenize_prompt(job)
         progress.prompt_tokens = len(tokens)
         sampler = SamplerChain(self._vocab, self._llm.n_vocab(), job.request)
@@ -69,7 +72,16 @@ class Runner:
         finally:
             sampler.close()
         progress.t_end = time.perf_counter()
-        return _result(job, reason, progress)
+        return dataclasses.replace(_result(job, reason, progress), adapter=adapter[0], adapter_scale=adapter[1] if adapter[0] else None)
+
+    def _use_adapter(self, request: Any) -> tuple[str | None, float]:
+        """Apply the request's LoRA (or none); a change empties the prefix cache, whose keys it changes."""
+        if self._adapters is None:
+            return (None, 0.0)
+        choice = self._adapters.choice(request)
+        if self._adapters.use(choice):
+            self._llm.n_tokens = 0  # the next eval drops the KV cache (see _reuse_prefix)
+        return choice
 
     def tokenize(self, text: str, add_bos: bool, special: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)

@@ -32,6 +32,8 @@ class Request:
     # Streamed text is gathered for this long between chunks (the first goes at once); 0 sends
     # every token's text as it comes. See generate._Outbox for why.
     stream_interval_ms: float = 100.0
+    adapter: str | None = None  # a LoRA loaded with the model (Settings.lora), by name; None: the bare model
+    adapter_scale: float | None = None  # None: the adapter's own scale from Settings.lora
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -73,6 +75,8 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     timings: Timings
+    adapter: str | None = None  # the LoRA adapter that ran (None: the bare model)
+    adapter_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -89,3 +93,4 @@ class ModelInfo:
     load_ms: float
     bos_token: str = ""  # token texts the chat template may use
     eos_token: str = ""
+    adapters: tuple[str, ...] = ()  # LoRA adapters loaded beside the model, by name

@@ -17,6 +17,7 @@ checked while a request runs (llama.cpp releases the GIL while it computes).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import mmap
 import os
@@ -66,7 +67,7 @@ def main(model_path: str, settings: Settings, conn: Any, heartbeat: Any, cancel_
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it cancels)
     threading.Thread(target=_answer_pings, args=(heartbeat,), daemon=True, name="heartbeat").start()
     try:
-        llm, info = _load(model_path, settings)
+        llm, info, adapters = _load(model_path, settings)
     except errors.EdgekitError as exc:
         conn.send(("error", type(exc).__name__, str(exc)))
         return
@@ -76,7 +77,7 @@ def main(model_path: str, settings: Settings, conn: Any, heartbeat: Any, cancel_
     from edgekit.engine.generate import Runner
 
     conn.send(("ready", info))
-    _serve(Runner(llm, cancel_seq), conn)
+    _serve(Runner(llm, cancel_seq, adapters), conn)
 
 
 def _answer_pings(heartbeat: Any) -> None:
@@ -120,8 +121,10 @@ def _handle(runner: Any, conn: Any, message: tuple) -> Any:
     raise errors.EngineError(f"engine worker got an unknown message {kind!r}")
 
 
-def _load(model_path: str, settings: Settings) -> tuple[Any, ModelInfo]:
+def _load(model_path: str, settings: Settings) -> tuple[Any, ModelInfo, Any]:
     import llama_cpp
+
+    from edgekit.engine.adapters import Adapters
 
     t0 = time.perf_counter()
     try:
@@ -135,7 +138,9 @@ def _load(model_path: str, settings: Settings) -> tuple[Any, ModelInfo]:
         raise errors.ModelFormatError(
             f"llama.cpp could not load {model_path}: check it with `edgekit inspect {model_path}`"
         ) from exc
-    return llm, _model_info(llm, model_path, (time.perf_counter() - t0) * 1000)
+    adapters = Adapters(llm, settings.lora)  # once, with the model: requests only switch between them
+    info = _model_info(llm, model_path, (time.perf_counter() - t0) * 1000)
+    return llm, dataclasses.replace(info, adapters=adapters.names), adapters
 
 
 def llama_kwargs(settings: Settings) -> dict[str, Any]:

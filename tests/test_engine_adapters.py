@@ -1,0 +1,116 @@
+"""LoRA adapters at run time: loaded once with the model, chosen per request by name, no reload."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edgekit.cli import main
+from edgekit.convert.lora_gguf import convert_lora
+from edgekit.engine import Engine, Request
+from edgekit.errors import BadRequest, EngineError, ModelFormatError
+from edgekit.hardware import detect
+from edgekit.plan import LoraAdapter, Settings, plan_for
+from edgekit.profiles import load_profile
+from edgekit.testmodels import make_test_lora
+from tests.fixtures.models import checkpoint, converted
+
+pytest.importorskip("llama_cpp")
+
+PROMPT = "The lights in the kitchen"
+SETTINGS = Settings(n_ctx=256, n_threads=2)
+Capsys = pytest.CaptureFixture[str]
+
+
+@pytest.fixture(scope="module")
+def base(tiny_checkpoint: Path) -> Path:
+    return converted(tiny_checkpoint, "f16")
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoraAdapter]:
+    """Two different adapters: a standard LoRA on attention, an rsLoRA on everything."""
+    folder = tmp_path_factory.mktemp("adapters")
+    house = make_test_lora(folder / "house", "tiny", r=8, alpha=32, seed=3, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
+    garden = make_test_lora(folder / "garden", "tiny", r=4, alpha=8, use_rslora=True, seed=4)
+    return {
+        "house": LoraAdapter("house", str(convert_lora(house, tiny_checkpoint, folder / "house.gguf").path)),
+        "garden": LoraAdapter("garden", str(convert_lora(garden, tiny_checkpoint, folder / "garden.gguf").path), 1.5),
+    }
+
+
+def _request(adapter: str | None = None, scale: float | None = None) -> Request:
+    return Request(prompt=PROMPT, max_tokens=24, adapter=adapter, adapter_scale=scale)
+
+
+def _alone(model: Path, lora: tuple[LoraAdapter, ...], adapter: str | None) -> str:
+    with Engine(model, replace(SETTINGS, lora=lora)) as engine:
+        return engine.complete(_request(adapter)).text
+
+
+def test_requests_alternating_between_two_adapters_and_the_base_give_each_ones_own_text(
+    base: Path, adapters: dict[str, LoraAdapter]
+) -> None:
+    alone = {
+        None: _alone(base, (), None),
+        "house": _alone(base, (adapters["house"],), "house"),
+        "garden": _alone(base, (adapters["garden"],), "garden"),
+    }
+    assert len(set(alone.values())) == 3  # each adapter changes the answer
+    with Engine(base, replace(SETTINGS, lora=tuple(adapters.values()))) as engine:
+        assert engine.info.adapters == ("house", "garden")
+        for name in ("house", None, "garden", "house", "garden", None, "house"):
+            result = engine.complete(_request(name))
+            assert (result.adapter, result.text) == (name, alone[name])
+        assert result.adapter_scale == 1.0
+        assert engine.load_count == 1  # switching never reloads the model
+
+
+def test_request_scale_overrides_the_adapter_scale(base: Path, adapters: dict[str, LoraAdapter]) -> None:
+    with Engine(base, replace(SETTINGS, lora=(adapters["garden"],))) as engine:
+        bare = engine.complete(_request()).text
+        assert engine.complete(_request("garden")).adapter_scale == 1.5
+        off = engine.complete(_request("garden", scale=0.0))
+        assert (off.text, off.adapter_scale) == (bare, 0.0)  # scale 0 adds nothing
+        assert engine.complete(_request("garden", scale=0.5)).text != bare
+
+
+def test_unknown_adapter_is_refused_naming_the_loaded_ones(base: Path, adapters: dict[str, LoraAdapter]) -> None:
+    with Engine(base, replace(SETTINGS, lora=(adapters["house"],))) as engine:
+        with pytest.raises(BadRequest, match="adapter 'attic' is not loaded; loaded: house"):
+            engine.complete(_request("attic"))
+        assert engine.complete(_request("house")).adapter == "house"  # the engine goes on
+
+
+def test_a_model_file_is_refused_as_an_adapter(base: Path) -> None:
+    with pytest.raises(ModelFormatError, match="not a GGUF LoRA adapter"):
+        Engine(base, replace(SETTINGS, lora=(LoraAdapter("oops", str(base)),))).start()
+
+
+def test_adapter_for_another_base_is_refused_when_loading(base: Path, tmp_path: Path) -> None:
+    deeper = make_test_lora(tmp_path / "deeper", "tiny8", targets=("q_proj",))
+    adapter = convert_lora(deeper, checkpoint("tiny8", "bf16", shard_size="10MB"), tmp_path / "deeper.gguf").path
+    with pytest.raises((ModelFormatError, EngineError), match="another base model"):
+        Engine(base, replace(SETTINGS, lora=(LoraAdapter("deeper", str(adapter)),))).start()
+
+
+def test_plan_counts_the_adapters_memory(base: Path, adapters: dict[str, LoraAdapter]) -> None:
+    hardware, profile = detect(Path(__file__).parent / "boards" / "rpi5-8gb"), load_profile("rpi5-8gb")
+    without = plan_for(base, profile, hardware)
+    lora = tuple(adapters.values())
+    plan = plan_for(base, profile, hardware, lora=lora)
+    size = sum(Path(a.path).stat().st_size for a in lora)
+    assert plan.estimate.adapters == size and plan.estimate.ram == without.estimate.ram + size
+    assert plan.settings.lora == lora
+    assert any("adapters" in line for line in plan.describe())
+
+
+def test_cli_run_with_a_lora(base: Path, adapters: dict[str, LoraAdapter], capsys: Capsys) -> None:
+    house = adapters["house"].path
+    assert main(["run", str(base), "--raw", "-p", PROMPT, "--max-tokens", "24", "--ctx", "256",
+                 "--lora", f"house={house}"]) == 0
+    assert capsys.readouterr().out.strip() == _alone(base, (adapters["house"],), "house").strip()
+    assert main(["run", str(base), "--raw", "-p", PROMPT, "--lora", f"a={house}", "--lora", f"b={house}"]) != 0
+    assert "choose one with --adapter NAME" in capsys.readouterr().err
