@@ -485,7 +485,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-test-model", help="write a Llama checkpoint with seeded random weights")
     p.add_argument("dir", type=Path)
-    p.add_argument("--preset", default="tiny", help="tiny, tinyllama, solar-mini or solar")
+    p.add_argument("--preset", default="tiny", help="tiny, tiny8, tinyllama, solar-mini or solar")
     p.add_argument("--dtype", default="bf16", choices=["f32", "f16", "bf16"])
     p.add_argument("--shard-size", default=None, help="max shard size, e.g. 500MB (default: one file)")
     p.add_argument("--tied", action="store_true", help="tie lm_head to the embeddings")

@@ -45,19 +45,19 @@ def _request(adapter: str | None = None, scale: float | None = None) -> Request:
     return Request(prompt=PROMPT, max_tokens=24, adapter=adapter, adapter_scale=scale)
 
 
-def _alone(model: Path, lora: tuple[LoraAdapter, ...], adapter: str | None) -> str:
-    with Engine(model, replace(SETTINGS, lora=lora)) as engine:
-        return engine.complete(_request(adapter)).text
+@pytest.fixture(scope="module")
+def alone(base: Path, adapters: dict[str, LoraAdapter]) -> dict[str | None, str]:
+    """The greedy text of each choice from an engine that loaded only that adapter (or none)."""
+    texts = {}
+    for name in (None, "house", "garden"):
+        with Engine(base, replace(SETTINGS, lora=(adapters[name],) if name else ())) as engine:
+            texts[name] = engine.complete(_request(name)).text
+    return texts
 
 
 def test_requests_alternating_between_two_adapters_and_the_base_give_each_ones_own_text(
-    base: Path, adapters: dict[str, LoraAdapter]
+    base: Path, adapters: dict[str, LoraAdapter], alone: dict[str | None, str]
 ) -> None:
-    alone = {
-        None: _alone(base, (), None),
-        "house": _alone(base, (adapters["house"],), "house"),
-        "garden": _alone(base, (adapters["garden"],), "garden"),
-    }
     assert len(set(alone.values())) == 3  # each adapter changes the answer
     with Engine(base, replace(SETTINGS, lora=tuple(adapters.values()))) as engine:
         assert engine.info.adapters == ("house", "garden")
@@ -107,10 +107,10 @@ def test_plan_counts_the_adapters_memory(base: Path, adapters: dict[str, LoraAda
     assert any("adapters" in line for line in plan.describe())
 
 
-def test_cli_run_with_a_lora(base: Path, adapters: dict[str, LoraAdapter], capsys: Capsys) -> None:
+def test_cli_run_with_a_lora(base: Path, adapters: dict[str, LoraAdapter], alone: dict[str | None, str], capsys: Capsys) -> None:
     house = adapters["house"].path
     assert main(["run", str(base), "--raw", "-p", PROMPT, "--max-tokens", "24", "--ctx", "256",
                  "--lora", f"house={house}"]) == 0
-    assert capsys.readouterr().out.strip() == _alone(base, (adapters["house"],), "house").strip()
+    assert capsys.readouterr().out.strip() == alone["house"].strip()
     assert main(["run", str(base), "--raw", "-p", PROMPT, "--lora", f"a={house}", "--lora", f"b={house}"]) != 0
     assert "choose one with --adapter NAME" in capsys.readouterr().err
