@@ -23,7 +23,8 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.atomic import atomic_path, check_writable_dir, write_text
-from edgekit.convert.checkpoint import INDEX_FILE, SINGLE_FILE, TensorRef, open_checkpoint, read_json
+from edgekit.convert.checkpoint import INDEX_FILE, SINGLE_FILE, TensorRef, open_checkpoint
+from edgekit.convert.writer import write_gguf
 from edgekit.errors import ModelFormatError, OutputError, UsageError
 
 DEFAULT_DROP = 8  # SOLAR-10.7B: 32 layers, drop 8 -> 48
@@ -266,12 +267,7 @@ def _upscale_gguf(file: Path, output: Path, drop: int | None, layers_text: str |
         data = _ByteRange(file, t.data_offset, t.n_bytes, tuple(t.data.shape), t.data.dtype)
         writer.add_tensor(new, data, raw_shape=data.shape, raw_dtype=t.tensor_type)  # type: ignore[arg-type]
     with atomic_path(output) as tmp:
-        try:
-            writer.write_header_to_file(path=tmp)
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
-        finally:
-            writer.close()
+        write_gguf(writer, tmp)
     return UpscaleResult(output, n_layer, layers, len(plan))
 
 

@@ -21,6 +21,7 @@ from edgekit.atomic import atomic_path, check_writable_dir
 from edgekit.convert.checkpoint import open_checkpoint
 from edgekit.convert.llama import ARCHITECTURES, LlamaParams, expected_tensors, permute_heads, permute_rows
 from edgekit.convert.lora import PeftAdapter, check_base, open_peft, read_pair
+from edgekit.convert.writer import write_gguf
 from edgekit.errors import ModelFormatError, UnsupportedModel, UsageError
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,4 @@ def _write(adapter: PeftAdapter, model: BaseModel, path: Path, dtype: type) -> N
             raise ModelFormatError(f"{weight} has no GGUF name for {gguf.MODEL_ARCH_NAMES[model.arch]}")
         writer.add_tensor(f"{name}.lora_a", a.astype(dtype))
         writer.add_tensor(f"{name}.lora_b", np.ascontiguousarray(b.astype(dtype)))
-    try:
-        writer.write_header_to_file(path=path)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+    write_gguf(writer, path)

@@ -116,6 +116,11 @@ def _write(plan: ConversionPlan, path: Path, progress: Progress | None) -> None:
         writer.add_tensor(name, tensor, raw_dtype=raw_dtype)  # type: ignore[arg-type]  # quacks like an ndarray
     if (factors := llama3_rope_factors(plan.params)) is not None:
         writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors)
+    write_gguf(writer, path)
+
+
+def write_gguf(writer: gguf.GGUFWriter, path: Path) -> None:
+    """Write what ``writer`` holds (header, metadata, tensors streamed in order) to ``path``, and close it."""
     try:
         writer.write_header_to_file(path=path)
         writer.write_kv_data_to_file()
