@@ -51,13 +51,17 @@ class Adapters:
 
     def __init__(self, llm: Any, lora: tuple[LoraAdapter, ...]) -> None:
         import llama_cpp
+        from llama_cpp._utils import suppress_stdout_stderr
 
         self._llama_cpp = llama_cpp
         self._llm = llm
         self._settings = {a.name: a for a in lora}
         self._loaded: dict[str, Any] = {}
         for adapter in lora:
-            pointer = llama_cpp.llama_adapter_lora_init(llm.model, str(adapter.path).encode())
+            # llama.cpp warns once per tensor on a repacked (Q4_0/Q4_K) base that the pair stays
+            # in plain CPU memory: expected, and hundreds of lines; our own error says what failed.
+            with suppress_stdout_stderr(disable=llm.verbose):
+                pointer = llama_cpp.llama_adapter_lora_init(llm.model, str(adapter.path).encode())
             if not pointer:  # llama.cpp logged why: a shape or tensor of another base model
                 raise ModelFormatError(f"llama.cpp could not load the adapter {adapter.path} on this model "
                                        "(made for another base model? convert it with --base this model)")
