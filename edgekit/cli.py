@@ -17,6 +17,7 @@ from typing import Any
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
+from edgekit.serve.config import HTTP_DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -322,13 +323,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgekit.serve.config import load_config
-    from edgekit.serve.core import Core
-    from edgekit.serve.mqtt.front import MqttFrontEnd
+    from edgekit.serve.core import Core, front_ends_for
 
     config = load_config(args.config, flags=vars(args))
     if not (args.debug or args.verbose):  # a daemon logs its normal events (journald keeps them)
         logging.getLogger("edgekit").setLevel(config.daemon.log_level.upper())
-    Core(config, [MqttFrontEnd(config)], reread=lambda: load_config(args.config, flags=vars(args))).run()
+    Core(config, front_ends_for(config), reread=lambda: load_config(args.config, flags=vars(args))).run()
     return 0
 
 
@@ -530,10 +530,12 @@ def _add_engine(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_daemon(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="answer requests over MQTT (run by systemd)")
+    p = sub.add_parser("serve", help="answer requests over MQTT and/or HTTP (run by systemd)")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--profile", default=None)
-    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port")
+    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port; none = HTTP only")
+    p.add_argument("--http", nargs="?", const=str(HTTP_DEFAULT_PORT), default=None, metavar="[HOST:]PORT",
+                   help=f"also serve the Ollama and OpenAI APIs (default port {HTTP_DEFAULT_PORT}, host 127.0.0.1)")
     p.add_argument("--config", type=Path, default=None, help="edgekit.toml")
     p.add_argument("--prefix", default=None)
     p.add_argument("--device-id", default=None)

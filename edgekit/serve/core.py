@@ -285,10 +285,24 @@ class Core:
                 return item
             if job.cancelled:  # a cancel that raced the engine's start
                 self.engine.cancel(request.id)
-            if job.stream and isinstance(item, Chunk) and item.text:
+            if job.stream and isinstance(item, Chunk) and (item.text or item.tool_calls):
                 job.sink.chunk(job, seq, item)
                 seq += 1
         raise EngineError("the engine's stream ended without a result (a bug in the engine)")
+
+
+def front_ends_for(config: ServeConfig) -> list[FrontEnd]:
+    """The front ends the config enables: MQTT unless the broker is "none", HTTP when it listens."""
+    front_ends: list[FrontEnd] = []
+    if config.broker.url != "none":
+        from edgekit.serve.mqtt.front import MqttFrontEnd
+
+        front_ends.append(MqttFrontEnd(config))
+    if config.http.listen is not None:
+        from edgekit.serve.http import HttpFrontEnd
+
+        front_ends.append(HttpFrontEnd(config))
+    return front_ends
 
 
 def model_name(config: ServeConfig) -> str:

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgekit.engine.records import Request
 from edgekit.errors import BadRequest
-from edgekit.serve import protocol
+from edgekit.serve.mqtt import protocol  # edgekit's own request object: one set of rules for both
 from edgekit.serve.config import LimitsConfig
 from edgekit.serve.http.jobs import ApiError
 

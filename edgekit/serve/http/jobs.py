@@ -44,6 +44,7 @@ OUTCOME_STATUS: dict[str, tuple[int, str]] = {
     "too_large": (413, "invalid_request_error"),
     "busy": (503, "server_busy"),
     "expired": (503, "server_busy"),
+    "draining": (503, "server_busy"),  # the daemon stopped before running it
     "timeout": (504, "timeout"),
     "cancelled": (499, "cancelled"),  # the client left; nobody reads it
     "internal": (500, "server_error"),

@@ -30,7 +30,9 @@ def loaded_info(http: HttpRequest) -> ModelInfo | None:
 
 
 def model_path(http: HttpRequest) -> Path | None:
-    return http.app.state.settings.model_path
+    """The served GGUF (after a SIGHUP reload, the new one)."""
+    config = getattr(http.app.state.core, "config", None)
+    return config.model.path if config is not None else http.app.state.settings.model_path
 
 
 def ollama_entry(http: HttpRequest) -> dict[str, Any]:

@@ -74,6 +74,12 @@ class HttpFrontEnd:
             self._server.force_exit = True
             self._thread.join(timeout=1)
 
+    def draining(self) -> None:
+        """Nothing to announce: the core refuses new work (503) and finishes what runs."""
+
+    def reloaded(self) -> None:
+        """The same name keeps being served: clients configured it (models.py reads the new file)."""
+
     def healthy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

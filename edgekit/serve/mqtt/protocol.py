@@ -25,7 +25,9 @@ TOPICS: dict[str, str] = {
     "errors": "{node}/errors",  # errors of requests that named no (usable) reply topic
 }
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGE_EXTRAS = {"tool_calls", "tool_call_id", "name"}  # an assistant's calls; a tool result's call id and tool
+TOOL_CHOICES = ("auto", "none", "required")
 ERROR_CODES = ("bad_request", "context_overflow", "busy", "expired", "cancelled", "too_large", "internal")
 
 # Numeric fields (sampling, and how often to stream): (type, lowest, highest); a str bound
@@ -41,7 +43,7 @@ SAMPLING: dict[str, tuple[type, float, float | str]] = {
     "stream_interval_ms": (float, 0.0, 60000.0),
 }
 ENVELOPE_FIELDS = ("id", "reply_to", "stream")
-REQUEST_FIELDS = set(SAMPLING) | {"messages", "prompt", "stop", "json_schema"} | set(ENVELOPE_FIELDS)
+REQUEST_FIELDS = set(SAMPLING) | {"messages", "prompt", "stop", "json_schema", "tools", "tool_choice"} | set(ENVELOPE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -139,21 +141,43 @@ def parse(data: dict[str, Any], reply: Reply, limits: LimitsConfig) -> Incoming:
     sampling = {name: _number(data, name, limits) for name in SAMPLING if data.get(name) is not None}
     sampling.setdefault("max_tokens", limits.default_max_tokens)
     request = Request(messages=messages, prompt=prompt, stop=_stop(data.get("stop"), limits),
-                      json_schema=_schema(data.get("json_schema")), id=reply.request_id, **sampling)
+                      json_schema=_schema(data.get("json_schema")), id=reply.request_id,
+                      tools=_tools(data.get("tools")), tool_choice=_tool_choice(data.get("tool_choice")), **sampling)
     return Incoming(reply, request, stream)
 
 
-def _messages(value: Any) -> tuple[dict[str, str], ...] | None:
+def _messages(value: Any) -> tuple[dict[str, Any], ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not value:
         raise BadRequest("'messages' must be a non-empty list of {\"role\", \"content\"} objects")
     for i, m in enumerate(value):
-        if not isinstance(m, dict) or set(m) != {"role", "content"}:
-            raise BadRequest(f"messages[{i}] must have exactly 'role' and 'content'")
+        if not isinstance(m, dict) or not {"role", "content"} <= set(m) <= {"role", "content"} | MESSAGE_EXTRAS:
+            raise BadRequest(f"messages[{i}] must have 'role' and 'content' (and only {', '.join(sorted(MESSAGE_EXTRAS))})")
         if m["role"] not in ROLES or not isinstance(m["content"], str):
             raise BadRequest(f"messages[{i}]: role must be one of {', '.join(ROLES)} and content a string")
-    return tuple({"role": m["role"], "content": m["content"]} for m in value)
+        if "tool_calls" in m and (m["role"] != "assistant" or not isinstance(m["tool_calls"], list)):
+            raise BadRequest(f"messages[{i}]: only an assistant message has 'tool_calls', a list")
+    return tuple(dict(m) for m in value)
+
+
+def _tools(value: Any) -> tuple[dict[str, Any], ...]:
+    """The shape only; the engine checks each tool's schema and names the tool that is wrong."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(t, dict) and isinstance(t.get("function"), dict)
+                                              for t in value):
+        raise BadRequest("'tools' must be a list of {\"type\": \"function\", \"function\": {name, parameters}}")
+    return tuple(value)
+
+
+def _tool_choice(value: Any) -> str | dict[str, Any]:
+    if value is None:
+        return "auto"
+    if value in TOOL_CHOICES or (isinstance(value, dict) and isinstance(value.get("function"), dict)):
+        return value
+    raise BadRequest(f"'tool_choice' must be one of {', '.join(TOOL_CHOICES)} or "
+                     "{\"type\": \"function\", \"function\": {\"name\": ...}}")
 
 
 def _number(data: dict[str, Any], name: str, limits: LimitsConfig) -> int | float:
