@@ -27,7 +27,7 @@ from edgekit.engine.records import Request
 from edgekit.errors import BadRequest
 from edgekit.serve.mqtt import protocol  # edgekit's own request object: one set of rules for both
 from edgekit.serve.config import LimitsConfig
-from edgekit.serve.http.jobs import ApiError
+from edgekit.serve.http.jobs import FRONT_END, ApiError
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ def engine_request(http: HttpRequest, fields: dict[str, Any]) -> Request:
         incoming = protocol.parse({k: v for k, v in fields.items() if v is not None},
                                   protocol.Reply(None, None, uuid.uuid4().hex), http.app.state.settings.limits)
     except BadRequest as exc:
+        http.app.state.core.metrics.error(exc.code, FRONT_END)
         raise ApiError(413 if exc.code == "too_large" else 400, str(exc)) from None
     return incoming.request
 

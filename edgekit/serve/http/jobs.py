@@ -98,6 +98,7 @@ class HttpJob:
         try:
             self.job = core.submit(request, self.sink, front_end=FRONT_END, stream=stream)
         except Busy as exc:
+            core.metrics.error(exc.code, FRONT_END)
             raise ApiError(503, str(exc), "server_busy", RETRY_AFTER_S) from None
 
     async def next(self) -> Chunk | Finished:
