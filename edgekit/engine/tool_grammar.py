@@ -32,7 +32,7 @@ def tool_grammar(plan: ToolPlan) -> str:
     branches = [_call_branch(converter, syntax, i, tool) for i, tool in enumerate(plan.tools)]
     rules = [
         f"root ::= calls{'' if plan.required else ' | text'}",
-        f"calls ::= call ({_literal(syntax.separator)} call)*" if syntax.separator else "calls ::= call",
+        f"calls ::= call ({_literal(syntax.separator)} call)*" if syntax.separator and plan.parallel else "calls ::= call",
         f"call ::= {_literal(syntax.opener)} ( {' | '.join(branches)} ) {_literal('}' + syntax.after)}",
         # Text may not open like a call (so the first character tells text from a call) nor start
         # with whitespace (which could hide a call behind it).

@@ -51,7 +51,7 @@ class CallStream:
             return text, []
         calls = self._new_calls()
         if self._held.strip() and not self.calls:
-            log.warning("engine: the answer ended inside a tool call (%d characters); no call is returned", len(self._held))
+            log.warning("engine: the answer ended inside a tool call (%d characters); no call is returned: %r", len(self._held), self._held)
         return "", calls
 
     def _new_calls(self) -> list[ToolCall]:

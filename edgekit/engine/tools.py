@@ -75,6 +75,7 @@ class ToolPlan:
     syntax: CallSyntax
     tools: tuple[ToolSpec, ...]  # those the model may call (one when tool_choice names it)
     required: bool  # a call must come ("required" or a named tool); else text or calls
+    parallel: bool = True  # several calls in one answer, where the family writes them (not for a named tool)
 
 
 def check_messages(messages: tuple[dict[str, Any], ...]) -> None:
@@ -139,7 +140,7 @@ def tool_plan(request: Request, source: str | None) -> ToolPlan | None:
     chosen = tuple(s for s in specs if s.name == name)
     if not chosen:
         raise BadRequest(f"tool_choice names {name!r}, which is not among the tools ({', '.join(s.name for s in specs)})")
-    return ToolPlan(syntax, chosen, required=True)
+    return ToolPlan(syntax, chosen, required=True, parallel=False)
 
 
 def _named(choice: Any) -> str | None:
