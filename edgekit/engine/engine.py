@@ -15,8 +15,10 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from edgekit import errors
+from edgekit.engine import tools as toolcalls
 from edgekit.engine import worker
 from edgekit.engine.chat import ChatTemplate
 from edgekit.engine.process import WorkerDied, WorkerProcess, is_error, unwrap
@@ -128,11 +130,12 @@ class Engine:
         try:
             current = self._ensure_worker()
             prompt, add_bos = self._prompt_of(request)
+            plan = toolcalls.tool_plan(request, self._template.source if self._template else None)
             seq = self._begin(request.id)
             if seq is None:  # cancelled while it waited
                 yield _cancelled_result(request, t_call)
                 return
-            yield from self._run(current, Job(seq, request, prompt, add_bos, t_call))
+            yield from self._run(current, Job(seq, request, prompt, add_bos, t_call, plan))
         finally:
             self._forget(request.id)
             self._run_lock.release()
@@ -166,11 +169,10 @@ class Engine:
             except WorkerDied:
                 raise self._crashed(current, "tokenize") from None
 
-    def render_prompt(self, messages: Sequence[dict[str, str]]) -> str:
-        """The prompt text the model's own chat template gives for ``messages``."""
-        if self._template is None:
-            raise BadRequest(f"{self.model.name} has no chat template: send a raw prompt (--raw) instead")
-        return self._template.render(messages, add_generation_prompt=True)
+    def render_prompt(self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] = ()) -> str:
+        """The prompt text the model's own chat template gives for ``messages`` and ``tools``
+        (through the template, or edgekit's built-in tool prompt: tools.chat_messages)."""
+        return self._render(Request(messages=tuple(messages), tools=tuple(tools)))
 
     def warm_up(self) -> Result:
         """One tiny request, so the first real one does not pay for cold caches."""
@@ -182,7 +184,13 @@ class Engine:
         if request.prompt is not None:
             return request.prompt, True
         # The template writes any BOS itself (as Transformers' apply_chat_template does).
-        return self.render_prompt(request.messages or ()), False
+        return self._render(request), False
+
+    def _render(self, request: Request) -> str:
+        if self._template is None:
+            raise BadRequest(f"{self.model.name} has no chat template: send a raw prompt (--raw) instead")
+        messages, offered = toolcalls.chat_messages(request, self._template.source)
+        return self._template.render(messages, add_generation_prompt=True, tools=offered)
 
     def _run(self, current: WorkerProcess, job: Job) -> Iterator[Chunk | Result]:
         finished = False
@@ -235,6 +243,7 @@ class Engine:
                 if not current.ready:
                     self._worker = None
             self._template = _template_of(self._info)
+            self._info = dataclasses.replace(self._info, supports_tools=toolcalls.supports_tools(self._info.chat_template))
         return current
 
     def _spawn(self) -> None:
@@ -286,10 +295,13 @@ def _check_request(request: Request) -> None:
     """Refuse malformed requests before they reach the child."""
     if (request.messages is None) == (request.prompt is None):
         raise BadRequest("a request needs either messages or a prompt (exactly one of them)")
-    if request.messages is not None and not all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in request.messages
-    ):
-        raise BadRequest('every message needs a "role" and a "content" string')
+    if request.messages is not None:
+        toolcalls.check_messages(request.messages)
+    if request.tools and request.prompt is not None:
+        raise BadRequest("tools need chat messages (the chat template renders them), not a raw prompt")
+    if request.tools and request.tool_choice != "none" and (request.json_schema is not None or request.grammar is not None):
+        raise BadRequest("give tools or a JSON schema/grammar, not both: tool calls bring their own grammar")
+    toolcalls.check_tools(request.tools)
     if request.max_tokens < 1:
         raise BadRequest(f"max_tokens is {request.max_tokens}: ask for at least 1")
     if not request.stream_interval_ms >= 0:  # NaN fails too
