@@ -21,8 +21,8 @@ def client(http_daemon: DaemonProcess) -> openai.OpenAI:
 
 
 @pytest.fixture
-def name(tiny_q8_0: Path) -> str:
-    return model_name(tiny_q8_0)
+def name(tiny_tools_gguf: Path) -> str:
+    return model_name(tiny_tools_gguf)
 
 
 def test_models_list_names_the_served_model(client: openai.OpenAI, name: str) -> None:

@@ -79,8 +79,10 @@ async def pull(http: HttpRequest) -> Response:
 async def chat(http: HttpRequest) -> Response:
     data = await json_body(http)
     name = check_model(http, data.get("model"))
+    options = data.get("options") if isinstance(data.get("options"), dict) else {}
+    # tool_choice is not Ollama's: edgekit reads it from options (the ollama client passes options through).
     fields = {"messages": _messages(data.get("messages")), "tools": data.get("tools") or None,
-              **_common(http, data)}
+              "tool_choice": options.get("tool_choice") if data.get("tools") else None, **_common(http, data)}
     if not data.get("messages"):  # Ollama: an empty chat loads (or with keep_alive 0 unloads) the model
         return await _load_only(http, data, name, {"message": {"role": "assistant", "content": ""}})
     return await _answer(http, data, name, fields, _chat_piece, _chat_final)
