@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -137,3 +138,21 @@ HA_TOOLS = [
         "parameters": {"type": "object", "properties": {
             "name": {"type": "string"}, "area": {"type": "string"}}, "required": []}}},
 ]
+
+
+def test_keep_alive_0_unloads_the_model_and_the_next_request_loads_it(client: ollama.Client, name: str,
+                                                                     http_daemon: DaemonProcess) -> None:
+    assert engine_processes(http_daemon)  # the model lives in the engine's child process
+    assert client.chat(model=name, messages=HELLO, keep_alive=0, options={"num_predict": 1}).done
+    deadline = time.monotonic() + 30
+    while (client.ps().models or engine_processes(http_daemon)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.ps().models == [] and engine_processes(http_daemon) == []  # its memory is freed
+    assert client.chat(model=name, messages=HELLO, options={"num_predict": 1}).done  # loads it again
+    assert [m.model for m in client.ps().models] == [f"{name}:latest"] and engine_processes(http_daemon)
+
+
+def engine_processes(daemon: DaemonProcess) -> list[int]:
+    """The daemon's child processes (the engine's worker is the only one)."""
+    return [int(pid) for task in Path(f"/proc/{daemon.process.pid}/task").glob("*")
+            for pid in (task / "children").read_text().split()]

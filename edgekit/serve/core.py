@@ -94,6 +94,8 @@ class Core:
         self._wake = threading.Event()
         self._reload_requested = False
         self.draining = False
+        self.unloaded = False  # keep_alive 0 freed the model; the next request loads it again
+        self._unload_requested = False
         self._worker: threading.Thread | None = None
 
     # --- the API of the front ends ----------------------------------------------------------------
@@ -109,7 +111,7 @@ class Core:
         job.cancelled = True
         with self._lock:
             running = self._running is job
-        if running:
+        if running and self.engine is not None:  # None: still loading after keep_alive 0; the flag stops it
             self.engine.cancel(job.request_id)
         elif self.queue.remove(job):
             self._finish(job, Outcome("cancelled", message="cancelled while queued"))
@@ -123,6 +125,37 @@ class Core:
     @property
     def busy(self) -> bool:
         return self._running is not None
+
+    def unload(self) -> None:
+        """Free the model's memory once nothing runs or waits (Ollama's keep_alive 0); the next request loads it.
+
+        Asked while a request runs, the worker unloads after it (unless more work is queued by then).
+        """
+        self._unload_requested = True
+        if not self.busy:
+            self._unload_if_idle()
+
+    def _unload_if_idle(self) -> None:
+        with self._engine_lock:
+            if not self._unload_requested or self.engine is None or self.busy or len(self.queue) or self.draining:
+                return
+            engine, self.engine, self.unloaded, self._unload_requested = self.engine, None, True, False
+        engine.close()
+        log.info("model unloaded (keep_alive 0); the next request loads it again")
+
+    def load(self) -> None:
+        """Load the model again after unload() (the next request does this itself)."""
+        with self._engine_lock:
+            self._ensure_engine()
+
+    def _ensure_engine(self) -> EngineLike:
+        """The engine, opened again if keep_alive 0 unloaded it (caller holds the engine lock)."""
+        self._unload_requested = False  # a request came first: it keeps the model
+        if self.engine is None:
+            self.engine = open_engine(self.config.model)
+            self.unloaded = False
+            log.info("model loaded again after keep_alive 0")
+        return self.engine
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -177,7 +210,7 @@ class Core:
     def healthy(self) -> bool:
         """Worth a watchdog ping: the engine answers, the worker lives, every front end is well."""
         worker_ok = self._worker is not None and self._worker.is_alive()
-        engine_ok = self.engine is not None and self.engine.alive()
+        engine_ok = self.unloaded if self.engine is None else self.engine.alive()
         return worker_ok and engine_ok and all(front_end.healthy() for front_end in self.front_ends)
 
     def _serve(self) -> None:
@@ -240,6 +273,8 @@ class Core:
             finally:
                 with self._lock:
                     self._running = None
+            if self._unload_requested:
+                self._unload_if_idle()
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         """Count it and hand it to its sink; a sink's failure is logged, never the worker's death."""
@@ -276,6 +311,7 @@ class Core:
     def _generate(self, job: Job) -> Result:
         """Run the engine; hand chunks to the sink as they come when the job streams."""
         request = job.request
+        self._ensure_engine()
         check_prompt_tokens(self.engine, request, self.config.limits.max_prompt_tokens)
         if not job.stream:  # only the Result is wanted: no wake-ups for chunks
             request = replace(request, stream_interval_ms=math.inf)
