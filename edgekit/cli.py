@@ -356,7 +356,8 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     from edgekit.serve.service import BoxSettings, plan_installation, write_installation
 
     box = BoxSettings(model=args.model, profile=args.profile, broker=args.broker, instance=args.instance,
-                      device_id=args.device_id, password_file=args.password_file)
+                      device_id=args.device_id, password_file=args.password_file, http=args.http,
+                      api_key_file=args.api_key_file)
     installation = plan_installation(box, dest=args.dest, env_dir=args.env_dir)
     for warning in installation.warnings:
         print(f"edgekit: warning: {warning}", file=sys.stderr)
@@ -563,6 +564,10 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-id", default=None, help="default: the hostname (plus -INSTANCE with --instance)")
     p.add_argument("--password-file", type=Path, default=None,
                    help="broker password, loaded as a systemd credential (default: ENV_DIR/mqtt-password if present)")
+    p.add_argument("--http", nargs="?", const=str(HTTP_DEFAULT_PORT), default=None, metavar="[HOST:]PORT",
+                   help="also serve the Ollama and OpenAI APIs (written to the config's [http] listen)")
+    p.add_argument("--api-key-file", type=Path, default=None,
+                   help="HTTP API key, loaded as a systemd credential (default: ENV_DIR/http-api-key if present)")
     p.add_argument("--force", action="store_true", help="replace an existing config/env file that differs")
     p.add_argument("--dry-run", action="store_true", help="print what would be written")
     p.set_defaults(func=cmd_install_service)
