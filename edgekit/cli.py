@@ -582,7 +582,8 @@ def _add_measurement(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--concurrency", type=_csv(int), default=[1])
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--via", default=None, help="mqtt://host:port: also measure end to end through a daemon")
+    p.add_argument("--via", default=None,
+                   help="mqtt://host:port or http://host:port: also measure end to end through a daemon")
     p.add_argument("--prefix", default=None, help="daemon topic prefix, with --via")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true")

@@ -52,7 +52,7 @@ class BenchConfig:
     warmup: int = 1
     threads: int | None = None
     profile: str | None = None
-    via: str | None = None  # mqtt://host:port: also measure through a running daemon
+    via: str | None = None  # mqtt://host:port or http://host:port: also measure through a running daemon
     prefix: str | None = None
     llama_bench: Path | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +100,7 @@ def bench_model(path: Path, config: BenchConfig, progress: Progress) -> list[Mea
         rss, gpu = memory.peak_rss_bytes(pid), memory.gpu_memory_bytes(pid)
         found = [dataclasses.replace(m, peak_rss_bytes=rss, gpu_memory_bytes=gpu) for m in found]
         if config.via:
-            found += _via_mqtt(config, facts, settings, maker, progress)
+            found += _via_daemon(config, facts, settings, maker, progress)
     if rounds is not None:
         found = attach_llama_bench(found, rounds.figures, alternated=True)
     elif config.llama_bench:
@@ -227,13 +227,22 @@ def _sample(chunks: list[Chunk], result: Result, e2e_ms: float, repeat_index: in
     )
 
 
-def _via_mqtt(config: BenchConfig, facts: ModelFacts, settings: Settings, maker: PromptMaker,
-              progress: Progress) -> list[Measurement]:
-    """The same settings through a running daemon: e2e from the client, the engine's own timings inside."""
-    from edgekit.bench.via_mqtt import mqtt_send  # paho and the daemon's protocol: only with --via
+def _via_daemon(config: BenchConfig, facts: ModelFacts, settings: Settings, maker: PromptMaker,
+                progress: Progress) -> list[Measurement]:
+    """The same settings through a running daemon (MQTT, or HTTP for http://): e2e from the client,
+    the engine's own timings inside."""
+    via = config.via or ""
+    if via.startswith("http://"):
+        from edgekit.bench.via_http import http_send as daemon_send
+        mode = "http"
+    else:
+        from edgekit.bench.via_mqtt import mqtt_send  # paho and the daemon's protocol: only with --via
 
-    with mqtt_send(config.via or "", config.prefix) as send:
-        context = MeasureContext(facts, settings, None, None, "mqtt", config)
+        def daemon_send(url: str) -> Any:
+            return mqtt_send(url, config.prefix)
+        mode = "mqtt"
+    with daemon_send(via) as send:
+        context = MeasureContext(facts, settings, None, None, mode, config)
         return measure(context, send, maker, progress)
 
 

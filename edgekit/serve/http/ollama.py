@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 
 # Ollama's options -> edgekit's request fields. num_ctx is the plan's (clamped, see _context);
 # the rest of Ollama's options (num_thread, num_batch, mirostat, ...) are the box's plan, not a request's.
+# stream_interval_ms is edgekit's own (0: a line per token, as `edgekit bench --via http://` asks).
 OPTIONS = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-           "min_p": "min_p", "seed": "seed", "stop": "stop", "repeat_penalty": "repeat_penalty"}
+           "min_p": "min_p", "seed": "seed", "stop": "stop", "repeat_penalty": "repeat_penalty",
+           "stream_interval_ms": "stream_interval_ms"}
 ROLES = ("system", "user", "assistant", "tool")
 JSON_OBJECT = {"type": "object"}  # format "json": any JSON object
 
