@@ -214,9 +214,12 @@ def _dump(message: dict[str, Any]) -> bytes:
 
 def chunk_message(request_id: str, seq: int, chunk: Chunk) -> bytes:
     """One streamed piece; elapsed_ms is the engine's clock since the request started running."""
-    return _dump({"id": request_id, "type": "chunk", "seq": seq, "text": chunk.text,
-                  "tokens": chunk.tokens, "elapsed_ms": round(chunk.elapsed_ms, 3),
-                  "token_ms": [round(ms, 3) for ms in chunk.token_ms]})
+    body = {"id": request_id, "type": "chunk", "seq": seq, "text": chunk.text,
+            "tokens": chunk.tokens, "elapsed_ms": round(chunk.elapsed_ms, 3),
+            "token_ms": [round(ms, 3) for ms in chunk.token_ms]}
+    if chunk.tool_calls:  # complete calls, never as text
+        body["tool_calls"] = [call.to_message() for call in chunk.tool_calls]
+    return _dump(body)
 
 
 def result_message(request_id: str, result: Result, device_id: str, queue_ms: float) -> bytes:
@@ -224,6 +227,7 @@ def result_message(request_id: str, result: Result, device_id: str, queue_ms: fl
     t = result.timings
     return _dump({
         "id": request_id, "type": "result", "text": result.text, "finish_reason": result.finish_reason,
+        **({"tool_calls": [call.to_message() for call in result.tool_calls]} if result.tool_calls else {}),
         "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                   "cached_prompt_tokens": t.cached_prompt_tokens},
         "timings": {
