@@ -102,3 +102,10 @@ def test_an_invalid_tool_schema_is_400_naming_the_tool(http_daemon: DaemonProces
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert "set_light" in (error["message"] if path.startswith("/v1") else error)
+
+
+def test_the_openai_setup_probe_with_tools_and_max_tokens_3_is_answered(oa: openai.OpenAI, name: str) -> None:
+    """Home Assistant's OpenAI-compatible integrations check a server with a 3-token tool request."""
+    completion = oa.chat.completions.create(model=name, messages=ASK, tools=TOOLS, max_tokens=3)
+    assert completion.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert completion.usage.completion_tokens <= 3
