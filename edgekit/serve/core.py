@@ -285,7 +285,7 @@ class Core:
                 return item
             if job.cancelled:  # a cancel that raced the engine's start
                 self.engine.cancel(request.id)
-            if job.stream and isinstance(item, Chunk) and item.text:
+            if job.stream and isinstance(item, Chunk) and (item.text or item.tool_calls):
                 job.sink.chunk(job, seq, item)
                 seq += 1
         raise EngineError("the engine's stream ended without a result (a bug in the engine)")

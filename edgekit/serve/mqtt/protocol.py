@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from edgekit.engine import tools as toolcalls
 from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import BadRequest, TooLarge
 from edgekit.serve.config import LimitsConfig
@@ -25,7 +26,8 @@ TOPICS: dict[str, str] = {
     "errors": "{node}/errors",  # errors of requests that named no (usable) reply topic
 }
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGE_FIELDS = {"role", "content", "tool_calls", "tool_call_id", "name"}
 ERROR_CODES = ("bad_request", "context_overflow", "busy", "expired", "cancelled", "too_large", "internal")
 
 # Numeric fields (sampling, and how often to stream): (type, lowest, highest); a str bound
@@ -41,7 +43,7 @@ SAMPLING: dict[str, tuple[type, float, float | str]] = {
     "stream_interval_ms": (float, 0.0, 60000.0),
 }
 ENVELOPE_FIELDS = ("id", "reply_to", "stream")
-REQUEST_FIELDS = set(SAMPLING) | {"messages", "prompt", "stop", "json_schema"} | set(ENVELOPE_FIELDS)
+REQUEST_FIELDS = set(SAMPLING) | {"messages", "prompt", "stop", "json_schema", "tools", "tool_choice"} | set(ENVELOPE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,10 @@ def parse(data: dict[str, Any], reply: Reply, limits: LimitsConfig) -> Incoming:
         raise BadRequest("give exactly one of 'messages' (chat) or 'prompt' (raw text)")
     if prompt is not None and not isinstance(prompt, str):
         raise BadRequest("'prompt' must be a string")
-    chars = len(prompt or "") + sum(len(m["content"]) for m in messages or ())
+    tools = _tools(data.get("tools"))
+    # Tools and earlier calls are rendered into the prompt: they count as its text.
+    chars = len(prompt or "") + sum(len(m.get("content") or "") + len(json.dumps(m.get("tool_calls", ""))) for m in messages or ())
+    chars += len(json.dumps(tools)) if tools else 0
     if chars > limits.max_prompt_chars:
         raise TooLarge(f"prompt is {chars} characters, the limit is {limits.max_prompt_chars}")
     stream = data.get("stream", False)
@@ -139,21 +144,32 @@ def parse(data: dict[str, Any], reply: Reply, limits: LimitsConfig) -> Incoming:
     sampling = {name: _number(data, name, limits) for name in SAMPLING if data.get(name) is not None}
     sampling.setdefault("max_tokens", limits.default_max_tokens)
     request = Request(messages=messages, prompt=prompt, stop=_stop(data.get("stop"), limits),
-                      json_schema=_schema(data.get("json_schema")), id=reply.request_id, **sampling)
+                      json_schema=_schema(data.get("json_schema")), tools=tools,
+                      tool_choice=data.get("tool_choice", "auto"), id=reply.request_id, **sampling)
+    toolcalls.tool_plan(request, None)  # tool_choice and the tools' schemas: bad_request now, not after the queue
     return Incoming(reply, request, stream)
 
 
-def _messages(value: Any) -> tuple[dict[str, str], ...] | None:
+def _messages(value: Any) -> tuple[dict[str, Any], ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not value:
         raise BadRequest("'messages' must be a non-empty list of {\"role\", \"content\"} objects")
     for i, m in enumerate(value):
-        if not isinstance(m, dict) or set(m) != {"role", "content"}:
-            raise BadRequest(f"messages[{i}] must have exactly 'role' and 'content'")
-        if m["role"] not in ROLES or not isinstance(m["content"], str):
-            raise BadRequest(f"messages[{i}]: role must be one of {', '.join(ROLES)} and content a string")
-    return tuple({"role": m["role"], "content": m["content"]} for m in value)
+        if not isinstance(m, dict) or not {"role", "content"} <= set(m) <= MESSAGE_FIELDS:
+            raise BadRequest(f"messages[{i}] must have 'role' and 'content' (and only {', '.join(sorted(MESSAGE_FIELDS))})")
+        if m["role"] not in ROLES:
+            raise BadRequest(f"messages[{i}]: role must be one of {', '.join(ROLES)}")
+    toolcalls.check_messages(tuple(value))
+    return tuple(dict(m) for m in value)
+
+
+def _tools(value: Any) -> tuple[dict[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise BadRequest('\'tools\' must be a list of {"type": "function", "function": {"name", "description", "parameters"}}')
+    return tuple(value)
 
 
 def _number(data: dict[str, Any], name: str, limits: LimitsConfig) -> int | float:
@@ -189,10 +205,14 @@ def _dump(message: dict[str, Any]) -> bytes:
 
 
 def chunk_message(request_id: str, seq: int, chunk: Chunk) -> bytes:
-    """One streamed piece; elapsed_ms is the engine's clock since the request started running."""
-    return _dump({"id": request_id, "type": "chunk", "seq": seq, "text": chunk.text,
-                  "tokens": chunk.tokens, "elapsed_ms": round(chunk.elapsed_ms, 3),
-                  "token_ms": [round(ms, 3) for ms in chunk.token_ms]})
+    """One streamed piece (text, or complete tool calls); elapsed_ms is the engine's clock since
+    the request started running."""
+    body = {"id": request_id, "type": "chunk", "seq": seq, "text": chunk.text,
+            "tokens": chunk.tokens, "elapsed_ms": round(chunk.elapsed_ms, 3),
+            "token_ms": [round(ms, 3) for ms in chunk.token_ms]}
+    if chunk.tool_calls:
+        body["tool_calls"] = [call.to_message() for call in chunk.tool_calls]
+    return _dump(body)
 
 
 def result_message(request_id: str, result: Result, device_id: str, queue_ms: float) -> bytes:
@@ -200,6 +220,7 @@ def result_message(request_id: str, result: Result, device_id: str, queue_ms: fl
     t = result.timings
     return _dump({
         "id": request_id, "type": "result", "text": result.text, "finish_reason": result.finish_reason,
+        **({"tool_calls": [call.to_message() for call in result.tool_calls]} if result.tool_calls else {}),
         "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                   "cached_prompt_tokens": t.cached_prompt_tokens},
         "timings": {
