@@ -30,7 +30,7 @@ PREFIX = f"edgekit/{DEVICE}"
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, mosquitto, tiny_q8_0: Path) -> Iterator[DaemonProcess]:
     d = DaemonProcess(tmp_path_factory.mktemp("daemon"), tiny_q8_0, mosquitto.url, DEVICE,
-                      limits={"queue_size": 2, "max_payload_bytes": 4096, "max_prompt_tokens": 200})
+                      limits={"queue_size": 2, "max_payload_bytes": 4096, "max_prompt_tokens": 380})  # 380: a tool request fits
     d.start()
     yield d
     assert d.stop() == 0, d.output()
@@ -324,3 +324,22 @@ def test_a_refused_login_is_not_taken_for_a_connection(tmp_path: Path, tiny_q8_0
             assert "connected to" not in daemon.output() and daemon.process.poll() is None
         finally:
             daemon.stop()
+
+
+def test_a_tool_call_round_trip_over_mqtt(client: RequestClient) -> None:
+    """tools in, a structured call out (streamed as a record, never as text), the result back, text out."""
+    switch = {"type": "function", "function": {"name": "switch", "parameters": {
+        "type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"]}}}
+    ask = [{"role": "user", "content": "Light on"}]
+    named = {"type": "function", "function": {"name": "switch"}}
+    answer = client.ask({"messages": ask, "tools": [switch], "tool_choice": named, "max_tokens": 100,
+                         "stream": True, "stream_interval_ms": 0})
+    final = answer.final
+    assert final["type"] == "result" and final["finish_reason"] == "tool_calls", final
+    (call,) = final["tool_calls"]
+    assert call["function"]["name"] == "switch" and isinstance(call["function"]["arguments"]["on"], bool)
+    assert all(c["text"] == "" for c in answer.chunks) and [c.get("tool_calls") for c in answer.chunks if c.get("tool_calls")] == [[call]]
+    back = [*ask, {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "the light is on"}]
+    answer = client.ask({"messages": back, "tools": [switch], "max_tokens": 4})
+    assert answer.final["type"] == "result" and answer.final["text"] and "tool_calls" not in answer.final, answer.final

@@ -129,7 +129,7 @@ class Engine:
             raise
         try:
             current = self._ensure_worker()
-            prompt, add_bos = self._prompt_of(request)
+            prompt, add_bos = self.prompt_text(request)
             plan = toolcalls.tool_plan(request, self._template.source if self._template else None)
             seq = self._begin(request.id)
             if seq is None:  # cancelled while it waited
@@ -180,7 +180,8 @@ class Engine:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _prompt_of(self, request: Request) -> tuple[str, bool]:
+    def prompt_text(self, request: Request) -> tuple[str, bool]:
+        """The text the model will see for ``request`` (rendered with its tools) and whether a BOS goes first."""
         if request.prompt is not None:
             return request.prompt, True
         # The template writes any BOS itself (as Transformers' apply_chat_template does).

@@ -132,6 +132,14 @@ def grammar_text(request: Request) -> str | None:
     if request.json_schema is None:
         return None
     try:
-        return LlamaGrammar.from_json_schema(json.dumps(request.json_schema), verbose=False)._grammar
+        return compact_json(LlamaGrammar.from_json_schema(json.dumps(request.json_schema), verbose=False)._grammar)
     except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
         raise BadRequest(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
+
+
+def compact_json(gbnf: str) -> str:
+    """llama.cpp's JSON-schema grammar with json.dumps's separators (``{"a": 1, "b": [2, 3]}``) and
+    no other whitespace. Its optional spaces gave the model a choice after every brace and comma,
+    so no punctuation was ever forced (forced.py appends forced text without sampling)."""
+    gbnf = gbnf.replace(' space ":" space ', ' ": " ').replace('"," space', '", "')
+    return "\n".join('space ::= ""' if line.startswith("space ::=") else line for line in gbnf.splitlines())

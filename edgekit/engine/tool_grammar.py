@@ -5,9 +5,8 @@ port); edgekit writes the call around them in the family's syntax (tools.SYNTAXE
 changes to what the converter makes, both for speed and fidelity:
 
 - JSON is written as Python's json.dumps and the chat templates' tojson write it
-  (``{"a": 1, "b": [2, 3]}``) rather than with optional whitespace, so punctuation and keys
-  are forced text that forced.py appends without sampling, and the model sees calls in the
-  form its template showed it;
+  (sampling.compact_json), so punctuation and keys are forced text that forced.py appends
+  without sampling, and the model writes calls in the form its template showed it;
 - objects without ``additionalProperties`` are closed (a model should not invent arguments)
   and a small integer range becomes an enum, which the converter would not enforce.
 """
@@ -19,6 +18,7 @@ from typing import Any
 
 from llama_cpp.llama_grammar import SchemaConverter
 
+from edgekit.engine.sampling import compact_json
 from edgekit.engine.tools import CallSyntax, ToolPlan, ToolSpec
 from edgekit.errors import BadRequest
 
@@ -38,7 +38,7 @@ def tool_grammar(plan: ToolPlan) -> str:
         # with whitespace (which could hide a call behind it).
         f"text ::= [^{_class_char(syntax.opener[0])} \\t\\r\\n] .*",
     ]
-    return _compact(converter.format_grammar()) + "\n" + "\n".join(rules) + "\n"
+    return compact_json(converter.format_grammar()) + "\n" + "\n".join(rules) + "\n"
 
 
 def _call_branch(converter: SchemaConverter, syntax: CallSyntax, i: int, tool: ToolSpec) -> str:
@@ -78,12 +78,6 @@ def _integer_range(schema: dict[str, Any]) -> tuple[int | None, int | None]:
     low = math.ceil(low) if isinstance(low, (int, float)) and not isinstance(low, bool) else None
     high = math.floor(high) if isinstance(high, (int, float)) and not isinstance(high, bool) else None
     return low, high
-
-
-def _compact(gbnf: str) -> str:
-    """The converter's grammar with json.dumps's separators and no other whitespace."""
-    gbnf = gbnf.replace(' space ":" space ', ' ": " ').replace('"," space', '", "')
-    return "\n".join("space ::= \"\"" if line.startswith("space ::=") else line for line in gbnf.splitlines())
 
 
 def _literal(text: str) -> str:

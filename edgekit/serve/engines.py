@@ -27,6 +27,7 @@ class EngineLike(Protocol):
     def close(self) -> None: ...
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]: ...
     def render_prompt(self, messages: Any) -> str: ...
+    def prompt_text(self, request: Request) -> tuple[str, bool]: ...
 
 
 def open_engine(model: ModelConfig) -> EngineLike:
@@ -52,8 +53,8 @@ def check_prompt_tokens(engine: EngineLike, request: Request, limit: int | None)
     """limits.max_prompt_tokens: count the prompt as the model will see it (one tokenize in the engine)."""
     if limit is None:
         return
-    text = request.prompt if request.prompt is not None else engine.render_prompt(request.messages)
-    count = len(engine.tokenize(text, add_bos=request.prompt is not None, special=request.prompt is None))
+    text, add_bos = engine.prompt_text(request)  # tools and earlier calls included
+    count = len(engine.tokenize(text, add_bos=add_bos, special=request.prompt is None))
     if count > limit:
         raise TooLarge(f"prompt is {count} tokens, the limit is {limit}")
 

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from edgekit.engine import tools as toolcalls
 from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import BadRequest, TooLarge
 from edgekit.serve.config import LimitsConfig
@@ -26,8 +27,7 @@ TOPICS: dict[str, str] = {
 }
 
 ROLES = ("system", "user", "assistant", "tool")
-MESSAGE_EXTRAS = {"tool_calls", "tool_call_id", "name"}  # an assistant's calls; a tool result's call id and tool
-TOOL_CHOICES = ("auto", "none", "required")
+MESSAGE_FIELDS = {"role", "content", "tool_calls", "tool_call_id", "name"}
 ERROR_CODES = ("bad_request", "context_overflow", "busy", "expired", "cancelled", "too_large", "internal")
 
 # Numeric fields (sampling, and how often to stream): (type, lowest, highest); a str bound
@@ -132,7 +132,10 @@ def parse(data: dict[str, Any], reply: Reply, limits: LimitsConfig) -> Incoming:
         raise BadRequest("give exactly one of 'messages' (chat) or 'prompt' (raw text)")
     if prompt is not None and not isinstance(prompt, str):
         raise BadRequest("'prompt' must be a string")
-    chars = len(prompt or "") + sum(len(m["content"]) for m in messages or ())
+    tools = _tools(data.get("tools"))
+    # Tools and earlier calls are rendered into the prompt: they count as its text.
+    chars = len(prompt or "") + sum(len(m.get("content") or "") + len(json.dumps(m.get("tool_calls", ""))) for m in messages or ())
+    chars += len(json.dumps(tools)) if tools else 0
     if chars > limits.max_prompt_chars:
         raise TooLarge(f"prompt is {chars} characters, the limit is {limits.max_prompt_chars}")
     stream = data.get("stream", False)
@@ -141,8 +144,9 @@ def parse(data: dict[str, Any], reply: Reply, limits: LimitsConfig) -> Incoming:
     sampling = {name: _number(data, name, limits) for name in SAMPLING if data.get(name) is not None}
     sampling.setdefault("max_tokens", limits.default_max_tokens)
     request = Request(messages=messages, prompt=prompt, stop=_stop(data.get("stop"), limits),
-                      json_schema=_schema(data.get("json_schema")), id=reply.request_id,
-                      tools=_tools(data.get("tools")), tool_choice=_tool_choice(data.get("tool_choice")), **sampling)
+                      json_schema=_schema(data.get("json_schema")), tools=tools,
+                      tool_choice=data.get("tool_choice", "auto"), id=reply.request_id, **sampling)
+    toolcalls.tool_plan(request, None)  # tool_choice and the tools' schemas: bad_request now, not after the queue
     return Incoming(reply, request, stream)
 
 
@@ -152,32 +156,20 @@ def _messages(value: Any) -> tuple[dict[str, Any], ...] | None:
     if not isinstance(value, list) or not value:
         raise BadRequest("'messages' must be a non-empty list of {\"role\", \"content\"} objects")
     for i, m in enumerate(value):
-        if not isinstance(m, dict) or not {"role", "content"} <= set(m) <= {"role", "content"} | MESSAGE_EXTRAS:
-            raise BadRequest(f"messages[{i}] must have 'role' and 'content' (and only {', '.join(sorted(MESSAGE_EXTRAS))})")
-        if m["role"] not in ROLES or not isinstance(m["content"], str):
-            raise BadRequest(f"messages[{i}]: role must be one of {', '.join(ROLES)} and content a string")
-        if "tool_calls" in m and (m["role"] != "assistant" or not isinstance(m["tool_calls"], list)):
-            raise BadRequest(f"messages[{i}]: only an assistant message has 'tool_calls', a list")
+        if not isinstance(m, dict) or not {"role", "content"} <= set(m) <= MESSAGE_FIELDS:
+            raise BadRequest(f"messages[{i}] must have 'role' and 'content' (and only {', '.join(sorted(MESSAGE_FIELDS))})")
+        if m["role"] not in ROLES:
+            raise BadRequest(f"messages[{i}]: role must be one of {', '.join(ROLES)}")
+    toolcalls.check_messages(tuple(value))
     return tuple(dict(m) for m in value)
 
 
 def _tools(value: Any) -> tuple[dict[str, Any], ...]:
-    """The shape only; the engine checks each tool's schema and names the tool that is wrong."""
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(t, dict) and isinstance(t.get("function"), dict)
-                                              for t in value):
-        raise BadRequest("'tools' must be a list of {\"type\": \"function\", \"function\": {name, parameters}}")
+    if not isinstance(value, list):
+        raise BadRequest('\'tools\' must be a list of {"type": "function", "function": {"name", "description", "parameters"}}')
     return tuple(value)
-
-
-def _tool_choice(value: Any) -> str | dict[str, Any]:
-    if value is None:
-        return "auto"
-    if value in TOOL_CHOICES or (isinstance(value, dict) and isinstance(value.get("function"), dict)):
-        return value
-    raise BadRequest(f"'tool_choice' must be one of {', '.join(TOOL_CHOICES)} or "
-                     "{\"type\": \"function\", \"function\": {\"name\": ...}}")
 
 
 def _number(data: dict[str, Any], name: str, limits: LimitsConfig) -> int | float:
@@ -213,11 +205,12 @@ def _dump(message: dict[str, Any]) -> bytes:
 
 
 def chunk_message(request_id: str, seq: int, chunk: Chunk) -> bytes:
-    """One streamed piece; elapsed_ms is the engine's clock since the request started running."""
+    """One streamed piece (text, or complete tool calls); elapsed_ms is the engine's clock since
+    the request started running."""
     body = {"id": request_id, "type": "chunk", "seq": seq, "text": chunk.text,
             "tokens": chunk.tokens, "elapsed_ms": round(chunk.elapsed_ms, 3),
             "token_ms": [round(ms, 3) for ms in chunk.token_ms]}
-    if chunk.tool_calls:  # complete calls, never as text
+    if chunk.tool_calls:
         body["tool_calls"] = [call.to_message() for call in chunk.tool_calls]
     return _dump(body)
 
