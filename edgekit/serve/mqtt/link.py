@@ -103,7 +103,8 @@ def connect_blocking(client: mqtt.Client, url: str, keepalive_s: int, properties
     try:
         client.connect(host, port, keepalive=keepalive_s, clean_start=clean_start, properties=properties)
     except (OSError, ssl.SSLError) as exc:
-        raise BrokerError(f"cannot reach the MQTT broker at {url}: {exc} (is it running? check --broker)") from None
+        raise BrokerError(f"cannot reach the MQTT broker at {url}: {describe_connect_error(exc)} "
+                          "(is it running? check --broker)") from None
 
 
 def quick_ack(client: mqtt.Client) -> None:
