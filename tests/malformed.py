@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import random
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from edgekit.errors import BadRequest
 from edgekit.serve.config import LimitsConfig
@@ -121,3 +125,47 @@ def malformed_requests(seed: int, count: int) -> Iterator[Malformed]:
     rng = random.Random(seed)
     for i in range(count):
         yield CATEGORIES[i % len(CATEGORIES)](rng)
+
+
+@dataclass(frozen=True)
+class FuzzRun:
+    """What a fuzz run found: every request should have exactly one answer, an error."""
+
+    sent: int
+    unanswered: Counter  # category -> requests with no answer
+    answered_twice: int
+    codes: Counter  # answer type or error code -> count
+    seconds: float
+    rss_growth_mb: float  # the daemon process's resident memory, after minus before
+
+
+def run_fuzz(listener: Any, request_topic: str, reply: str, pid: int, seed: int, count: int) -> FuzzRun:
+    """Send ``count`` malformed requests through ``listener`` (tests.serve_support.Listener, subscribed to
+    ``reply`` and the daemon's errors topic) and count the answers, matched by correlation data."""
+    rss_before, started = _rss_kb(pid), time.monotonic()
+    sent: dict[bytes, str] = {}
+    for i, bad in enumerate(malformed_requests(seed, count)):
+        correlation = f"fuzz-{seed}-{i}".encode()
+        sent[correlation] = bad.category
+        listener.publish(request_topic, bad.payload, ResponseTopic=bad.bad_reply_topic or reply,
+                         CorrelationData=correlation)
+    answers: Counter = Counter()
+    codes: Counter = Counter()
+    end = time.monotonic() + 60 + count / 20
+    settle_until = None
+    while time.monotonic() < (settle_until or end):
+        for m in listener.collect(0.5):
+            answers[m.correlation] += 1
+            codes[m.json["type"] if m.json["type"] != "error" else m.json["error"]["code"]] += 1
+        if settle_until is None and len(answers) >= len(sent):
+            settle_until = time.monotonic() + 2.0  # catch any second answer
+    unanswered = Counter(category for c, category in sent.items() if c not in answers)
+    return FuzzRun(count, unanswered, sum(1 for n in answers.values() if n > 1), codes,
+                   time.monotonic() - started, (_rss_kb(pid) - rss_before) / 1024)
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
