@@ -45,7 +45,8 @@ OUTCOME_STATUS: dict[str, tuple[int, str]] = {
     "busy": (503, "server_busy"),
     "expired": (503, "server_busy"),
     "draining": (503, "server_busy"),  # the daemon stopped before running it
-    "timeout": (504, "timeout"),
+    "timeout": (504, "timeout"),  # ran past limits.max_request_s; the engine was freed
+    "duplicate": (409, "invalid_request_error"),
     "cancelled": (499, "cancelled"),  # the client left; nobody reads it
     "internal": (500, "server_error"),
 }

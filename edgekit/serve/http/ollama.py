@@ -126,8 +126,8 @@ def _common(http: HttpRequest, data: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(400, "'options' must be an object")
     _context(http, options.get("num_ctx"))
     fields = {ours: options.get(theirs) for theirs, ours in OPTIONS.items()}
-    if isinstance(fields["max_tokens"], int) and fields["max_tokens"] < 0:  # -1 endless, -2 fill the context
-        fields["max_tokens"] = http.app.state.settings.limits.max_tokens
+    if isinstance(fields["max_tokens"], int) and fields["max_tokens"] < 0:  # -1 endless, -2 fill the context:
+        fields["max_tokens"] = None  # the daemon's default, so that the prompt and the answer fit the context
     return {**fields, "json_schema": _format(data.get("format")), "stream": _stream(data)}
 
 
