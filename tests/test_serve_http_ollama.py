@@ -106,7 +106,8 @@ def test_version_and_root_answer_as_ollama_does(http_daemon: DaemonProcess) -> N
     assert httpx.get(f"{http_daemon.url}/api/version").json()["version"]
 
 
-def test_home_assistant_agent_sequence_is_answered(client: ollama.Client, name: str) -> None:
+def test_home_assistant_agent_sequence_is_answered(client: ollama.Client, name: str,
+                                                   http_daemon: DaemonProcess) -> None:
     """What Home Assistant's Ollama conversation agent sends: list (5 s limit), then chat with its
     tools, keep_alive -1, options.num_ctx 8192, think, stream; it reads message.content/tool_calls."""
     listed = {m["model"] for m in client.list().get("models", [])}
@@ -123,6 +124,7 @@ def test_home_assistant_agent_sequence_is_answered(client: ollama.Client, name: 
         for call in message.get("tool_calls") or ():
             assert call["function"]["name"] in {"HassTurnOn", "HassTurnOff"}
             assert isinstance(call["function"]["arguments"], dict)
+    assert "num_ctx 8192 asked" in http_daemon.log.read_text()  # clamped to the plan's context, and said so
 
 
 # Two of Assist's intent tools, as Home Assistant formats them for Ollama (llm.Tool -> OpenAPI schema).

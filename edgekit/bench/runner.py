@@ -71,10 +71,8 @@ def run_bench(config: BenchConfig, progress: Progress = log.info) -> BenchRun:
     """Measure every model in ``config``; returns all measurements, in the order run."""
     config.check()
     if config.via:  # fail in a second, not after the whole engine benchmark
-        from edgekit.bench.via_mqtt import mqtt_send
-
-        progress(f"checking the daemon's broker at {config.via}")
-        with mqtt_send(config.via, config.prefix):
+        progress(f"checking the daemon at {config.via}")
+        with daemon_send(config):
             pass
     measurements: list[Measurement] = []
     for path in config.models:
@@ -233,21 +231,26 @@ def _sample(chunks: list[Chunk], result: Result, e2e_ms: float, repeat_index: in
     )
 
 
+def daemon_send(config: BenchConfig) -> Any:
+    """A Send through the daemon --via names (a context manager): its Ollama API for http://, else MQTT."""
+    if (config.via or "").startswith("http://"):
+        from edgekit.bench.via_http import http_send  # only with --via
+
+        return http_send(config.via)
+    if not (config.via or "").startswith(("mqtt://", "mqtts://")):
+        raise UsageError(f"--via {config.via}: give the daemon's broker (mqtt://host:port, mqtts://host:port) "
+                         "or its HTTP API (http://host:port)")
+    from edgekit.bench.via_mqtt import mqtt_send  # paho and the daemon's protocol: only with --via
+
+    return mqtt_send(config.via or "", config.prefix)
+
+
 def _via_daemon(config: BenchConfig, facts: ModelFacts, settings: Settings, maker: PromptMaker,
                 progress: Progress) -> list[Measurement]:
     """The same settings through a running daemon (MQTT, or HTTP for http://): e2e from the client,
     the engine's own timings inside."""
-    via = config.via or ""
-    if via.startswith("http://"):
-        from edgekit.bench.via_http import http_send as daemon_send
-        mode = "http"
-    else:
-        from edgekit.bench.via_mqtt import mqtt_send  # paho and the daemon's protocol: only with --via
-
-        def daemon_send(url: str) -> Any:
-            return mqtt_send(url, config.prefix)
-        mode = "mqtt"
-    with daemon_send(via) as send:
+    mode = "http" if (config.via or "").startswith("http://") else "mqtt"
+    with daemon_send(config) as send:
         context = MeasureContext(facts, settings, None, None, mode, config)
         return measure(context, send, maker, progress)
 

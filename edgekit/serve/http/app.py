@@ -52,6 +52,7 @@ def build_app(core: Any, settings: HttpSettings) -> ASGIApp:
                                                         Exception: _unexpected})
     app.state.core = core
     app.state.settings = settings
+    app.state.num_ctx_logged = set()  # num_ctx values already logged as clamped (ollama.py)
     return Guard(app, settings.api_key, settings.max_body_bytes)
 
 

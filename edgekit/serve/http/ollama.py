@@ -149,10 +149,13 @@ def _format(value: Any) -> dict[str, Any] | None:
 
 
 def _context(http: HttpRequest, num_ctx: Any) -> None:
-    """num_ctx larger than the plan's context is clamped to it, not refused (Home Assistant sends 8192)."""
+    """num_ctx larger than the plan's context is clamped to it, not refused (Home Assistant sends 8192);
+    logged once per value, not on every request of an agent that always sends it."""
     info = models.loaded_info(http)
-    if isinstance(num_ctx, int) and info is not None and num_ctx > info.n_ctx:
-        log.info("http: num_ctx %d asked; this box's plan serves %d tokens of context", num_ctx, info.n_ctx)
+    logged = http.app.state.num_ctx_logged
+    if isinstance(num_ctx, int) and info is not None and num_ctx > info.n_ctx and num_ctx not in logged:
+        logged.add(num_ctx)
+        log.info("http: num_ctx %d asked; this box's plan serves %d tokens of context (clamped)", num_ctx, info.n_ctx)
 
 
 def _messages(value: Any) -> list[dict[str, Any]] | None:
