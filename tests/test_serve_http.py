@@ -173,6 +173,7 @@ def test_tags_answer_within_100_ms_while_a_long_generation_runs(web: httpx.Clien
 
 def test_a_client_that_disconnects_mid_stream_frees_the_engine_at_once(web: httpx.Client, mqtt: RequestClient,
                                                                       mosquitto, name: str) -> None:
+    cancelled_before = latest_metrics(mosquitto)["by_front_end"].get("http", {}).get("cancelled", 0)
     long = LongGeneration(web, name)
     next(long.lines)
     long.close()  # the client goes away mid-stream
@@ -180,7 +181,7 @@ def test_a_client_that_disconnects_mid_stream_frees_the_engine_at_once(web: http
     queue_ms = answer.final["timings"]["queue_ms"]
     print(f"an MQTT request sent as the HTTP client left waited {queue_ms:.0f} ms in the queue")
     assert answer.final["type"] == "result" and queue_ms < 2000  # not the 2000 tokens the stream asked for
-    assert latest_metrics(mosquitto)["by_front_end"]["http"].get("cancelled", 0) >= 1
+    assert latest_metrics(mosquitto)["by_front_end"]["http"]["cancelled"] == cancelled_before + 1
 
 
 def test_mqtt_and_http_requests_interleaved_are_all_answered(web: httpx.Client, mqtt: RequestClient,
