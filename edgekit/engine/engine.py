@@ -159,6 +159,18 @@ class Engine:
                 return True
         return False
 
+    def abort(self, request_id: str) -> bool:
+        """Kill the worker if ``request_id`` still runs (it did not stop at its cancel: a grammar stuck in
+        C code); the request then fails and the next one starts a fresh worker. False if it is not running."""
+        with self._state_lock:
+            running = self._current is not None and self._current[0] == request_id
+            current = self._worker if running else None
+        if current is None:
+            return False
+        log.warning("engine: killing the worker to stop request %s", request_id)
+        current.process.kill()
+        return True
+
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
         """The model's tokens for ``text`` (waits for a running request to finish)."""
         with self._run_lock:

@@ -32,9 +32,9 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from edgekit.engine.records import Chunk, Request, Result
-from edgekit.errors import Cancelled, EdgekitError, EngineError
+from edgekit.errors import EdgekitError, EngineError
 from edgekit.serve.config import ServeConfig
-from edgekit.serve.engines import EngineLike, check_prompt_tokens, open_engine
+from edgekit.serve.engines import EngineLike, check_fits, open_engine, seconds_per_token, time_limit_s
 from edgekit.serve.jobs import Job, JobQueue
 from edgekit.serve.metrics import Metrics
 from edgekit.serve.notify import Notifier
@@ -42,6 +42,7 @@ from edgekit.serve.notify import Notifier
 log = logging.getLogger(__name__)
 
 JOIN_S = 5.0  # how long to wait for a cancelled request or a front end's last words
+ABORT_AFTER_S = 5.0  # a request past its time limit that ignores its cancel this long: the worker is killed
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class Core:
         self._reload_requested = False
         self.draining = False
         self._worker: threading.Thread | None = None
+        self._per_token_s = 0.0  # measured at start, for the default time limit
+        self.failure: str | None = None  # why the core gave up (a dead thread): run() raises it
 
     # --- the API of the front ends ----------------------------------------------------------------
 
@@ -127,18 +130,28 @@ class Core:
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Load, start the front ends, serve until SIGTERM/SIGINT, drain, stop."""
+        """Load, start the front ends, serve until SIGTERM/SIGINT, drain, stop.
+
+        Raises EngineError when a thread of ours died: a bug, and systemd should restart us
+        rather than keep an "online" daemon that answers nothing.
+        """
         self._install_signals()
         self.start()
         try:
             self._serve()
         finally:
             self.stop()
+        if self.failure is not None:
+            raise EngineError(self.failure)
 
     def start(self) -> None:
         """Model first (READY means warm), then the front ends."""
         self.notifier.status("loading the model")
         self.engine = open_engine(self.config.model)
+        if self.config.limits.max_request_s is None:
+            self._per_token_s = seconds_per_token(self.engine)
+            log.info("time limit per request: 30 s + %.1f ms per token asked (limits.max_request_s)",
+                     self._per_token_s * 3000)
         self._worker = threading.Thread(target=self._work, name="edgekit-worker", daemon=True)
         self._worker.start()
         for front_end in self.front_ends:
@@ -188,11 +201,30 @@ class Core:
             self._wake.clear()
             if self._reload_requested:
                 self._reload()
+            self._enforce_time_limit()
+            if not self._worker.is_alive():
+                self.failure = "the worker thread died (a bug, logged above): stopping so that systemd restarts us"
+                log.error(self.failure)
+                return
             now = time.monotonic()
             if watchdog_s and now >= next_watchdog:
                 next_watchdog = now + watchdog_s
                 if self.healthy():
                     self.notifier.watchdog()
+
+    def _enforce_time_limit(self) -> None:
+        """Past its limit the running job is cancelled; if it ignores that (stuck in C), its worker is killed."""
+        with self._lock:
+            job = self._running
+        if job is None or job.started is None or job.time_limit_s is None:
+            return
+        over_s = time.monotonic() - job.started - job.time_limit_s
+        if over_s > 0 and not job.timed_out:
+            log.warning("request %s: past its time limit of %.0f s; cancelling it", job.request_id, job.time_limit_s)
+            job.timed_out = True
+            self.engine.cancel(job.request_id)
+        elif over_s > ABORT_AFTER_S:
+            self.engine.abort(job.request_id)
 
     def _finish_running(self, timeout_s: float) -> None:
         self._worker.join(timeout=timeout_s)
@@ -261,22 +293,32 @@ class Core:
         try:
             with self._engine_lock:
                 result = self._generate(job)
-        except Cancelled as exc:
-            return Outcome("cancelled", message=str(exc) or "cancelled", queue_ms=queue_ms)
         except EdgekitError as exc:
-            return Outcome(exc.code, message=str(exc), queue_ms=queue_ms)
+            if job.timed_out:
+                return self._timeout(job, queue_ms)
+            return Outcome(exc.code, message=str(exc) or exc.code, queue_ms=queue_ms)
         except Exception as exc:  # a bug: the client still gets a typed answer
             log.exception("request %s failed", job.request_id)
             return Outcome("internal", message=f"{type(exc).__name__}: {exc}", queue_ms=queue_ms)
+        if job.timed_out:
+            return self._timeout(job, queue_ms)
         if result.finish_reason == "cancelled":
             return Outcome("cancelled", message=f"cancelled after {result.completion_tokens} tokens",
                            queue_ms=queue_ms)
         return Outcome("result", result, queue_ms=queue_ms)
 
+    def _timeout(self, job: Job, queue_ms: float) -> Outcome:
+        return Outcome("timeout", message=f"stopped after its time limit of {job.time_limit_s:.0f} s "
+                       "(limits.max_request_s): simplify the request (a smaller JSON schema, fewer tokens)",
+                       queue_ms=queue_ms)
+
     def _generate(self, job: Job) -> Result:
         """Run the engine; hand chunks to the sink as they come when the job streams."""
         request = job.request
-        check_prompt_tokens(self.engine, request, self.config.limits.max_prompt_tokens)
+        job.time_limit_s = time_limit_s(request, self.engine.info.n_ctx, self._per_token_s,
+                                        self.config.limits.max_request_s)
+        job.started = time.monotonic()
+        check_fits(self.engine, request, self.config.limits.max_prompt_tokens)
         if not job.stream:  # only the Result is wanted: no wake-ups for chunks
             request = replace(request, stream_interval_ms=math.inf)
         seq = 0

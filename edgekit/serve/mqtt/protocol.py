@@ -7,6 +7,8 @@ client both use them, and docs/protocol.md describes the same rules with example
 from __future__ import annotations
 
 import json
+import math
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +21,8 @@ from edgekit.serve.config import LimitsConfig
 # Topic names: {prefix} is the request prefix (shared by a fleet), {node} is this
 # daemon's own prefix ({prefix} alone, or {prefix}/<device id> inside a fleet).
 TOPICS: dict[str, str] = {
-    "request": "{prefix}/request",  # requests in (JSON); a fleet reads it through $share/<group>/
-    "cancel": "{prefix}/cancel",  # {"id": ...}: every daemon of a fleet hears it
+    "request": "{prefix}/request",  # requests in (JSON), also {prefix}/request/<client id>; a fleet shares them
+    "cancel": "{prefix}/cancel",  # {"id": ...}, also {prefix}/cancel/<client id>: every daemon of a fleet hears it
     "status": "{node}/status",  # retained availability: online / stopping / offline
     "metrics": "{node}/metrics",  # periodic JSON counters
     "errors": "{node}/errors",  # errors of requests that named no (usable) reply topic
@@ -28,7 +30,11 @@ TOPICS: dict[str, str] = {
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_FIELDS = {"role", "content", "tool_calls", "tool_call_id", "name"}
-ERROR_CODES = ("bad_request", "context_overflow", "busy", "expired", "cancelled", "too_large", "internal")
+ERROR_CODES = ("bad_request", "context_overflow", "busy", "expired", "cancelled", "too_large", "timeout",
+               "duplicate", "internal")
+MAX_DEPTH = 32  # JSON nesting a request may use (a JSON schema included)
+MAX_INT = 2**63  # integers beyond +-this are refused (Python would parse 4,300 digits, slowly)
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads lets "\\ud800" through: not UTF-8, cannot be echoed
 
 # Numeric fields (sampling, and how often to stream): (type, lowest, highest); a str bound
 # names a LimitsConfig field.
@@ -62,10 +68,20 @@ class Topics:
         return TOPICS[name].format(prefix=self.prefix, node=self.node)
 
     @property
-    def request_subscription(self) -> str:
-        """What to subscribe to: shared inside a fleet, so the broker hands each request to one daemon."""
-        topic = self["request"]
-        return f"$share/{self.share_group}/{topic}" if self.share_group else topic
+    def subscriptions(self) -> list[str]:
+        """Requests (shared inside a fleet, so the broker hands each to one daemon) and cancels, both with
+        the per-client form ``.../<client id>`` that a broker ACL with %c binds to the sender."""
+        share = f"$share/{self.share_group}/" if self.share_group else ""
+        request, cancel = self["request"], self["cancel"]
+        return [f"{share}{request}", f"{share}{request}/+", cancel, f"{cancel}/+"]
+
+    def owner_of(self, topic: str, name: str) -> tuple[bool, str | None]:
+        """Is ``topic`` our ``name`` topic ("request" or "cancel"), and the client id it names, if any."""
+        base = self[name]
+        if topic == base:
+            return True, None
+        rest = topic.removeprefix(base + "/")
+        return (True, rest) if rest != topic and rest and "/" not in rest else (False, None)
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,7 @@ class Reply:
     correlation: bytes | None  # MQTT 5 CorrelationData, echoed as a property
     request_id: str  # echoed as "id"
     key: str | None = None  # deduplication key; None when the client gave neither id nor correlation data
+    owner: str | None = None  # the client id of {prefix}/request/<client id>; None on {prefix}/request
 
 
 @dataclass(frozen=True)
@@ -88,38 +105,84 @@ class Incoming:
 
 
 def decode(payload: bytes, limits: LimitsConfig) -> dict[str, Any]:
-    """Payload bytes -> the request's JSON object; too_large or bad_request otherwise."""
+    """Payload bytes -> the request's JSON object; too_large or bad_request otherwise.
+
+    Bounded so that no payload can outrun the parser: nesting, integer sizes, non-finite
+    numbers and lone surrogates (valid JSON escapes, but not text: nothing could echo them).
+    """
     if len(payload) > limits.max_payload_bytes:
         raise TooLarge(f"payload is {len(payload)} bytes, the limit is {limits.max_payload_bytes}")
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(payload, parse_int=_bounded_int, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadRequest(f"payload nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and ours
         raise BadRequest(f"payload is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("payload must be a JSON object")
+    _check_values(data)
     return data
 
 
-def reply_of(data: dict[str, Any], response_topic: str | None, correlation: bytes | None) -> Reply:
-    """The reply route: MQTT 5 ResponseTopic wins over the payload's reply_to (MQTT 3.1.1 clients)."""
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 19 or abs(value := int(text)) >= MAX_INT:
+        raise ValueError(f"integer {text[:24]}{'...' if len(text) > 24 else ''} is too large")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_values(data: Any) -> None:
+    """Nesting depth, finite floats and real text, over every value and key (iteratively: no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"payload nests deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack += [(k, depth) for k in value] + [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+        elif isinstance(value, str) and LONE_SURROGATE.search(value):
+            raise BadRequest("payload holds a lone UTF-16 surrogate (\\ud800-\\udfff): not valid text")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise BadRequest("payload holds a number too large for a float")
+
+
+def reply_of(data: dict[str, Any], response_topic: str | None, correlation: bytes | None,
+             owner: str | None = None) -> Reply:
+    """The reply route: MQTT 5 ResponseTopic wins over the payload's reply_to (MQTT 3.1.1 clients).
+
+    The key (dedup, cancel) is the requester's: its client id when it sent on
+    {prefix}/request/<client id>, and its reply topic, with the id or correlation data.
+    """
     topic = response_topic or data.get("reply_to")
     topic = topic if isinstance(topic, str) and topic else None
     given_id = data.get("id")
     has_id = isinstance(given_id, (str, int)) and not isinstance(given_id, bool) and str(given_id) != ""
     request_id = str(given_id) if has_id else correlation.hex() if correlation else uuid.uuid4().hex
-    key = f"{topic}\0{request_id}" if has_id or correlation else None
-    return Reply(topic, correlation, request_id, key)
+    key = f"{owner or ''}\0{topic}\0{request_id}" if has_id or correlation else None
+    return Reply(topic, correlation, request_id, key, owner)
 
 
 def check_reply_topic(reply: Reply, allowed_prefix: str) -> None:
-    """Publish answers only under the allowed prefix, and never to wildcard or $ topics."""
+    """Publish answers only to a plain topic under the allowed prefix: the requester's own, when it is known.
+
+    A request on {prefix}/request/<client id> is answered only under <allowed prefix><client id>/,
+    so with the documented ACL (docs/fleet.md) no client can make us publish into another's replies.
+    """
     topic = reply.topic
     if topic is None:
-        return
+        raise BadRequest("no reply topic: set the MQTT 5 ResponseTopic property (or \"reply_to\" for MQTT 3.1.1)")
     if any(c in topic for c in "#+\0") or topic.startswith("$"):
         raise BadRequest(f"reply topic {topic!r} is not a plain topic name")
     if not topic.startswith(allowed_prefix):
         raise BadRequest(f"reply topic {topic!r} is outside the allowed prefix {allowed_prefix!r}")
+    own = f"{allowed_prefix}{reply.owner}/"
+    if allowed_prefix and reply.owner is not None and not topic.startswith(own):
+        raise BadRequest(f"reply topic {topic!r}: a request from client {reply.owner!r} is answered under {own!r}")
 
 
 def parse(data: dict[str, Any], reply: Reply, limits: LimitsConfig) -> Incoming:
@@ -201,7 +264,12 @@ def _schema(value: Any) -> dict[str, Any] | None:
 
 
 def _dump(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """UTF-8 JSON; any text that is not valid Unicode (a bug upstream) is escaped, never fatal."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(message, separators=(",", ":")).encode("ascii")
 
 
 def chunk_message(request_id: str, seq: int, chunk: Chunk) -> bytes:
