@@ -22,7 +22,7 @@ import numpy as np
 
 from edgekit.engine.sampling import TOKEN_DATA
 
-MAX_FORCED_BYTES = 256  # per step; a longer forced run continues at the next step
+MAX_FORCED_BYTES = 128  # per step; a longer forced run continues at the next step
 
 
 class ForcedText:
@@ -53,7 +53,8 @@ class ForcedText:
                 break
             llama_cpp.llama_sampler_accept(grammar, self._byte_token[byte])
             text.append(byte)
-        return self.tokens(bytes(text))[:room], complete
+        tokens = self.tokens(bytes(text))
+        return (tokens, complete) if len(tokens) <= room else (tokens[:room], False)
 
     def tokens(self, text: bytes) -> list[int]:
         """``text`` as the longest vocabulary pieces, left to right (every byte has a piece)."""

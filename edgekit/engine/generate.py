@@ -178,6 +178,7 @@ class Runner:
 
     def _forced(self, sampler: SamplerChain, room: int) -> tuple[list[int], bool]:
         """The tokens the grammar forces next (at most ``room``) and whether it is then complete."""
+        room = min(room, self._llm.n_batch - 1)  # one llama_decode takes at most n_batch tokens
         if sampler.grammar is None or room <= 0:
             return [], False
         if self._forced_text is None:  # the vocabulary's pieces, read once
