@@ -122,6 +122,13 @@ def test_forced_tokens_are_appended_in_batches(family_engine):
     assert len(times) == result.completion_tokens and len(set(times)) < len(times) / 2
 
 
+def test_a_call_cut_by_max_tokens_ends_by_length_with_no_call_and_no_text(family_engine):
+    _, engine = family_engine
+    chunks, result = collect(engine, Request(messages=ASK, tools=TOOLS, tool_choice=NAMED, max_tokens=6, stream_interval_ms=0))
+    assert (result.finish_reason, result.tool_calls, result.text, result.completion_tokens) == ("length", (), "", 6)
+    assert chunks == []
+
+
 def test_a_tool_result_rendered_back_gives_a_text_answer(family_engine):
     family, engine = family_engine
     call = engine.complete(Request(messages=ASK, tools=TOOLS, tool_choice=NAMED, max_tokens=200)).tool_calls[0]
