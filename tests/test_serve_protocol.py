@@ -123,50 +123,6 @@ def test_error_and_chunk_messages_have_the_documented_shape() -> None:
         "token_ms": [3.0, 9.5]}
 
 
-# --- tools ------------------------------------------------------------------------------------
-
-SWITCH = {"type": "function", "function": {"name": "switch", "parameters": {
-    "type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"]}}}
-TOOL_LIMITS = LimitsConfig(max_payload_bytes=4096, max_prompt_chars=2000, max_tokens=100, default_max_tokens=16)
-
-
-def test_a_request_with_tools_and_a_tool_round_trip_is_parsed() -> None:
-    call = {"id": "call_1", "type": "function", "function": {"name": "switch", "arguments": '{"on": true}'}}
-    body = {"messages": [{"role": "user", "content": "Light on"},
-                         {"role": "assistant", "content": None, "tool_calls": [call]},
-                         {"role": "tool", "tool_call_id": "call_1", "content": "done"}],
-            "tools": [SWITCH], "tool_choice": "required"}
-    request = protocol.parse(body, protocol.reply_of(body, "edgekit/reply/t", None), TOOL_LIMITS).request
-    assert request.tools == (SWITCH,) and request.tool_choice == "required"
-    assert request.messages[1]["tool_calls"] == [call] and request.messages[2]["role"] == "tool"
-
-
-@pytest.mark.parametrize("body, words", [
-    ({"tools": [{"type": "function", "function": {"name": "bad", "parameters": {"type": "object", "properties": {"x": {"type": 5}}}}}]},
-     "tool 'bad'"),
-    ({"tools": {"switch": {}}}, "'tools' must be a list"),
-    ({"tools": [SWITCH], "tool_choice": {"type": "function", "function": {"name": "open"}}}, "names 'open'"),
-    ({"tool_choice": "required"}, "offers no tools"),
-    ({"tools": [SWITCH], "messages": [{"role": "assistant", "content": None}]}, "null only beside"),
-    ({"tools": [SWITCH], "messages": [{"role": "tool", "content": "x", "extra": 1}]}, "and only"),
-])
-def test_bad_tools_are_bad_request_naming_the_problem(body: dict, words: str) -> None:
-    body = {"messages": [{"role": "user", "content": "Hi"}], **body}
-    with pytest.raises(BadRequest, match=words):
-        protocol.parse(body, protocol.reply_of(body, "edgekit/reply/t", None), TOOL_LIMITS)
-
-
-def test_tool_calls_go_out_as_objects_in_chunks_and_results() -> None:
-    call = ToolCall("call_9", "switch", {"on": True})
-    wire = {"id": "call_9", "type": "function", "function": {"name": "switch", "arguments": {"on": True}}}
-    chunk = json.loads(protocol.chunk_message("r1", 0, Chunk("r1", 0, "", 7, 5.0, (5.0,) * 7, (call,))))
-    assert chunk["tool_calls"] == [wire] and chunk["text"] == ""
-    result = Result("r1", "", "tool_calls", 5, 7, Timings(), (call,))
-    message = json.loads(protocol.result_message("r1", result, "box", 0.0))
-    assert message["finish_reason"] == "tool_calls" and message["tool_calls"] == [wire]
-    assert "tool_calls" not in json.loads(protocol.result_message("r1", Result("r1", "x", "stop", 1, 1, Timings()), "box", 0.0))
-
-
 def test_the_client_id_in_a_request_or_cancel_topic_is_its_owner() -> None:
     topics = Topics.for_device("edgekit/box", "box")
     assert topics.owner_of("edgekit/box/request", "request") == (True, None)
@@ -212,3 +168,47 @@ def test_payloads_that_could_outrun_the_parser_are_bad_request(payload: bytes, w
 def test_an_error_about_text_that_is_not_unicode_is_still_encoded() -> None:
     message = json.loads(protocol.error_message("\ud800", "internal", "x"))
     assert message["error"]["code"] == "internal"
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+SWITCH = {"type": "function", "function": {"name": "switch", "parameters": {
+    "type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"]}}}
+TOOL_LIMITS = LimitsConfig(max_payload_bytes=4096, max_prompt_chars=2000, max_tokens=100, default_max_tokens=16)
+
+
+def test_a_request_with_tools_and_a_tool_round_trip_is_parsed() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "switch", "arguments": '{"on": true}'}}
+    body = {"messages": [{"role": "user", "content": "Light on"},
+                         {"role": "assistant", "content": None, "tool_calls": [call]},
+                         {"role": "tool", "tool_call_id": "call_1", "content": "done"}],
+            "tools": [SWITCH], "tool_choice": "required"}
+    request = protocol.parse(body, protocol.reply_of(body, "edgekit/reply/t", None), TOOL_LIMITS).request
+    assert request.tools == (SWITCH,) and request.tool_choice == "required"
+    assert request.messages[1]["tool_calls"] == [call] and request.messages[2]["role"] == "tool"
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"tools": [{"type": "function", "function": {"name": "bad", "parameters": {"type": "object", "properties": {"x": {"type": 5}}}}}]},
+     "tool 'bad'"),
+    ({"tools": {"switch": {}}}, "'tools' must be a list"),
+    ({"tools": [SWITCH], "tool_choice": {"type": "function", "function": {"name": "open"}}}, "names 'open'"),
+    ({"tool_choice": "required"}, "offers no tools"),
+    ({"tools": [SWITCH], "messages": [{"role": "assistant", "content": None}]}, "null only beside"),
+    ({"tools": [SWITCH], "messages": [{"role": "tool", "content": "x", "extra": 1}]}, "and only"),
+])
+def test_bad_tools_are_bad_request_naming_the_problem(body: dict, words: str) -> None:
+    body = {"messages": [{"role": "user", "content": "Hi"}], **body}
+    with pytest.raises(BadRequest, match=words):
+        protocol.parse(body, protocol.reply_of(body, "edgekit/reply/t", None), TOOL_LIMITS)
+
+
+def test_tool_calls_go_out_as_objects_in_chunks_and_results() -> None:
+    call = ToolCall("call_9", "switch", {"on": True})
+    wire = {"id": "call_9", "type": "function", "function": {"name": "switch", "arguments": {"on": True}}}
+    chunk = json.loads(protocol.chunk_message("r1", 0, Chunk("r1", 0, "", 7, 5.0, (5.0,) * 7, (call,))))
+    assert chunk["tool_calls"] == [wire] and chunk["text"] == ""
+    result = Result("r1", "", "tool_calls", 5, 7, Timings(), (call,))
+    message = json.loads(protocol.result_message("r1", result, "box", 0.0))
+    assert message["finish_reason"] == "tool_calls" and message["tool_calls"] == [wire]
+    assert "tool_calls" not in json.loads(protocol.result_message("r1", Result("r1", "x", "stop", 1, 1, Timings()), "box", 0.0))

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgekit.engine.sampling import TOKEN_DATA
 
-MAX_FORCED_BYTES = 256  # per step; a longer forced run continues at the next step
+MAX_FORCED_BYTES = 128  # per step; a longer forced run continues at the next step
 
 
 class ForcedText:
@@ -40,11 +40,11 @@ class ForcedText:
         self._array = llama_cpp.llama_token_data_array(pointer, len(self._probe), -1, False)
 
     def after(self, grammar: Any, room: int) -> tuple[list[int], bool]:
-        """Advance ``grammar`` over its forced bytes; return their tokens (at most ``room``) and
+        """Advance ``grammar`` over its forced bytes (at most ``room``); return their tokens and
         whether the grammar is then complete (only EOS allowed)."""
         text = bytearray()
         complete = False
-        while len(text) < MAX_FORCED_BYTES:
+        while len(text) < min(MAX_FORCED_BYTES, room):  # a token has a byte at least: never over room
             byte = self._only_next(grammar)
             if byte is None:
                 break
@@ -53,7 +53,7 @@ class ForcedText:
                 break
             llama_cpp.llama_sampler_accept(grammar, self._byte_token[byte])
             text.append(byte)
-        return self.tokens(bytes(text))[:room], complete
+        return self.tokens(bytes(text)), complete
 
     def tokens(self, text: bytes) -> list[int]:
         """``text`` as the longest vocabulary pieces, left to right (every byte has a piece)."""
