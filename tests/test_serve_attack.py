@@ -341,7 +341,7 @@ def test_another_client_using_my_id_first_does_not_suppress_my_answer(acl_daemon
 def test_another_client_cannot_cancel_my_request(acl_daemon, acl_broker) -> None:
     kitchen, mallory = login(acl_broker, "kitchen"), login(acl_broker, "mallory")
     try:
-        ask(kitchen, "long", max_tokens=400)
+        ask(kitchen, "long", max_tokens=60)
         kitchen.until(lambda m: m.json.get("type") == "chunk", 60)  # it runs
         mallory.publish(f"{PREFIX}/cancel/{mallory.client_id}", json.dumps({"id": "long"}))
         assert final_for(kitchen, "long", 120).json["type"] == "result"
