@@ -394,6 +394,18 @@ def test_a_connection_problem_is_one_warning_naming_its_cause_within_5_s(
         daemon.stop()
 
 
+def test_a_long_lived_request_client_gets_answers_again_after_a_broker_restart(roomy, fresh_broker) -> None:
+    from edgekit.serve.mqtt.client import RequestClient
+
+    with RequestClient(fresh_broker.url, PREFIX, timeout_s=60) as client:
+        assert client.ask({"prompt": "Hi", "max_tokens": 1}).final["type"] == "result"
+        fresh_broker.restart()  # our session had Clean Start: the broker forgot the subscription
+        end = time.monotonic() + 30
+        while not client.client.is_connected() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert client.ask({"prompt": "Hi", "max_tokens": 1}).final["type"] == "result"
+
+
 # --- credentials, state files, the URL, the engine child -----------------------------------------------------
 
 
