@@ -341,7 +341,7 @@ def test_another_client_using_my_id_first_does_not_suppress_my_answer(acl_daemon
 def test_another_client_cannot_cancel_my_request(acl_daemon, acl_broker) -> None:
     kitchen, mallory = login(acl_broker, "kitchen"), login(acl_broker, "mallory")
     try:
-        ask(kitchen, "long", max_tokens=400)
+        ask(kitchen, "long", max_tokens=60)
         kitchen.until(lambda m: m.json.get("type") == "chunk", 60)  # it runs
         mallory.publish(f"{PREFIX}/cancel/{mallory.client_id}", json.dumps({"id": "long"}))
         assert final_for(kitchen, "long", 120).json["type"] == "result"
@@ -392,6 +392,18 @@ def test_a_connection_problem_is_one_warning_naming_its_cause_within_5_s(
         assert daemon.process.poll() is None  # it keeps trying
     finally:
         daemon.stop()
+
+
+def test_a_long_lived_request_client_gets_answers_again_after_a_broker_restart(roomy, fresh_broker) -> None:
+    from edgekit.serve.mqtt.client import RequestClient
+
+    with RequestClient(fresh_broker.url, PREFIX, timeout_s=60) as client:
+        assert client.ask({"prompt": "Hi", "max_tokens": 1}).final["type"] == "result"
+        fresh_broker.restart()  # our session had Clean Start: the broker forgot the subscription
+        end = time.monotonic() + 30
+        while not client.client.is_connected() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert client.ask({"prompt": "Hi", "max_tokens": 1}).final["type"] == "result"
 
 
 # --- credentials, state files, the URL, the engine child -----------------------------------------------------
