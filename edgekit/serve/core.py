@@ -150,8 +150,8 @@ class Core:
         self.engine = open_engine(self.config.model)
         if self.config.limits.max_request_s is None:
             self._per_token_s = seconds_per_token(self.engine)
-            log.info("time limit per request: 30 s + %.1f ms per token asked (limits.max_request_s)",
-                     self._per_token_s * 3000)
+            log.info("time limit per request: 30 s + 3 x %.0f ms per token of max_tokens and a quarter of the "
+                     "context (set limits.max_request_s to fix it)", self._per_token_s * 1000)
         self._worker = threading.Thread(target=self._work, name="edgekit-worker", daemon=True)
         self._worker.start()
         for front_end in self.front_ends:
@@ -325,7 +325,7 @@ class Core:
         for item in self.engine.stream(request):
             if isinstance(item, Result):
                 return item
-            if job.cancelled:  # a cancel that raced the engine's start
+            if job.cancelled or job.timed_out:  # a cancel or time limit that raced the engine's start
                 self.engine.cancel(request.id)
             if job.stream and isinstance(item, Chunk) and (item.text or item.tool_calls):
                 job.sink.chunk(job, seq, item)
