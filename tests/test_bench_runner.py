@@ -23,7 +23,6 @@ from edgekit.engine import Engine
 from edgekit import gguf_file, hardware
 from edgekit.memory import KV_PAD, MiB, kv_bytes_per_layer, shape_of
 from edgekit.plan import Settings
-from tests.test_bench_quality import llama_tools  # noqa: F401  (shared session fixture)
 
 PROMPTS, GEN, REPEAT, CONCURRENCY = (16, 48), 40, 2, (1, 2)  # 40 tokens: long enough that a thread start is noise
 LLAMA_BENCH_FIELDS = {
@@ -179,7 +178,7 @@ def test_unwritable_output_fails_before_measuring(tiny_q4_k_m, capsys):
     assert "does not exist" in captured.err and "[bench]" not in captured.err
 
 
-@pytest.mark.slow  # needs llama-bench, built once into .cache/llama-tools by benchmarks/build_llama_tools.sh
+@pytest.mark.slow  # llama-bench, built by the install step (tests/fixtures/llama_tools.py)
 def test_compare_llama_bench_runs_it_after_each_round_and_pairs_the_rates(tiny_q4_k_m, llama_tools, tmp_path):
     out = tmp_path / "b.json"
     argv = ["bench", str(tiny_q4_k_m), "--prompt-tokens", "32", "--gen-tokens", "16", "--repeat", "3",
