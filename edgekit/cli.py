@@ -176,17 +176,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from edgekit.hardware import detect
-    from edgekit.plan import plan_for
-    from edgekit.profiles import resolve_profile
+    from edgekit.plan import settings_for
 
-    hardware = detect(args.root)
-    profile, reason = resolve_profile(args.profile, hardware)
-    plan = plan_for(list(args.model), profile, hardware, ctx=args.ctx)
+    plan = settings_for(list(args.model), args.profile, ctx=args.ctx, this_box=args.this_box, root=args.root)
     if args.json:
-        _print_json({**plan.to_dict(), "profile_reason": reason})
+        _print_json(plan.to_dict())
         return 0
-    print(f"profile:  {reason}")
     for line in plan.describe():
         print(line)
     return 0
@@ -197,7 +192,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from edgekit.profiles import resolve_profile
     from edgekit.tune import Sweep, check_output, tune, write_profile
 
-    output = args.output or Path("profiles") / "local.toml"
+    from edgekit.profiles import user_profiles
+
+    output = args.output
+    if output is None:  # the user's own folder, on the profile search path: --profile local finds it
+        output = user_profiles() / "local.toml"
+        output.parent.mkdir(parents=True, exist_ok=True)
     check_output(output)
     hardware = detect()
     base, reason = resolve_profile(args.profile, hardware)
@@ -208,8 +208,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   progress=lambda line: print(f"edgekit: {line}", file=sys.stderr))
     write_profile(result, output)
     s = result.settings
+    use = output.stem if output.parent.resolve() == user_profiles().resolve() else output
     print(f"{output}: threads {s.n_threads}/{s.n_threads_batch}, batch {s.n_batch}/{s.n_ubatch}, "
-          f"gpu layers {s.n_gpu_layers} (use it with --profile {output})")
+          f"gpu layers {s.n_gpu_layers} (use it with --profile {use})")
     return 0
 
 
@@ -217,14 +218,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _run_settings(args: argparse.Namespace) -> Any:
-    """Settings for `run`/`chat`: the plan for this box (or --profile), with --ctx if given."""
-    from edgekit.hardware import detect
-    from edgekit.plan import plan_for
-    from edgekit.profiles import choose_profile, load_profile
+    """Settings for `run`/`chat`: the plan for --profile's box (or this one), with --ctx if given;
+    one line on stderr says which box and how many threads, and why."""
+    from edgekit.plan import settings_for
 
-    hardware = detect()
-    profile = load_profile(args.profile) if args.profile else choose_profile(hardware)[0]
-    return plan_for(args.model, profile, hardware, ctx=args.ctx).settings
+    plan = settings_for(args.model, args.profile, ctx=args.ctx, this_box=args.this_box)
+    s = plan.settings
+    threads = "; ".join(r for r in plan.reasons if " threads: " in r) or f"{s.n_threads} threads from the profile"
+    print(f"edgekit: profile {plan.profile} for {plan.box}: n_ctx {s.n_ctx}, {threads}", file=sys.stderr)
+    return s
 
 
 def _timings_line(result: Any) -> str:
@@ -386,7 +388,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = BenchConfig(
         models=tuple(args.models), prompt_tokens=tuple(args.prompt_tokens), gen_tokens=args.gen_tokens,
         repeat=args.repeat, concurrency=tuple(args.concurrency), threads=args.threads, profile=args.profile,
-        via=args.via, prefix=args.prefix, llama_bench=args.compare_llama_bench,
+        this_box=args.this_box, via=args.via, prefix=args.prefix, llama_bench=args.compare_llama_bench,
     )
     run = run_bench(config, progress=lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True))
     fmt = output_format(args.json, args.csv, args.jsonl, str(args.output) if args.output else None)
@@ -420,7 +422,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     targets = Targets(args.max_ttft_ms, args.min_tokens_per_s, args.max_kl)
     rec = recommend(args.models, load_profile(args.profile), targets, reference=args.reference,
-                    bench_json=args.bench_json, quality_json=args.quality_json, root=args.root, threads=args.threads)
+                    bench_json=args.bench_json, quality_json=args.quality_json, root=args.root, threads=args.threads,
+                    this_box=args.this_box)
     if args.json:
         _print_json(rec.to_dict())
         return 0
@@ -435,128 +438,168 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 # --- the parser ---------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or "default" in text
+                or isinstance(action, argparse._VersionAction)):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def _profile_help(what: str = "plan for") -> str:
+    from edgekit.profiles import profile_names
+
+    names = ", ".join(profile_names()) or "none found"
+    return (f"profile name or .toml path: {what} that box (its memory, GPU, cores) unless --this-box; "
+            f"default: the profile that matches this machine. Known: {names}")
+
+
+def _add_box_options(p: argparse.ArgumentParser, what: str = "plan for", required: bool = False) -> None:
+    p.add_argument("--profile", required=required, default=None, metavar="P", help=_profile_help(what))
+    p.add_argument("--this-box", action="store_true", default=None,
+                   help="with --profile: plan for this machine's memory and cores, not the profile's box")
+
+
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("make-test-model", help="write a Llama checkpoint with seeded random weights")
-    p.add_argument("dir", type=Path)
-    p.add_argument("--preset", default="tiny", help="tiny, tinyllama, solar-mini or solar")
-    p.add_argument("--dtype", default="bf16", choices=["f32", "f16", "bf16"])
+    p = sub.add_parser("make-test-model", help="write a Llama checkpoint with seeded random weights",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("dir", type=Path, help="folder to write the checkpoint into (created)")
+    p.add_argument("--preset", default="tiny", help="shape: tiny, tinyllama, solar-mini or solar")
+    p.add_argument("--dtype", default="bf16", choices=["f32", "f16", "bf16"], help="weight type")
     p.add_argument("--shard-size", default=None, help="max shard size, e.g. 500MB (default: one file)")
     p.add_argument("--tied", action="store_true", help="tie lm_head to the embeddings")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.set_defaults(func=cmd_make_test_model)
 
-    p = sub.add_parser("pull", help="fetch a GGUF file or a checkpoint from the Hugging Face Hub")
-    p.add_argument("repo")
+    p = sub.add_parser("pull", help="fetch a GGUF file or a checkpoint from the Hugging Face Hub",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("repo", help="Hub repository, OWNER/NAME")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--file", help="one file of the repo (a .gguf)")
     g.add_argument("--quant", help="pick the repo's GGUF of this quant level, e.g. Q4_K_M")
-    p.add_argument("--revision", default=None)
+    p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     p.add_argument("--offline", action="store_true", help="use only the local cache")
     p.set_defaults(func=cmd_pull)
 
-    p = sub.add_parser("convert", help="convert a Hugging Face Llama-family checkpoint to GGUF")
-    p.add_argument("hf_dir", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
+    p = sub.add_parser("convert", help="convert a Hugging Face Llama-family checkpoint to GGUF",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("hf_dir", type=Path, help="checkpoint folder (config.json, *.safetensors, tokenizer)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="GGUF file to write (its folder must exist)")
+    p.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"], help="tensor type")
     p.add_argument("--quant", default=None,
                    help="quantize to these levels, e.g. Q4_K_M: -o is then the quantized file "
                         "(several levels: OUT-LEVEL.gguf each); the converted file is not kept")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("quantize", help="quantize a GGUF to one or more llama.cpp levels")
-    p.add_argument("input", type=Path)
-    p.add_argument("levels", type=_csv(str), help="e.g. Q4_K_M or Q8_0,Q4_K_M,Q2_K")
+    p = sub.add_parser("quantize", help="quantize a GGUF to one or more llama.cpp levels",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("input", type=Path, help="an f16/f32/bf16 GGUF")
+    p.add_argument("levels", type=_csv(str), help="e.g. Q4_K_M or Q8_0,Q4_K_M,Q2_K (llama.cpp's names)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-o", "--output", type=Path, help="output file (one level only)")
-    g.add_argument("--out-dir", type=Path, help="folder for the outputs (default: beside the input)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--allow-requantize", action="store_true")
+    g.add_argument("-o", "--output", type=Path, help="output file, one level only (its folder must exist)")
+    g.add_argument("--out-dir", type=Path, help="folder for the outputs, NAME-LEVEL.gguf (default: beside the input)")
+    p.add_argument("--threads", type=int, default=None, help="quantizer threads (default: all CPUs)")
+    p.add_argument("--allow-requantize", action="store_true", help="accept an already quantized input")
     p.add_argument("--report", action="store_true", help="measure quality of each level (edgekit quality)")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("inspect", help="validate a GGUF file and describe it")
-    p.add_argument("file", type=Path)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("inspect", help="validate a GGUF file and describe it", formatter_class=_HelpFormatter)
+    p.add_argument("file", type=Path, help="a .gguf file")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--tensors", action="store_true", help="include the tensor table")
     p.set_defaults(func=cmd_inspect)
 
 
 def _add_hardware(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("detect", help="describe this box and the profile edgekit would use")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("detect", help="describe this box and the profile edgekit would use",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("plan", help="estimate memory and resolve settings for a model on this box")
+    p = sub.add_parser("plan", help="estimate memory and resolve settings for a model on a box",
+                       formatter_class=_HelpFormatter)
     p.add_argument("model", type=Path, nargs="+", help="GGUF file(s); with several, pick the best that fits")
-    p.add_argument("--profile", default=None)
-    p.add_argument("--ctx", type=int, default=None)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
+    _add_box_options(p)
+    p.add_argument("--ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)  # a captured board's files
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("tune", help="measure the fastest threads/batch settings on this box")
-    p.add_argument("model", type=Path)
-    p.add_argument("--profile", default=None)
-    p.add_argument("-o", "--output", type=Path, default=None, help="profile to write (default: profiles/local.toml)")
-    p.add_argument("--threads", type=_csv(int), default=None, help="thread counts to try, e.g. 2,4")
+    p = sub.add_parser("tune", help="measure the fastest threads/batch settings on this box",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("model", type=Path, help="the GGUF to measure with")
+    p.add_argument("--profile", default=None, metavar="P", help=_profile_help("start from"))
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="profile to write (default: ~/.config/edgekit/profiles/local.toml, then --profile local)")
+    p.add_argument("--threads", type=_csv(int), default=None,
+                   help="thread counts to try, e.g. 2,4 (default: 1, 2, 4, ... the big cores and all cores)")
     p.add_argument("--batch", type=_csv(int), default=None, help="n_batch=n_ubatch sizes to try, e.g. 128,512")
     p.set_defaults(func=cmd_tune)
 
 
 def _add_engine(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run one prompt and stream the answer")
-    p.add_argument("model", type=Path)
-    p.add_argument("-p", "--prompt", required=True)
-    p.add_argument("--system", default=None)
-    p.add_argument("--json-schema", type=Path, default=None)
-    p.add_argument("--profile", default=None)
-    p.add_argument("--ctx", type=int, default=None)
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
+    p = sub.add_parser("run", help="run one prompt and stream the answer", formatter_class=_HelpFormatter)
+    p.add_argument("model", type=Path, help="a GGUF file")
+    p.add_argument("-p", "--prompt", required=True, help="the user message (with --raw: the whole text)")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--json-schema", type=Path, default=None, help="JSON Schema file the answer must follow")
+    _add_box_options(p)
+    p.add_argument("--ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     p.add_argument("--raw", action="store_true", help="no chat template: the prompt is the text")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("chat", help="interactive chat in the terminal")
-    p.add_argument("model", type=Path)
-    p.add_argument("--system", default=None)
-    p.add_argument("--profile", default=None)
-    p.add_argument("--ctx", type=int, default=None)
-    p.add_argument("--max-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.7)
+    p = sub.add_parser("chat", help="interactive chat in the terminal", formatter_class=_HelpFormatter)
+    p.add_argument("model", type=Path, help="a GGUF file")
+    p.add_argument("--system", default=None, help="system message")
+    _add_box_options(p)
+    p.add_argument("--ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
+    p.add_argument("--max-tokens", type=int, default=512, help="most tokens per answer")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy")
     p.set_defaults(func=cmd_chat)
 
 
 def _add_daemon(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="answer requests over MQTT (run by systemd)")
-    p.add_argument("--model", type=Path, default=None)
-    p.add_argument("--profile", default=None)
-    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port")
-    p.add_argument("--config", type=Path, default=None, help="edgekit.toml")
-    p.add_argument("--prefix", default=None)
-    p.add_argument("--device-id", default=None)
+    p = sub.add_parser("serve", help="answer requests over MQTT (run by systemd)", formatter_class=_HelpFormatter)
+    p.add_argument("--model", type=Path, default=None, help="GGUF file to serve (or EDGEKIT_MODEL, [model] path)")
+    _add_box_options(p)
+    p.add_argument("--broker", default=None,
+                   help="mqtt://host:port or mqtts://host:port (default: mqtt://127.0.0.1:1883)")
+    p.add_argument("--config", type=Path, default=None, help="edgekit.toml (or EDGEKIT_CONFIG); docs/protocol.md")
+    p.add_argument("--prefix", default=None, help="topic prefix (default: edgekit/DEVICE_ID)")
+    p.add_argument("--device-id", default=None, help="this box's id in topics (default: the hostname)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("request", help="send a request to a running daemon and print the answer")
-    p.add_argument("prompt")
-    p.add_argument("--broker", default=None)
-    p.add_argument("--prefix", default=None)
-    p.add_argument("--system", default=None)
-    p.add_argument("--stream", action="store_true")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--json-schema", type=Path, default=None)
-    p.add_argument("--timeout", type=float, default=120.0)
+    p = sub.add_parser("request", help="send a request to a running daemon and print the answer",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("prompt", help="the user message")
+    p.add_argument("--broker", default=None, help="mqtt://host:port (default: mqtt://127.0.0.1:1883)")
+    p.add_argument("--prefix", default=None, help="the daemon's topic prefix (default: edgekit/HOSTNAME)")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--stream", action="store_true", help="print the answer as it comes")
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate")
+    p.add_argument("--json-schema", type=Path, default=None, help="JSON Schema file the answer must follow")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer")
     p.add_argument("--json", action="store_true", help="print the final message as JSON")
     p.set_defaults(func=cmd_request)
 
-    p = sub.add_parser("install-service", help="render the systemd unit and env file for this box")
-    p.add_argument("--profile", default=None)
-    p.add_argument("--model", type=Path, default=None)
-    p.add_argument("--broker", default=None)
+    p = sub.add_parser("install-service", help="render the systemd unit and env file for this box",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("--profile", default=None, metavar="P", help=_profile_help("run as"))
+    p.add_argument("--model", type=Path, default=None, help="GGUF file the service serves")
+    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port")
     p.add_argument("--instance", default=None, help="render the template unit edgekit@INSTANCE")
-    p.add_argument("--dest", type=Path, default=Path("/etc/systemd/system"))
-    p.add_argument("--env-dir", type=Path, default=Path("/etc/edgekit"))
+    p.add_argument("--dest", type=Path, default=Path("/etc/systemd/system"), help="folder for the unit")
+    p.add_argument("--env-dir", type=Path, default=Path("/etc/edgekit"),
+                   help="folder for edgekit.toml and the env file (made absolute)")
     p.add_argument("--device-id", default=None, help="default: the hostname (plus -INSTANCE with --instance)")
     p.add_argument("--password-file", type=Path, default=None,
                    help="broker password, loaded as a systemd credential (default: ENV_DIR/mqtt-password if present)")
@@ -566,54 +609,64 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_measurement(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure latency and throughput")
-    p.add_argument("models", type=Path, nargs="+")
-    p.add_argument("--profile", default=None)
-    p.add_argument("--prompt-tokens", type=_csv(int), default=[32, 256])
-    p.add_argument("--gen-tokens", type=int, default=128)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--concurrency", type=_csv(int), default=[1])
-    p.add_argument("--threads", type=int, default=None)
+    p = sub.add_parser("bench", help="measure latency and throughput", formatter_class=_HelpFormatter)
+    p.add_argument("models", type=Path, nargs="+", help="GGUF files")
+    _add_box_options(p, "use the settings planned for")
+    p.add_argument("--prompt-tokens", type=_csv(int), default=[32, 256], help="prompt sizes, e.g. 32,256")
+    p.add_argument("--gen-tokens", type=int, default=128, help="tokens generated per request")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of each setting")
+    p.add_argument("--concurrency", type=_csv(int), default=[1], help="requests at once, e.g. 1,4")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the plan's, else all CPUs)")
     p.add_argument("--via", default=None, help="mqtt://host:port: also measure end to end through a daemon")
     p.add_argument("--prefix", default=None, help="daemon topic prefix, with --via")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true")
-    out.add_argument("--csv", action="store_true")
-    out.add_argument("--jsonl", action="store_true")
+    out.add_argument("--json", action="store_true", help="print JSON")
+    out.add_argument("--csv", action="store_true", help="print CSV")
+    out.add_argument("--jsonl", action="store_true", help="print one JSON record a line")
     p.add_argument("--output", type=Path, default=None, help="write JSON/CSV/JSONL here instead of stdout")
     p.add_argument("--report", type=Path, default=None, help="write an HTML report")
     p.add_argument("--compare-llama-bench", type=Path, default=None, metavar="PATH",
                    help="llama.cpp's llama-bench binary: run it on the same file and settings after each round "
-                        "and show our rates as paired ratios to its (benchmarks/build_llama_tools.sh builds it)")
+                        "and show our rates as paired ratios to its (the install step builds it into "
+                        "~/.cache/edgekit/llama-tools/bin)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("quality", help="perplexity and KL divergence of quantized files against a reference")
-    p.add_argument("reference", type=Path)
-    p.add_argument("candidates", type=Path, nargs="+")
-    p.add_argument("--text", type=Path, default=None)
-    p.add_argument("--ctx", type=int, default=256)
-    p.add_argument("--chunks", type=int, default=None)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("quality", help="perplexity and KL divergence of quantized files against a reference",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("reference", type=Path, help="the f16/f32 GGUF")
+    p.add_argument("candidates", type=Path, nargs="+", help="quantized GGUFs of the same model")
+    p.add_argument("--text", type=Path, default=None, help="UTF-8 text to score (default: edgekit's calibration text)")
+    p.add_argument("--ctx", type=int, default=256, help="tokens per chunk")
+    p.add_argument("--chunks", type=int, default=None, help="chunks to score (default: all the text holds)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_quality)
 
-    p = sub.add_parser("recommend", help="name the quant level to deploy on a box")
+    p = sub.add_parser("recommend", help="name the quant level to deploy on a box", formatter_class=_HelpFormatter)
     p.add_argument("models", type=Path, nargs="+", help="a folder of GGUF files, or files")
-    p.add_argument("--profile", required=True)
+    _add_box_options(p, required=True)
     p.add_argument("--max-ttft-ms", type=float, default=None,
                    help="most time to first token for a 128-token prompt (measured on this machine)")
     p.add_argument("--min-tokens-per-s", type=float, default=None, help="least generation rate (this machine)")
-    p.add_argument("--reference", type=Path, default=None, help="f16/f32 file for quality")
+    p.add_argument("--reference", type=Path, default=None, help="f16/f32 file for quality (default: found among MODELS)")
     p.add_argument("--max-kl", type=float, default=0.05, help="most KL divergence vs the reference (nats/token)")
     p.add_argument("--bench-json", type=Path, default=None, help="speed from an `edgekit bench --json` file")
     p.add_argument("--quality-json", type=Path, default=None, help="quality from an `edgekit quality --json` file")
     p.add_argument("--threads", type=int, default=None, help="threads for the speed measurement")
     p.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)  # a captured board's files
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_recommend)
 
 
+DESCRIPTION = """edgekit: put open LLMs on edge boxes and serve them over MQTT.
+
+The pipeline, one command a stage: pull or make-test-model -> convert -> quantize ->
+inspect -> detect / plan / tune -> run / chat -> serve (install-service) -> bench /
+quality / recommend. `edgekit COMMAND --help` shows each command's options and defaults;
+the README and docs/ show them at work."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgekit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="edgekit", description=DESCRIPTION, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"edgekit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")

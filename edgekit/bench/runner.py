@@ -52,6 +52,7 @@ class BenchConfig:
     warmup: int = 1
     threads: int | None = None
     profile: str | None = None
+    this_box: bool = False  # with profile: plan for this machine, not the profile's box
     via: str | None = None  # mqtt://host:port: also measure through a running daemon
     prefix: str | None = None
     llama_bench: Path | None = None
@@ -82,7 +83,7 @@ def run_bench(config: BenchConfig, progress: Progress = log.info) -> BenchRun:
 def bench_model(path: Path, config: BenchConfig, progress: Progress) -> list[Measurement]:
     """All settings of one model: in-process, then through the daemon if asked."""
     info = gguf_file.validate(path)
-    settings = resolve_settings(info, config)
+    settings = resolve_settings(info, config, progress)
     facts = model_facts(info)
     from edgekit.engine import Engine  # the engine pulls in llama.cpp: import on use
 
@@ -111,24 +112,21 @@ def bench_model(path: Path, config: BenchConfig, progress: Progress) -> list[Mea
     return found
 
 
-def resolve_settings(info: gguf_file.GGUFInfo, config: BenchConfig) -> Settings:
+def resolve_settings(info: gguf_file.GGUFInfo, config: BenchConfig, progress: Progress = log.info) -> Settings:
     """The profile's plan for this file (or llama.cpp's defaults), with room for the longest test."""
     settings = Settings()
     if config.profile:
-        settings = _planned_settings(info.path, config.profile)
+        from edgekit.plan import settings_for  # planner: only with --profile
+
+        plan = settings_for([info], config.profile, this_box=config.this_box)
+        progress(f"{info.path.name}: settings of profile {plan.profile} for {plan.box}; measured on this machine")
+        settings = plan.settings
     threads = config.threads or settings.n_threads or os.cpu_count() or 1
     need = max(config.prompt_tokens) + config.gen_tokens + _CTX_MARGIN
     return dataclasses.replace(
         settings, n_threads=threads, n_threads_batch=config.threads or settings.n_threads_batch or threads,
         n_ctx=max(settings.n_ctx, need),
     )
-
-
-def _planned_settings(path: Path, profile_name: str) -> Settings:
-    from edgekit import hardware, plan, profiles  # planner: only with --profile
-
-    profile = profiles.load_profile(profile_name)
-    return plan.plan_for([path], profile, hardware.detect()).settings
 
 
 @dataclass(frozen=True)

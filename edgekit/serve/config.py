@@ -32,6 +32,7 @@ class ModelConfig:
     path: Path | None = None  # the GGUF file (required)
     profile: str | None = None  # profile name or TOML path; None = chosen for this box
     ctx: int | None = None  # context window override; None = the profile's
+    this_box: bool = False  # plan for this machine even when it is not one of the profile's boxes
     warm_up: bool = True  # run one tiny request before announcing READY/online
 
 
@@ -139,6 +140,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "model": ("model", "path"),
     "profile": ("model", "profile"),
+    "this_box": ("model", "this_box"),
     "broker": ("broker", "url"),
     "prefix": ("topics", "prefix"),
     "device_id": ("topics", "device_id"),

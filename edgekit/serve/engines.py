@@ -59,13 +59,9 @@ def check_prompt_tokens(engine: EngineLike, request: Request, limit: int | None)
 
 
 def settings_for(model: ModelConfig) -> Settings:
-    """The llama.cpp settings for this model on this box: planned with its profile (named, or chosen)."""
-    from edgekit.hardware import detect
-    from edgekit.plan import plan_for
-    from edgekit.profiles import choose_profile, load_profile
+    """The llama.cpp settings for this model: planned with its profile (named, or chosen) for its box."""
+    from edgekit.plan import settings_for as plan_settings
 
-    hardware = detect()
-    profile = load_profile(model.profile) if model.profile else choose_profile(hardware)[0]
-    plan = plan_for(model.path, profile, hardware, ctx=model.ctx)
-    log.info("plan: profile %s, %s", profile.name, "; ".join(plan.reasons) or "defaults")
+    plan = plan_settings(model.path, model.profile, ctx=model.ctx, this_box=model.this_box)
+    log.info("plan: profile %s for %s: %s", plan.profile, plan.box, "; ".join(plan.reasons) or "defaults")
     return plan.settings
