@@ -10,7 +10,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,21 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _status(line: str, final: bool = False) -> None:
+    """Progress on a terminal: one line redrawn in place. Nothing when stderr is a log or a pipe."""
+    if sys.stderr.isatty():
+        print(f"\r\033[K  {line}", end="\n" if final else "", file=sys.stderr, flush=True)
+
+
+def _show_quantize(p: Any) -> None:
+    """quantize's per-tensor progress; a log gets only the start and the end of each level."""
+    line = f"[{p.level_index}/{p.level_count}] {p.level:<7} tensor {p.tensor_index}/{p.tensor_count}  {p.elapsed_s:5.1f} s"
+    if sys.stderr.isatty():
+        _status(line, final=p.done)
+    elif p.tensor_index == 0 or p.done:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -66,8 +83,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from edgekit.convert import convert_checkpoint
 
     def show(name: str, done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            print(f"\r  [{done}/{total}] {name:<40}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        _status(f"[{done}/{total}] {name:<40}", final=done == total)
 
     levels = _csv(str)(args.quant) if args.quant else []
     if levels:
@@ -86,30 +102,25 @@ def cmd_convert(args: argparse.Namespace) -> int:
             return 0
         for level in levels:
             out = args.output if len(levels) == 1 else args.output.with_name(f"{args.output.stem}-{level}{args.output.suffix}")
-            quantize_file(converted, level, out)
+            quantize_file(converted, level, out, progress=_show_quantize)
             print(f"wrote {out} ({level}, {out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edgekit.quantize import Progress, quantize
-
-    def show(p: Progress) -> None:
-        line = f"[{p.level_index}/{p.level_count}] {p.level:<7} tensor {p.tensor_index}/{p.tensor_count}  {p.elapsed_s:5.1f} s"
-        if sys.stderr.isatty():
-            print(f"\r  {line}", end="\n" if p.done else "", file=sys.stderr, flush=True)
-        elif p.tensor_index == 0 or p.done:  # a log, not a terminal: start and end of each level
-            print(line, file=sys.stderr, flush=True)
+    from edgekit.quantize import quantize
 
     results = quantize(args.input, args.levels, out_dir=args.out_dir, output=args.output, threads=args.threads,
-                       allow_requantize=args.allow_requantize, progress=show)
+                       allow_requantize=args.allow_requantize, progress=_show_quantize)
     for r in results:
         print(f"wrote {r.path} ({r.level}, {r.size / 1e6:.1f} MB, {r.bits_per_weight:.2f} bits/weight, {r.seconds:.1f} s)")
     if args.report:
         from edgekit.bench.output import format_table
         from edgekit.bench.quality import compare_quality, quality_table
 
-        print(format_table(quality_table(compare_quality(args.input, [r.path for r in results], threads=args.threads))), end="")
+        results = compare_quality(args.input, [r.path for r in results], threads=args.threads, progress=_status)
+        _status("quality measured", final=True)
+        print(format_table(quality_table(results)), end="")
     return 0
 
 
@@ -407,7 +418,10 @@ def cmd_quality(args: argparse.Namespace) -> int:
     from edgekit.bench.quality import compare_quality, quality_table, read_text
 
     text = read_text(args.text) if args.text else None
-    results = compare_quality(args.reference, args.candidates, text=text, ctx=args.ctx, chunks=args.chunks)
+    results = compare_quality(args.reference, args.candidates, text=text, ctx=args.ctx, chunks=args.chunks,
+                              progress=lambda line: None if args.json else _status(line))
+    if not args.json:
+        _status("quality measured", final=True)
     if args.json:
         _print_json([r.to_dict() for r in results])
     else:
@@ -679,12 +693,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so that every `with` and `finally`
+    on the way out (temporary files, engine children) cleans up as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise Stopped(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    main_thread = threading.current_thread() is threading.main_thread()  # signals can be set only there
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP) if main_thread}
+    try:
+        return _run(args)
+    finally:  # main() is also called in-process (tests): leave the handlers as they were
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with our errors as one line and an exit code."""
     try:
         return int(args.func(args) or 0)
     except EdgekitError as exc:
@@ -692,9 +730,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("edgekit: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C (130), SIGTERM (143), SIGHUP (129): cleaned up on the way here
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(f"\nedgekit: {'interrupted' if signum == signal.SIGINT else 'stopped by ' + str(exc)}", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:  # `edgekit detect --json | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
