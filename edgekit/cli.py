@@ -585,6 +585,8 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="answer requests over MQTT (run by systemd)", formatter_class=_HelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="GGUF file to serve (or EDGEKIT_MODEL, [model] path)")
     _add_box_options(p)
+    p.add_argument("--ctx", type=int, default=None,
+                   help="context window in tokens, [model] ctx in edgekit.toml (default: the profile's)")
     p.add_argument("--broker", default=None,
                    help="mqtt://host:port or mqtts://host:port (default: mqtt://127.0.0.1:1883)")
     p.add_argument("--config", type=Path, default=None, help="edgekit.toml (or EDGEKIT_CONFIG); docs/protocol.md")

@@ -253,3 +253,12 @@ def test_via_mqtt_measures_end_to_end_and_shows_the_transport_apart(tiny_q4_k_m,
         assert s.e2e_ms > s.total_ms > 0 and s.transport_ms > 0
         assert s.ttft_ms > 0 and s.gen_tps > 0 and s.prompt_tokens == 16 and len(s.itl_ms) >= 1
     assert "MQTT ms" in output.format_table(output.table_rows(run))
+
+
+def test_chart_labels_name_the_file_not_only_the_level(bench_run):
+    from edgekit.bench.results import file_label
+
+    assert file_label("tinyllama-Q4_K_M.gguf", "Q4_K_M") == "tinyllama-Q4_K_M"
+    assert file_label("/models/solar.gguf", "Q4_K_M") == "solar Q4_K_M"  # two models, one level: still apart
+    m = bench_run.measurements[0]
+    assert m.label.startswith(Path(m.model.file_name).stem)

@@ -16,7 +16,7 @@ from edgekit.atomic import write_text
 from edgekit.bench.charts import PALETTE, Bar, Box, Point, bar_chart, box_chart, legend, scatter_chart
 from edgekit.bench.output import llama_bench_ratios, table_rows
 from edgekit.bench.quality import QualityResult, quality_table
-from edgekit.bench.results import BenchRun, Measurement
+from edgekit.bench.results import BenchRun, Measurement, file_label
 
 _CSS = """
 body{margin:0;background:#f9fafb;color:#1f2937;font:16px/1.55 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif}
@@ -170,7 +170,7 @@ def _table_section(run: BenchRun) -> str:
 
 def _quality_section(quality: Sequence[QualityResult], colours: dict[str, str]) -> str:
     points = [
-        Point(q.file_type or "?", q.size_bytes / 1e6, q.kl_mean, colours[q.file_type or "?"])
+        Point(file_label(q.path, q.file_type), q.size_bytes / 1e6, q.kl_mean, colours[q.file_type or "?"])
         for q in quality if not q.is_reference
     ]
     chart = scatter_chart(points, "Size against quality", "file size, MB", "KL divergence vs reference (nats, log)",

@@ -7,6 +7,7 @@ earlier (``BenchRun.from_dict``) exactly as they read a fresh run.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from edgekit.bench.stats import Summary, mean, percentile, summarize
@@ -34,6 +35,12 @@ class Sample:
     def transport_ms(self) -> float:
         """What the caller waited beyond the engine's own total (which includes its queue): MQTT's cost."""
         return max(0.0, self.e2e_ms - self.total_ms)
+
+
+def file_label(file_name: str, file_type: str | None) -> str:
+    """"tinyllama-Q4_K_M" for a chart row: the level alone cannot tell two models apart."""
+    stem = Path(file_name).stem
+    return stem if file_type and file_type.lower() in stem.lower() else f"{stem} {file_type or '?'}"
 
 
 @dataclass(frozen=True)
@@ -120,8 +127,9 @@ class Measurement:
 
     @property
     def label(self) -> str:
-        """Short name of the setting for tables and charts."""
-        return f"{self.model.file_type} pp{self.prompt_tokens} tg{self.gen_tokens} c{self.concurrency} {self.mode}"
+        """Short name of the setting for tables and charts: the file, its level, the setting."""
+        return (f"{file_label(self.model.file_name, self.model.file_type)} pp{self.prompt_tokens} "
+                f"tg{self.gen_tokens} c{self.concurrency} {self.mode}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

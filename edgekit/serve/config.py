@@ -141,6 +141,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "model": ("model", "path"),
     "profile": ("model", "profile"),
     "this_box": ("model", "this_box"),
+    "ctx": ("model", "ctx"),
     "broker": ("broker", "url"),
     "prefix": ("topics", "prefix"),
     "device_id": ("topics", "device_id"),
