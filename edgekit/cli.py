@@ -692,6 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine(sub)
     _add_daemon(sub)
     _add_measurement(sub)
+    for choice in sub._choices_actions:  # each command's --help opens with what it does
+        sub.choices[choice.dest].description = choice.help
     return parser
 
 

@@ -57,3 +57,25 @@ def test_run_says_which_box_and_how_many_threads(tiny_q4_k_m, capsys):
     assert code == 0, err
     line = next(l for l in err.splitlines() if l.startswith("edgekit: profile rpi4-4gb"))
     assert "for a rpi4-4gb box" in line and "4 generation threads" in line
+
+
+@pytest.mark.slow  # converts the TinyLlama-shaped checkpoint (about 20 s) until the signal
+def test_ctrl_c_stops_convert_at_once_and_leaves_no_file(tinyllama_checkpoint, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out.gguf"
+    run = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "convert", str(tinyllama_checkpoint), "-o", str(out),
+                            "--quant", "Q4_K_M"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.is_file() and p.stat().st_size > 0 for p in tmp_path.rglob("*.tmp")):  # writing the f16
+        assert run.poll() is None and time.monotonic() < deadline, "no temporary file appeared"
+        time.sleep(0.05)
+    sent = time.monotonic()
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=30)
+    took = time.monotonic() - sent
+    assert run.returncode == 130 and "interrupted" in err, err
+    assert took < 3, f"took {took:.1f} s to stop"
+    assert list(tmp_path.iterdir()) == []
