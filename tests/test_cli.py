@@ -79,3 +79,13 @@ def test_ctrl_c_stops_convert_at_once_and_leaves_no_file(tinyllama_checkpoint, t
     assert run.returncode == 130 and "interrupted" in err, err
     assert took < 3, f"took {took:.1f} s to stop"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_takes_the_ctx_and_this_box_that_the_advice_names():
+    from edgekit.serve.config import load_config
+
+    args = build_parser().parse_args(["serve", "--ctx", "1024", "--this-box", "--profile", "rpi4-4gb"])
+    model = load_config(None, flags=vars(args)).model
+    assert (model.ctx, model.this_box, model.profile) == (1024, True, "rpi4-4gb")
+    unset = load_config(None, flags=vars(build_parser().parse_args(["serve"]))).model
+    assert (unset.ctx, unset.this_box) == (None, False)  # an absent flag leaves the config file's value

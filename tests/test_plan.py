@@ -282,11 +282,11 @@ def test_plan_total_matches_resident_memory_of_tinyllama_q4_k_m(tinyllama_q4_k_m
 # --- the box a plan is for: --profile P plans for P's box unless --this-box ----------------------
 
 
-def test_plan_with_a_profile_plans_for_that_box_not_this_one(llama7b, capsys):
-    code = main(["plan", str(llama7b["Q4_K_M"]), "--profile", "rpi4-4gb"])
-    assert code == 5  # 4 GB of weights on a 4 GB Pi: refused, whatever this machine has
-    assert "llama-7b.Q4_K_M.gguf needs" in capsys.readouterr().err
-    assert main(["plan", str(llama7b["Q4_K_M"]), "--profile", "rpi4-4gb", "--this-box", "--json"]) == 0
+def test_plan_with_a_profile_plans_for_that_box_not_this_one(small3b, capsys):
+    code = main(["plan", str(small3b["Q8_0"]), "--profile", "rpi4-4gb"])
+    assert code == 5  # 3.3 GB of weights on a 4 GB Pi: refused, whatever this machine has
+    assert "small-3b.Q8_0.gguf needs" in capsys.readouterr().err
+    assert main(["plan", str(small3b["Q8_0"]), "--profile", "rpi4-4gb", "--this-box", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["profile"] == "rpi4-4gb" and data["box"].endswith("(this machine)")
 
