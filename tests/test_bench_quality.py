@@ -9,6 +9,7 @@ import pytest
 from edgekit.bench.quality import calibration_text, compare_quality
 from edgekit.cli import main
 from edgekit.errors import UsageError
+from tests.fixtures.models import announce
 
 CTX, CHUNKS = 256, 4  # 4 chunks x 127 scored tokens: enough to order the levels, seconds to run
 
@@ -16,6 +17,7 @@ CTX, CHUNKS = 256, 4  # 4 chunks x 127 scored tokens: enough to order the levels
 @pytest.fixture(scope="session")
 def tiny_quality(tiny_gguf_f32, tiny_q8_0, tiny_q4_k_m, tiny_q2_k):
     """The f32 file as reference, itself and the three levels as candidates: measured once."""
+    announce(f"measuring quality of Q8_0, Q4_K_M, Q2_K against f32 ({CHUNKS} chunks of {CTX} tokens each)")
     results = compare_quality(tiny_gguf_f32, [tiny_gguf_f32, tiny_q8_0, tiny_q4_k_m, tiny_q2_k], ctx=CTX, chunks=CHUNKS)
     return dict(zip(["ref", "self", "Q8_0", "Q4_K_M", "Q2_K"], results))
 

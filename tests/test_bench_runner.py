@@ -23,6 +23,7 @@ from edgekit.engine import Engine
 from edgekit import gguf_file, hardware
 from edgekit.memory import KV_PAD, MiB, kv_bytes_per_layer, shape_of
 from edgekit.plan import Settings
+from tests.fixtures.models import announce
 
 PROMPTS, GEN, REPEAT, CONCURRENCY = (16, 48), 40, 2, (1, 2)  # 40 tokens: long enough that a thread start is noise
 LLAMA_BENCH_FIELDS = {
@@ -40,6 +41,7 @@ def bench_json(tiny_q4_k_m, tmp_path_factory):
     argv = ["bench", str(tiny_q4_k_m), "--prompt-tokens", ",".join(map(str, PROMPTS)), "--gen-tokens", str(GEN),
             "--repeat", str(REPEAT), "--concurrency", ",".join(map(str, CONCURRENCY)), "--threads", "2",
             "--json", "--output", str(folder / "bench.json")]
+    announce(f"running `edgekit {' '.join(argv[:1])}` on the tiny model ({REPEAT} rounds) for the bench tests")
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert main(argv) == 0, err.getvalue()
     return folder / "bench.json", out.getvalue(), err.getvalue()
