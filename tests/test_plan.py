@@ -110,23 +110,14 @@ def test_24gb_card_takes_every_layer_of_the_same_model(llama7b):
     assert plan.settings.n_ctx == 4096  # the model's trained context caps the profile's 8192
 
 
-def test_offload_counts_layers_from_the_end():
-    info = validate(sized_gguf_tmp("Q8_0"))
+def test_offload_counts_layers_from_the_end(tmp_path):
+    info = validate(sized_gguf(tmp_path / "m.Q8_0.gguf", "Q8_0", **{**LLAMA2_7B, "n_layer": 4}))
     s = Settings(n_ctx=512)
     one, none = estimate_memory(info, s, 1), estimate_memory(info, s, 0)
     assert one.weights_vram == info.layer_bytes[max(info.layer_bytes)]
     assert none.vram == 0 and none.weights_ram == info.tensor_bytes
     everything = estimate_memory(info, s, -1)
     assert everything.weights_vram == info.tensor_bytes - info.token_embd_bytes
-
-
-def sized_gguf_tmp(level: str, _cache: dict = {}) -> Path:
-    if level not in _cache:
-        import tempfile
-
-        folder = Path(tempfile.mkdtemp(prefix="edgekit-plan-"))
-        _cache[level] = sized_gguf(folder / f"m.{level}.gguf", level, **{**LLAMA2_7B, "n_layer": 4})
-    return _cache[level]
 
 
 def test_jetson_counts_one_pool_and_shrinks_context_to_fit(llama7b):
