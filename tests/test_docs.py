@@ -22,7 +22,7 @@ import pytest
 
 from edgekit.errors import EdgekitError
 from edgekit.profiles import load_profile
-from edgekit.serve.client import RequestClient, chat_body
+from edgekit.serve.mqtt.client import RequestClient, chat_body
 from edgekit.serve.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
