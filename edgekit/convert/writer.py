@@ -86,7 +86,7 @@ def plan_conversion(hf_dir: Path, outtype: str) -> ConversionPlan:
         raise UsageError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
     checkpoint = open_checkpoint(hf_dir)
     params = LlamaParams.from_config(checkpoint.config)
-    vocab = load_vocab(hf_dir, params.vocab)
+    vocab = load_vocab(hf_dir, params.vocab, params.arch)
     sources = check_tensors(params, checkpoint.tensors)
     names = gguf.get_tensor_name_map(ARCHITECTURES[params.architecture], params.n_layer)
     tensors, workspace = [], Workspace()
