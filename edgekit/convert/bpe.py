@@ -81,6 +81,12 @@ def _added_token(tokenizer: Tokenizer, token: AddedToken) -> tuple[str, gguf.Tok
     return text.replace("\u2581", " "), gguf.TokenType.USER_DEFINED
 
 
+def has_byte_level_post_processor(tokenizer_json: dict) -> bool:
+    """Whether tokenizer.json's post-processor (or one in its Sequence) is ByteLevel."""
+    post = tokenizer_json.get("post_processor") or {}
+    return any(p.get("type") == "ByteLevel" for p in post.get("processors", [post]))
+
+
 def looks_special(text: str) -> bool:
     """llama.cpp's does_token_look_special: models that forget to mark control tokens special."""
     return (

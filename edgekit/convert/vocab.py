@@ -79,6 +79,10 @@ def load_bpe_vocab(folder: Path, vocab_size: int) -> Vocab:
     special = _special_vocab(folder, vocab_size, load_merges=True)
     if not special.merges:
         raise ModelFormatError(f"{folder / bpe.TOKENIZER_JSON} has no merges; re-download it")
+    if bpe.has_byte_level_post_processor(_json(folder / bpe.TOKENIZER_JSON)):
+        # a ByteLevel post-processor adds nothing: newer gguf-py (llama.cpp's own) records that explicitly
+        special.add_special_token.setdefault("bos", False)
+        special.add_special_token.setdefault("eos", False)
     return Vocab(tokens=tokens, scores=None, types=types, special=special, model="gpt2", pre=pre)
 
 
