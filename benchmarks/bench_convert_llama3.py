@@ -25,9 +25,10 @@ ROUNDS = 3
 GOAL_RATIO = 0.5
 # Runs a script as __main__ and reports the process's own wall time and peak RSS, however it exits.
 WRAPPER = """
-import json, resource, runpy, sys, time
+import json, os, resource, runpy, sys, time
 started = time.perf_counter()
 script, sys.argv = sys.argv[1], sys.argv[1:]
+sys.path.insert(0, os.path.dirname(script))  # as `python script.py` would
 try:
     runpy.run_path(script, run_name="__main__")
 finally:

@@ -439,7 +439,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-test-model", help="write a Llama-family checkpoint with seeded random weights")
     p.add_argument("dir", type=Path)
-    p.add_argument("--preset", default="tiny", help="tiny, tinyllama, solar-mini, solar, tiny-llama3, llama3.2-1b, tiny-qwen2 or qwen2.5-1.5b")
+    p.add_argument("--preset", default="tiny", help="tiny, tinyllama, solar-mini, solar, tiny-llama3, llama3.2-1b, tiny-qwen2, qwen2.5-1.5b or tiny-smollm2")
     p.add_argument("--dtype", default="bf16", choices=["f32", "f16", "bf16"])
     p.add_argument("--shard-size", default=None, help="max shard size, e.g. 500MB (default: one file)")
     p.add_argument("--tied", action=argparse.BooleanOptionalAction, default=None,

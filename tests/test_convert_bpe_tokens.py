@@ -16,7 +16,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 N_TEXTS = 3000
 
 
-@pytest.mark.parametrize("family", ["llama3", "qwen2"])
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "smollm2"])
 def test_llama_cpp_token_ids_equal_hugging_face_on_3000_texts(family: str, request: pytest.FixtureRequest) -> None:
     folder: Path = request.getfixturevalue(f"tiny_{family}_checkpoint")
     hf = Tokenizer.from_file(str(folder / "tokenizer.json"))

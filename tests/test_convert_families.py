@@ -66,9 +66,12 @@ def _metadata(path: Path) -> dict:
 # --- logits against the numpy reference ---------------------------------------------------
 
 
-def test_llama3_f32_logits_match_reference_with_rope_scaling(tiny_llama3_checkpoint: Path, tiny_llama3_f32: Path) -> None:
-    ids = _ids(tiny_llama3_checkpoint)
-    ours, reference = _llama_logits(tiny_llama3_f32, ids), forward(tiny_llama3_checkpoint, ids)
+# llama3: rope scaling and explicit head_dim; qwen2: biases; smollm2: a plain Llama with a BPE vocabulary
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "smollm2"])
+def test_f32_logits_match_the_reference(family: str, request: pytest.FixtureRequest) -> None:
+    folder: Path = request.getfixturevalue(f"tiny_{family}_checkpoint")
+    ids = _ids(folder)
+    ours, reference = _llama_logits(request.getfixturevalue(f"tiny_{family}_f32"), ids), forward(folder, ids)
     assert _rel_error(ours, reference) <= F32_REL_ERROR
     assert (ours.argmax(axis=-1) == reference.argmax(axis=-1)).all()
 
@@ -79,13 +82,6 @@ def test_llama3_without_rope_scaling_does_not_match(tiny_llama3_checkpoint: Path
     unscaled = convert(_variant(tiny_llama3_checkpoint, tmp_path / "unscaled", {"rope_scaling": None}), tmp_path / "u.gguf", "f32")
     assert "rope_freqs.weight" not in {t.name for t in validate(unscaled).tensors}
     assert _rel_error(_llama_logits(unscaled, ids), forward(tiny_llama3_checkpoint, ids)) > 10 * F32_REL_ERROR
-
-
-def test_qwen2_f32_logits_match_reference_with_biases(tiny_qwen2_checkpoint: Path, tiny_qwen2_f32: Path) -> None:
-    ids = _ids(tiny_qwen2_checkpoint)
-    ours, reference = _llama_logits(tiny_qwen2_f32, ids), forward(tiny_qwen2_checkpoint, ids)
-    assert _rel_error(ours, reference) <= F32_REL_ERROR
-    assert (ours.argmax(axis=-1) == reference.argmax(axis=-1)).all()
 
 
 def test_qwen2_biases_matter_and_are_in_the_file(tiny_qwen2_checkpoint: Path, tiny_qwen2_f32: Path) -> None:
@@ -176,7 +172,7 @@ def _render(template: str, bos: str) -> str:
     return env.from_string(template).render(messages=MESSAGES, tools=TOOLS, add_generation_prompt=True, bos_token=bos)
 
 
-@pytest.mark.parametrize("family", ["llama3", "qwen2"])
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "smollm2"])
 def test_chat_template_is_the_checkpoints_and_renders_tools(family: str, request: pytest.FixtureRequest) -> None:
     folder = request.getfixturevalue(f"tiny_{family}_checkpoint")
     gguf_path = request.getfixturevalue(f"tiny_{family}_f32")
@@ -185,7 +181,15 @@ def test_chat_template_is_the_checkpoints_and_renders_tools(family: str, request
     assert stored == original
     bos = "<|begin_of_text|>" if family == "llama3" else ""
     assert _render(stored, bos) == _render(original, bos)
-    assert '"name": "turn_on"' in _render(stored, bos)
+    if family != "smollm2":  # SmolLM2's template has no tool section
+        assert '"name": "turn_on"' in _render(stored, bos)
+
+
+def test_smollm2_adds_no_bos_as_llama_cpp_decides_for_its_vocabulary(tiny_smollm2_f32: Path) -> None:
+    md = _metadata(tiny_smollm2_f32)
+    assert md["tokenizer.ggml.pre"] == "starcoder"  # StarCoder2's vocabulary; llama.cpp splits it as "smollm"
+    assert md["tokenizer.ggml.add_bos_token"] is False and md["tokenizer.ggml.add_space_prefix"] is False
+    assert (md["tokenizer.ggml.bos_token_id"], md["tokenizer.ggml.eos_token_id"]) == (1, 2)  # <|im_start|>, <|im_end|>
 
 
 # --- refusals ---------------------------------------------------------------------------

@@ -16,15 +16,16 @@ import pytest
 from tests.gguf_summary import summary
 
 DATA = Path(__file__).parent / "data"
-# Keys llama.cpp leaves out for qwen2 (it writes them only when config.json has head_dim), which
+# Keys llama.cpp leaves out for qwen2 (it writes them only when the config has head_dim), which
 # tools that read the file (memory estimators) would otherwise have to guess, and llama's vocab_size.
 EXTRA_KEYS = {
     "llama3": set(),
     "qwen2": {"qwen2.attention.key_length", "qwen2.attention.value_length", "qwen2.rope.dimension_count", "qwen2.vocab_size"},
+    "smollm2": set(),  # transformers' LlamaConfig fills head_dim in, so llama.cpp writes key_length for Llamas
 }
 
 
-@pytest.mark.parametrize("family", ["llama3", "qwen2"])
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "smollm2"])
 def test_metadata_and_tensors_equal_llama_cpp_converter(family: str, request: pytest.FixtureRequest) -> None:
     ours = summary(request.getfixturevalue(f"tiny_{family}_f32"))
     theirs = json.loads((DATA / f"llama_cpp_tiny-{family}.json").read_text())

@@ -24,9 +24,9 @@ def test_real_shapes_have_the_real_models_parameter_count(preset: str, params: i
     assert sum(spec.numel for spec in tensor_specs(shape, tied=True)) == params == shape.n_params(tied=True)
 
 
-@pytest.mark.parametrize("family, pre", [("llama3", "llama-bpe"), ("qwen2", "qwen2")])
+@pytest.mark.parametrize("family, pre", [("llama3", "llama-bpe"), ("qwen2", "qwen2"), ("smollm2", "starcoder")])
 def test_tokenizer_is_the_real_one_by_llama_cpps_own_check(family: str, pre: str, request: pytest.FixtureRequest) -> None:
-    """llama.cpp identifies a tokenizer by the ids it gives a fixed text: ours are Meta-Llama-3's and Qwen's."""
+    """llama.cpp identifies a tokenizer by the ids it gives a fixed text: ours are Meta-Llama-3's, Qwen's and StarCoder2's."""
     folder: Path = request.getfixturevalue(f"tiny_{family}_checkpoint")
     ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(CHKTXT).ids
     assert KNOWN_PRE[hashlib.sha256(str(ids).encode()).hexdigest()] == pre

@@ -1,6 +1,7 @@
-"""The tokenizer and generation files of Llama-3.2-Instruct and Qwen2.5-Instruct checkpoints.
+"""The tokenizer and generation files of Llama-3.2-Instruct, Qwen2.5-Instruct and SmolLM2-Instruct checkpoints.
 
-Field for field as meta-llama/Llama-3.2-1B-Instruct and Qwen/Qwen2.5-1.5B-Instruct ship them
+Field for field as meta-llama/Llama-3.2-1B-Instruct, Qwen/Qwen2.5-1.5B-Instruct and
+HuggingFaceTB/SmolLM2-1.7B-Instruct ship them
 (tokenizer.json, tokenizer_config.json with the chat template, special_tokens_map.json,
 generation_config.json), so the converter meets what it meets in the wild: no tokenizer.model,
 BOS added by the post-processor (Llama) or not at all (Qwen), EOS lists, tokens that are
@@ -16,7 +17,7 @@ from edgekit.testmodels.bpe_tokenizer import tokenizer_json
 from edgekit.testmodels.chat_templates import CHAT_TEMPLATES
 from edgekit.testmodels.presets import Preset
 
-FAMILIES = ("llama3", "qwen2")
+FAMILIES = ("llama3", "qwen2", "smollm2")
 
 
 def _dump(data: dict[str, Any]) -> str:
@@ -77,8 +78,32 @@ def _qwen2_files(tokenizer: dict[str, Any]) -> dict[str, str]:
             "generation_config.json": _dump(generation)}
 
 
+def _smollm2_files(tokenizer: dict[str, Any]) -> dict[str, str]:
+    chatml = ["<|im_start|>", "<|im_end|>"]
+    config = {
+        "add_prefix_space": False,
+        "added_tokens_decoder": _added_tokens_decoder(tokenizer),
+        "additional_special_tokens": chatml,
+        "bos_token": "<|im_start|>",
+        "chat_template": CHAT_TEMPLATES["smollm2"],
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "model_max_length": 8192,
+        "pad_token": "<|im_end|>",
+        "tokenizer_class": "GPT2Tokenizer",
+        "unk_token": "<|endoftext|>",
+        "vocab_size": 49152,
+    }
+    special = {"additional_special_tokens": chatml, "bos_token": _token_entry("<|im_start|>"),
+               "eos_token": _token_entry("<|im_end|>"), "pad_token": _token_entry("<|im_end|>"),
+               "unk_token": _token_entry("<|endoftext|>")}
+    generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "transformers_version": "4.42.3"}
+    return {"tokenizer_config.json": _dump(config), "special_tokens_map.json": _dump(special),
+            "generation_config.json": _dump(generation)}
+
+
 def small_files(preset: Preset) -> dict[str, str]:
     """File name -> text of every tokenizer and generation file of the preset's family."""
     text = tokenizer_json(preset.family)
-    build = {"llama3": _llama3_files, "qwen2": _qwen2_files}[preset.family]
+    build = {"llama3": _llama3_files, "qwen2": _qwen2_files, "smollm2": _smollm2_files}[preset.family]
     return {"tokenizer.json": text, **build(json.loads(text))}

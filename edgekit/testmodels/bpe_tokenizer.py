@@ -1,7 +1,10 @@
-"""tokenizer.json for the Llama-3 and Qwen2.5 test models, from llama.cpp's vocabulary test files.
+"""tokenizer.json for the Llama-3, Qwen2.5 and SmolLM2 test models, from llama.cpp's vocabulary test files.
 
-llama.cpp keeps the real vocabularies and merges of Meta-Llama-3 and Qwen in its sources
-(models/ggml-vocab-llama-bpe.gguf, ggml-vocab-qwen2.gguf: vocabulary-only GGUFs). We take
+llama.cpp keeps the real vocabularies and merges of Meta-Llama-3, Qwen and StarCoder2 in its
+sources (models/ggml-vocab-llama-bpe.gguf, ggml-vocab-qwen2.gguf, ggml-vocab-starcoder.gguf:
+vocabulary-only GGUFs). SmolLM2's own vocabulary is not among them: its test model takes
+StarCoder2's, which has SmolLM2's size (49152) and pre-tokenizer (single digits, then GPT-2's
+byte-level regex), so llama.cpp names it "starcoder" and splits text exactly as for "smollm". We take
 them from the llama-cpp-python sdist (downloaded once per machine with pip, or given in
 $EDGEKIT_LLAMA_CPP_SDIST) and write tokenizer.json as Llama-3.2 and Qwen2.5 ship it: the
 same BPE model, pre-tokenizer regex, normalizer, decoder, post-processor and added tokens.
@@ -50,6 +53,7 @@ QWEN25_ADDED = [
     "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
 ]
 QWEN25_SPECIAL = 14
+SMOLLM2_NAMED = {1: "<|im_start|>", 2: "<|im_end|>"}  # SmolLM2's ids of its ChatML tokens (StarCoder's FIM tokens there)
 
 
 @dataclass(frozen=True)
@@ -160,13 +164,36 @@ def qwen25_tokenizer_json(vocab: VocabFile) -> dict[str, Any]:
     }
 
 
+def smollm2_tokenizer_json(vocab: VocabFile) -> dict[str, Any]:
+    """SmolLM2-Instruct's tokenizer.json layout (GPT2Tokenizer): digits split one by one, then byte-level BPE."""
+    special = {i: SMOLLM2_NAMED.get(i, vocab.tokens[i]) for i, kind in enumerate(vocab.types) if kind == gguf.TokenType.CONTROL}
+    model = _bpe_model(vocab, ignore_merges=False)
+    model["vocab"] = {**{text: i for i, text in special.items()}, **model["vocab"]}  # GPT-2 style: specials in the vocab too
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [_added(i, text) for i, text in special.items()],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True}, _byte_level(False, True, True)]},
+        "post_processor": _byte_level(False, True, True),
+        "decoder": _byte_level(False, True, True),
+        "model": model,
+    }
+
+
 # family -> (llama.cpp vocabulary file, builder)
-FAMILIES = {"llama3": ("llama-bpe", llama32_tokenizer_json), "qwen2": ("qwen2", qwen25_tokenizer_json)}
+FAMILIES = {
+    "llama3": ("llama-bpe", llama32_tokenizer_json),
+    "qwen2": ("qwen2", qwen25_tokenizer_json),
+    "smollm2": ("starcoder", smollm2_tokenizer_json),
+}
 
 
 @cache
 def tokenizer_json(family: str) -> str:
-    """The tokenizer.json text for ``family`` ("llama3" or "qwen2"), from the cache or built now."""
+    """The tokenizer.json text for ``family`` ("llama3", "qwen2" or "smollm2"), from the cache or built now."""
     name, build = FAMILIES[family]
     path = cache_dir() / "tokenizers" / f"{family}-{SDIST_VERSION}-v{BUILD_VERSION}.tokenizer.json"
     if path.is_file():

@@ -28,7 +28,7 @@ class Preset:
     """One generated model: its family (whose real files we mirror) and its shape."""
 
     name: str
-    family: str  # "tinyllama", "solar", "llama3" or "qwen2": which real repo's config and tokenizer files we copy
+    family: str  # "tinyllama", "solar", "llama3", "qwen2" or "smollm2": which real repo's files we copy
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -77,6 +77,8 @@ PRESETS: dict[str, Preset] = {
                           explicit_head_dim=64, tied=True, rope_scaling=LLAMA32_ROPE),
     "tiny-qwen2": Preset("tiny-qwen2", "qwen2", 151936, 256, 768, 2, 8, 2, 32768, 1e-6, 1000000.0, tied=True),
     "qwen2.5-1.5b": Preset("qwen2.5-1.5b", "qwen2", 151936, 1536, 8960, 28, 12, 2, 32768, 1e-6, 1000000.0, tied=True),
+    # SmolLM2-1.7B-Instruct's files and full multi-head attention; StarCoder2's vocabulary (bpe_tokenizer.py).
+    "tiny-smollm2": Preset("tiny-smollm2", "smollm2", 49152, 256, 768, 2, 8, 8, 8192, 1e-5, 130000.0, tied=True),
 }
 
 # The keys of the real config.json files that do not depend on the shape.
@@ -103,7 +105,7 @@ def check_dtype(dtype: str) -> str:
 
 def config_json(preset: Preset, dtype: str, tied: bool) -> str:
     """config.json as transformers writes it (sorted keys, indent 2, trailing newline)."""
-    build = {"llama3": _llama3_config, "qwen2": _qwen2_config}.get(preset.family, _llama2_config)
+    build = {"llama3": _llama3_config, "qwen2": _qwen2_config, "smollm2": _smollm2_config}.get(preset.family, _llama2_config)
     config = {**_shape_config(preset, dtype, tied), **build(preset)}
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
@@ -143,6 +145,15 @@ def _qwen2_config(preset: Preset) -> dict[str, object]:
         "eos_token_id": 151645, "max_window_layers": 21, "model_type": "qwen2",
         "sliding_window": preset.max_position_embeddings, "transformers_version": "4.43.1",
         "use_cache": True, "use_sliding_window": False,
+    }
+
+
+def _smollm2_config(preset: Preset) -> dict[str, object]:
+    """SmolLM2-1.7B-Instruct's own keys: a plain Llama whose BOS/EOS are the ChatML tokens 1 and 2."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 1, "eos_token_id": 2, "mlp_bias": False, "model_type": "llama", "pad_token_id": 2,
+        "pretraining_tp": 1, "rope_scaling": None, "transformers_version": "4.42.3", "use_cache": True,
     }
 
 
