@@ -21,7 +21,7 @@ import pytest
 
 from benchmarks.bench_convert import GOAL_PEAK_MB, STRICT, convert_in_child
 
-ROUNDS = 3
+ROUNDS = int(os.environ.get("EDGEKIT_BENCH_ROUNDS", "3"))
 GOAL_RATIO = 0.5
 # Runs a script as __main__ and reports the process's own wall time and peak RSS, however it exits.
 WRAPPER = """
@@ -62,6 +62,7 @@ def _line(who: str, run: dict[str, float]) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # llama.cpp's side loads torch and holds the model: minutes a round on a small box
 def test_convert_llama32_1b_bf16_to_f16_beside_llama_cpp(benchmark, llama32_1b_checkpoint: Path, tmp_path: Path) -> None:
     converter = llama_cpp_converter()
     ours: list[dict[str, float]] = []
@@ -71,9 +72,11 @@ def test_convert_llama32_1b_bf16_to_f16_beside_llama_cpp(benchmark, llama32_1b_c
         output = tmp_path / "ours.gguf"
         ours.append(convert_in_child(llama32_1b_checkpoint, output, "f16"))
         output.unlink()
+        print(f"\n  round {len(ours)}: " + _line("edgekit", ours[-1]), flush=True)
         if converter is not None:
             theirs.append(run_llama_cpp(converter, llama32_1b_checkpoint, tmp_path / "theirs.gguf"))
             (tmp_path / "theirs.gguf").unlink()
+            print(f"  round {len(theirs)}: " + _line("llama.cpp", theirs[-1]), flush=True)
 
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     print(f"\nconvert Llama-3.2-1B shape (bf16, tied, 128256 vocab) -> f16, {ROUNDS} alternating rounds")

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from edgekit.cli import main
 from edgekit.convert.bpe_pre import CHKTXT, KNOWN_PRE
 from edgekit.convert.checkpoint import read_header
+from edgekit.gguf_file import validate
 from edgekit.testmodels import PRESETS, tensor_specs
 from edgekit.testmodels.chat_templates import CHAT_TEMPLATES
 
@@ -57,3 +59,11 @@ def test_qwen2_files_are_qwen_2_5s(tiny_qwen2_checkpoint: Path) -> None:
     tensors = read_header(tiny_qwen2_checkpoint / "model.safetensors")
     assert tensors["model.layers.0.self_attn.k_proj.bias"].shape == (64,) and "lm_head.weight" not in tensors
     assert not any(name.endswith("o_proj.bias") for name in tensors)
+
+
+def test_cli_makes_and_converts_a_bpe_family_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["make-test-model", str(tmp_path / "smol"), "--preset", "tiny-smollm2", "--dtype", "f16"]) == 0
+    assert json.loads((tmp_path / "smol" / "config.json").read_text())["tie_word_embeddings"]  # as SmolLM2 does
+    assert main(["convert", str(tmp_path / "smol"), "-o", str(tmp_path / "smol.gguf")]) == 0
+    assert validate(tmp_path / "smol.gguf").metadata["tokenizer.ggml.model"] == "gpt2"
+    assert "smol.gguf" in capsys.readouterr().out
