@@ -48,12 +48,18 @@ def _rel_error(ours: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(ours - reference).max() / np.abs(reference).max())
 
 
-def _variant(source: Path, dest: Path, config: dict) -> Path:
-    """``source`` with config.json edited (a None value deletes the key)."""
+def _linked(source: Path, dest: Path, but: str) -> Path:
+    """A folder linking every file of ``source`` except ``but`` (which the caller writes)."""
     dest.mkdir()
     for file in source.iterdir():
-        if file.name != "config.json":
+        if file.name != but:
             (dest / file.name).symlink_to(file)
+    return dest
+
+
+def _variant(source: Path, dest: Path, config: dict) -> Path:
+    """``source`` with config.json edited (a None value deletes the key)."""
+    _linked(source, dest, but="config.json")
     cfg = {**json.loads((source / "config.json").read_text()), **config}
     (dest / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
     return dest
@@ -111,11 +117,7 @@ def _without_biases(source: Path, dest: Path) -> None:
 
 
 def test_qwen2_checkpoint_without_biases_is_refused(tiny_qwen2_checkpoint: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "nobias"
-    folder.mkdir()
-    for file in tiny_qwen2_checkpoint.iterdir():
-        if file.name != "model.safetensors":
-            (folder / file.name).symlink_to(file)
+    folder = _linked(tiny_qwen2_checkpoint, tmp_path / "nobias", but="model.safetensors")
     _without_biases(tiny_qwen2_checkpoint / "model.safetensors", folder / "model.safetensors")
     with pytest.raises(ModelFormatError, match=r"q_proj\.bias"):
         convert(folder, tmp_path / "nobias.gguf", "f32")
@@ -203,11 +205,7 @@ def test_unsupported_family_is_refused_naming_the_supported_ones(tiny_qwen2_chec
 
 def test_unknown_bpe_pre_tokenizer_is_refused(tiny_qwen2_checkpoint: Path, tmp_path: Path) -> None:
     """A tokenizer.json whose splitting llama.cpp does not know cannot be converted faithfully."""
-    folder = tmp_path / "odd"
-    folder.mkdir()
-    for file in tiny_qwen2_checkpoint.iterdir():
-        if file.name != "tokenizer.json":
-            (folder / file.name).symlink_to(file)
+    folder = _linked(tiny_qwen2_checkpoint, tmp_path / "odd", but="tokenizer.json")
     tokenizer = json.loads((tiny_qwen2_checkpoint / "tokenizer.json").read_text())
     tokenizer["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\s+|\S+"
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
