@@ -211,18 +211,22 @@ def llama_cpp_vocab_file(name: str) -> Path:
     path = cache_dir() / "llama.cpp-vocab" / SDIST_VERSION / f"ggml-vocab-{name}.gguf"
     if path.is_file():
         return path
-    member = SDIST_MEMBER.format(name=name)
     given = os.environ.get("EDGEKIT_LLAMA_CPP_SDIST")
+    names = {vocab for vocab, _ in FAMILIES.values()} | {name}  # one download serves every family
+    path.parent.mkdir(parents=True, exist_ok=True)
     if given and Path(given).is_dir():
-        data = (Path(given) / member.split("/", 1)[1]).read_bytes()
+        write_bytes(path, (Path(given) / SDIST_MEMBER.format(name=name).split("/", 1)[1]).read_bytes())
     elif given:
-        data = _extract(Path(given), member)
+        _extract_all(Path(given), names, path.parent)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            data = _extract(_download_sdist(Path(tmp)), member)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(path, data)
+            _extract_all(_download_sdist(Path(tmp)), names, path.parent)
     return path
+
+
+def _extract_all(sdist: Path, names: set[str], folder: Path) -> None:
+    for each in sorted(names):
+        write_bytes(folder / f"ggml-vocab-{each}.gguf", _extract(sdist, SDIST_MEMBER.format(name=each)))
 
 
 def _extract(sdist: Path, member: str) -> bytes:
