@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_convert import GOAL_PEAK_MB, STRICT, convert_in_child
+from benchmarks.bench_convert import GOAL_PEAK_MB, STRICT, _output_folder, convert_in_child
 
 ROUNDS = int(os.environ.get("EDGEKIT_BENCH_ROUNDS", "3"))
 GOAL_RATIO = 0.5
@@ -63,23 +64,31 @@ def _line(who: str, run: dict[str, float]) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # llama.cpp's side loads torch and holds the model: minutes a round on a small box
-def test_convert_llama32_1b_bf16_to_f16_beside_llama_cpp(benchmark, llama32_1b_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["disk", "tmpfs"])  # tmpfs: no disk in the way (our atomic write fsyncs, theirs does not)
+def test_convert_llama32_1b_bf16_to_f16_beside_llama_cpp(
+    benchmark, llama32_1b_checkpoint: Path, tmp_path: Path, target: str
+) -> None:
     converter = llama_cpp_converter()
+    folder = _output_folder(target, tmp_path)
     ours: list[dict[str, float]] = []
     theirs: list[dict[str, float]] = []
 
     def one_round() -> None:  # alternating, so both sides see the same box
-        output = tmp_path / "ours.gguf"
+        output = folder / "ours.gguf"
         ours.append(convert_in_child(llama32_1b_checkpoint, output, "f16"))
         output.unlink()
         print(f"\n  round {len(ours)}: " + _line("edgekit", ours[-1]), flush=True)
         if converter is not None:
-            theirs.append(run_llama_cpp(converter, llama32_1b_checkpoint, tmp_path / "theirs.gguf"))
-            (tmp_path / "theirs.gguf").unlink()
+            theirs.append(run_llama_cpp(converter, llama32_1b_checkpoint, folder / "theirs.gguf"))
+            (folder / "theirs.gguf").unlink()
             print(f"  round {len(theirs)}: " + _line("llama.cpp", theirs[-1]), flush=True)
 
-    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
-    print(f"\nconvert Llama-3.2-1B shape (bf16, tied, 128256 vocab) -> f16, {ROUNDS} alternating rounds")
+    try:
+        benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    finally:
+        if target == "tmpfs":
+            shutil.rmtree(folder, ignore_errors=True)
+    print(f"\nconvert Llama-3.2-1B shape (bf16, tied, 128256 vocab) -> f16 on {target}, {ROUNDS} alternating rounds")
     for i, run in enumerate(ours):
         print(f"  round {i + 1}: " + _line("edgekit", run) + ("; " + _line("llama.cpp", theirs[i]) if theirs else ""))
     best, peak = min(r["seconds"] for r in ours), max(r["peak_mb"] for r in ours)
