@@ -8,6 +8,14 @@ transformers 4.57) and EDGEKIT_LLAMA_CPP_SRC at llama.cpp's sources (the llama-c
 vendor/llama.cpp); without them only our side runs. Each run is a fresh child process reporting
 its own wall time and peak RSS (VmHWM). Goals (as for Llama): <= 0.5 x llama.cpp's wall, <= 400 MB.
 Asserted only with EDGEKIT_BENCH_STRICT=1, on an idle box.
+
+Measured on the 2-core build box under heavy shared load (load average ~15), 2 alternating rounds,
+against llama-cpp-python 0.3.36's convert_hf_to_gguf.py (torch 2.13 CPU, transformers 4.57.6):
+  disk:  edgekit 71.1 / 42.6 s (CPU 9.2 / 7.7 s), 228 MB peak; llama.cpp 127.8 / 81.2 s (CPU 22.6 / 20.8 s),
+         1977 MB peak; paired wall ratios 0.56, 0.52
+  tmpfs: edgekit 20.9 / 24.4 s (CPU 6.7 / 6.0 s), 228 MB peak; llama.cpp 41.4 / 65.0 s (CPU 15.1 / 16.0 s),
+         1978 MB peak; paired wall ratios 0.50, 0.38
+On disk our atomic write's fsync waits for 2.5 GB to reach the disk; llama.cpp's converter does not fsync.
 """
 
 from __future__ import annotations
