@@ -145,10 +145,13 @@ def test_a_tool_result_rendered_back_gives_a_text_answer(family_engine):
     assert "".join(c.text for c in chunks) == answer.text and "tool_call" not in answer.text
 
 
-def test_tool_choice_none_answers_in_text_without_the_tools(family_engine):
+def test_tool_choice_none_keeps_the_tools_in_the_prompt_and_answers_in_text(family_engine):
     _, engine = family_engine
+    with_tools = engine.complete(Request(messages=ASK, tools=TOOLS, max_tokens=1))
     result = engine.complete(Request(messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=8))
     assert result.tool_calls == () and result.finish_reason == "length" and result.text
+    assert result.prompt_tokens == with_tools.prompt_tokens  # the same prompt: its cached prefix is reused
+    assert result.timings.cached_prompt_tokens >= result.prompt_tokens - 4
 
 
 @pytest.mark.parametrize(

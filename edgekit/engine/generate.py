@@ -154,7 +154,8 @@ class Runner:
                 if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                     reason = "stop"
                     break
-                forced, complete = self._forced(sampler, limit - progress.completion - 1)
+                # Free text after a grammar's text branch forces nothing: no probe needed.
+                forced, complete = ([], False) if answer.in_text else self._forced(sampler, limit - progress.completion - 1)
                 batch = [token, *forced]
             now = time.perf_counter()
             if progress.t_first is None:
@@ -280,6 +281,11 @@ class _Answer:
     @property
     def stopped(self) -> bool:
         return self._text.stopped
+
+    @property
+    def in_text(self) -> bool:
+        """The answer is text (tool calls offered, none made): the rest is free text."""
+        return self._calls is not None and self._calls.in_text
 
     @property
     def calls(self) -> list[ToolCall]:

@@ -26,12 +26,12 @@ MAX_ENUM_RANGE = 1000  # integer ranges up to this many values are written as al
 
 
 def tool_grammar(plan: ToolPlan) -> str:
-    """GBNF for the answer: one or more calls, or (unless a call is required) text."""
+    """GBNF for the answer: one or more calls, or (unless a call is required) text; text alone for "none"."""
     converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     syntax = plan.syntax
     branches = [_call_branch(converter, syntax, i, tool) for i, tool in enumerate(plan.tools)]
     rules = [
-        f"root ::= calls{'' if plan.required else ' | text'}",
+        "root ::= text" if plan.text_only else f"root ::= calls{'' if plan.required else ' | text'}",
         f"calls ::= call ({_literal(syntax.separator)} call)*" if syntax.separator and plan.parallel else "calls ::= call",
         f"call ::= {_literal(syntax.opener)} ( {' | '.join(branches)} ) {_literal('}' + syntax.after)}",
         # Text may not open like a call (so the first character tells text from a call) nor start

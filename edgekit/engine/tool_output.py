@@ -32,6 +32,10 @@ class CallStream:
         self._parsed = 0  # complete calls found in the held text so far
         self.calls: list[ToolCall] = []
 
+    @property
+    def in_text(self) -> bool:
+        return self._mode == "text"
+
     def feed(self, text: str) -> tuple[str, list[ToolCall]]:
         """Add released text; return (text to stream now, calls completed by it)."""
         if self._mode == "text":

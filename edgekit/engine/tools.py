@@ -76,6 +76,7 @@ class ToolPlan:
     tools: tuple[ToolSpec, ...]  # those the model may call (one when tool_choice names it)
     required: bool  # a call must come ("required" or a named tool); else text or calls
     parallel: bool = True  # several calls in one answer, where the family writes them (not for a named tool)
+    text_only: bool = False  # tool_choice "none": the tools stay in the prompt, the answer is text
 
 
 def check_messages(messages: tuple[dict[str, Any], ...]) -> None:
@@ -125,13 +126,17 @@ def _check_parameters(name: str, parameters: Any) -> dict[str, Any]:
 
 
 def tool_plan(request: Request, source: str | None) -> ToolPlan | None:
-    """The plan for the request's tools with the model's template, or None (no tools, or "none")."""
+    """The plan for the request's tools with the model's template, or None (no tools; or "none"
+    beside the request's own JSON schema or grammar, which then constrains the text)."""
     specs = check_tools(request.tools)
     choice, name = request.tool_choice, _named(request.tool_choice)
     if choice not in ("auto", "none", "required") and name is None:
         raise BadRequest(f'tool_choice must be "auto", "none", "required" or {{"type": "function", "function": {{"name": ...}}}}, not {choice!r}')
-    if choice == "none" or (choice == "auto" and not specs):
+    if not specs and choice in ("auto", "none"):
         return None
+    if choice == "none":
+        own = request.json_schema is not None or request.grammar is not None
+        return None if own else ToolPlan(syntax_for(source), specs, required=False, text_only=True)
     if not specs:
         raise BadRequest(f"tool_choice asks for a call ({choice!r}) but the request offers no tools")
     syntax = syntax_for(source)
@@ -169,7 +174,9 @@ def syntax_for(source: str | None) -> CallSyntax:
 def chat_messages(request: Request, source: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The messages and the `tools` value to render; the built-in prompt when the template has none."""
     messages = [_normalized(m) for m in request.messages or ()]
-    offered = list(request.tools) if request.tools and request.tool_choice != "none" else None
+    # With tool_choice "none" the tools stay in the prompt (as OpenAI's API keeps them, and the
+    # next turn's prompt then shares this one's cached prefix); the grammar keeps calls out.
+    offered = list(request.tools) if request.tools else None
     if supports_tools(source):
         return messages, offered
     return _builtin_messages(messages, offered), None
