@@ -1,0 +1,67 @@
+"""A background thread that reads the box's sensors while a benchmark runs.
+
+The engine runs in its own process, so the only cost to generation is the sensor reads'
+CPU time: about a tenth of a millisecond of sysfs reads every half second (benchmarks/
+bench_sampler.py measures the throughput with and without it in paired rounds).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from edgekit.bench.sensors import DeviceFacts, Reading, Sensors
+
+log = logging.getLogger(__name__)
+
+INTERVAL_S = 0.5  # RAPL wraps after tens of minutes and Pi/Jetson sensors update every ~100 ms or slower
+
+
+class Sampler:
+    """``with Sampler(root) as s:`` reads every ``interval_s`` until the block ends (and once at
+    each end, so every request inside lies between two readings)."""
+
+    def __init__(self, root: Path = Path("/"), interval_s: float = INTERVAL_S) -> None:
+        self.sensors = Sensors(root)
+        self.interval_s = interval_s
+        self.readings: list[Reading] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="edgekit-sensors", daemon=True)
+
+    @property
+    def facts(self) -> DeviceFacts:
+        return self.sensors.facts()
+
+    def __enter__(self) -> Sampler:
+        self.readings.append(self.sensors.read())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.readings.append(self.sensors.read())
+        self.sensors.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.readings.append(self.sensors.read())
+            except Exception:  # a sensor that fails mid-run must not end the benchmark
+                log.exception("reading the sensors failed; sampling stops")
+                return
+
+    def snapshot(self) -> list[Reading]:
+        return list(self.readings)
+
+
+def read_cost_s(root: Path = Path("/"), reads: int = 50) -> float:
+    """Seconds one read of every sensor below ``root`` takes (for the sampler's cost figures)."""
+    sensors = Sensors(root)
+    started = time.perf_counter()
+    for _ in range(reads):
+        sensors.read()
+    sensors.close()
+    return (time.perf_counter() - started) / reads
