@@ -47,7 +47,7 @@ def csv_row(m: Measurement) -> dict[str, Any]:
     row.update({name: getattr(m, name) for name in _SETTING_COLUMNS})
     for figure in SUMMARY_FIGURES:
         summary = m.figure(figure).to_dict()
-        row.update({f"{figure}_{stat}": round(summary[stat], 4) for stat in _STATS})
+        row.update({f"{figure}_{stat}": round(summary[stat], 4) if summary["n"] else "n/a" for stat in _STATS})
     row.update(llama_bench_ratios(m))
     row.update(device_columns(m))
     return row
@@ -160,6 +160,11 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
 
 
+def _p50(m: Measurement, figure: str) -> str:
+    summary = m.figure(figure)
+    return f"{summary.p50:.0f}" if summary.n == len(m.samples) and summary.n else f"{summary.n} of {len(m.samples)}"
+
+
 def _na(value: Any, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
@@ -190,6 +195,9 @@ def table_rows(run: BenchRun) -> list[dict[str, str]]:
             "max °C": _na(m.device.temp_max_c, "{:.0f}"),
             "throttled": _na(m.device.throttled, "{}").replace("True", "yes").replace("False", "no"),
         }
+        if m.mode.startswith("assist"):
+            row["60 chars ms"] = _p50(m, "speech_60_ms")
+            row["tool call ms"] = _p50(m, "tool_call_ms")
         if m.mode == "mqtt":
             row["MQTT ms"] = f"{m.figure('transport_ms').p50:.1f}"
         if m.llama_bench_tg_ts:

@@ -31,6 +31,10 @@ class Sample:
     repeat_index: int = 0  # the round it was measured in (0 .. repeats-1)
     started_s: float | None = None  # time.monotonic() at submit and at the final record: the span
     ended_s: float | None = None  # whose energy the sensors' readings give
+    # --workload assist, from the call and read off the stream: the 60th character of the spoken
+    # answer (Home Assistant starts text-to-speech there) and the end of a complete tool call
+    speech_60_ms: float | None = None
+    tool_call_ms: float | None = None
 
     @property
     def transport_ms(self) -> float:
@@ -135,7 +139,7 @@ class Measurement:
             return summarize([gap for s in self.samples for gap in s.itl_ms])
         if name == "transport_ms":
             return summarize([s.transport_ms for s in self.samples])
-        return summarize([getattr(s, name) for s in self.samples])
+        return summarize([getattr(s, name) for s in self.samples if getattr(s, name) is not None])
 
     def round_means(self, name: str) -> list[float]:
         """The mean of one figure in each round, in round order (concurrent requests share a round)."""
@@ -189,7 +193,8 @@ class Measurement:
 
 
 # Per-request figures summarized in outputs, in the order a reader wants them.
-SUMMARY_FIGURES = ("ttft_ms", "prompt_tps", "gen_tps", "itl_ms", "e2e_ms", "queue_ms", "transport_ms")
+SUMMARY_FIGURES = ("ttft_ms", "prompt_tps", "gen_tps", "itl_ms", "e2e_ms", "queue_ms", "transport_ms",
+                   "speech_60_ms", "tool_call_ms")
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,10 @@ def resolve_settings(info: gguf_file.GGUFInfo, config: BenchConfig) -> Settings:
         settings = _planned_settings(info.path, config.profile)
     threads = config.threads or settings.n_threads or os.cpu_count() or 1
     need = max(config.prompt_tokens) + config.gen_tokens + _CTX_MARGIN
+    if config.workload == "assist":  # sized before the tokenizer loads: a token a character at worst
+        from edgekit.bench.workload import ANSWER_TOKENS, prompt_chars
+
+        need = max(need, prompt_chars(config.entities) + ANSWER_TOKENS + _CTX_MARGIN)
     return dataclasses.replace(
         settings, n_threads=threads, n_threads_batch=config.threads or settings.n_threads_batch or threads,
         n_ctx=max(settings.n_ctx, need),
@@ -205,17 +209,17 @@ def measure(ctx: MeasureContext, send: Send, maker: PromptMaker, progress: Progr
             _round(send, maker, n, config.gen_tokens, 1, 0)
     samples: dict[tuple[int, int], list[Sample]] = {key: [] for key in keys}
     done = 0
-    for r, of in _rounds(config):
+    for r, of in rounds_of(config):
         for n, c in keys:
             progress(f"{ctx.facts.file_name} {ctx.mode} pp{n} tg{config.gen_tokens} c{c}: repeat {r + 1}/{of}")
             samples[(n, c)] += _round(send, maker, n, config.gen_tokens, c, r)
         if after_round:
             after_round(r)
         done = r + 1
-    return [dataclasses.replace(_measurement(ctx, n, c, samples[(n, c)]), repeats=done) for n, c in keys]
+    return [dataclasses.replace(measurement_from(ctx, n, c, samples[(n, c)]), repeats=done) for n, c in keys]
 
 
-def _rounds(config: BenchConfig) -> Iterator[tuple[int, str]]:
+def rounds_of(config: BenchConfig) -> Iterator[tuple[int, str]]:
     """(round index, "of" for progress): ``repeat`` rounds, or rounds until ``duration_s`` has passed."""
     if config.duration_s is None:
         yield from ((r, str(config.repeat)) for r in range(config.repeat))
@@ -227,7 +231,7 @@ def _rounds(config: BenchConfig) -> Iterator[tuple[int, str]]:
         r += 1
 
 
-def _measurement(ctx: MeasureContext, n_prompt: int, concurrency: int, samples: list[Sample]) -> Measurement:
+def measurement_from(ctx: MeasureContext, n_prompt: int, concurrency: int, samples: list[Sample]) -> Measurement:
     config, s = ctx.config, ctx.settings
     return Measurement(
         model=ctx.facts, mode=ctx.mode, prompt_tokens=n_prompt, gen_tokens=config.gen_tokens,
@@ -246,14 +250,14 @@ def _round(send: Send, maker: PromptMaker, n_prompt: int, gen_tokens: int, concu
         Request(prompt=maker.next(n_prompt), max_tokens=gen_tokens, temperature=0.0, seed=0)
         for _ in range(concurrency)
     ]
-    timed = _timed(send)
+    run = timed(send)
     if concurrency == 1:
-        return [_sample(*timed(requests[0]), index)]
+        return [sample_from(*run(requests[0]), index)]
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return [_sample(*done, index) for done in pool.map(timed, requests)]
+        return [sample_from(*done, index) for done in pool.map(run, requests)]
 
 
-def _timed(send: Send) -> Callable[[Request], tuple[list[Chunk], Result, float, float, float]]:
+def timed(send: Send) -> Callable[[Request], tuple[list[Chunk], Result, float, float, float]]:
     """``send`` with the request's span on the monotonic clock the sensors' readings use."""
 
     def run(request: Request) -> tuple[list[Chunk], Result, float, float, float]:
@@ -283,7 +287,7 @@ def _collect(records: Iterable[Chunk | Result]) -> tuple[list[Chunk], Result]:
     raise EngineError("the engine's stream ended without a final result")
 
 
-def _sample(chunks: list[Chunk], result: Result, e2e_ms: float, started_s: float | None, ended_s: float | None,
+def sample_from(chunks: list[Chunk], result: Result, e2e_ms: float, started_s: float | None, ended_s: float | None,
             repeat_index: int) -> Sample:
     t = result.timings
     token_ms = [ms for c in chunks for ms in c.token_ms]
