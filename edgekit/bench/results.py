@@ -182,8 +182,10 @@ class Measurement:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["model"] = ModelFacts(**data["model"])
+        sample_fields = {f.name for f in fields(Sample)}  # a newer file's extra fields are skipped
         values["samples"] = tuple(
-            Sample(**{**s, "itl_ms": tuple(s.get("itl_ms", ()))}) for s in data["samples"]
+            Sample(**{**{k: v for k, v in s.items() if k in sample_fields}, "itl_ms": tuple(s.get("itl_ms", ()))})
+            for s in data["samples"]
         )
         for name in ("llama_bench_pp_samples", "llama_bench_tg_samples"):
             values[name] = tuple(data.get(name, ()))
