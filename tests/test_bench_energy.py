@@ -94,3 +94,33 @@ def test_this_vm_has_no_power_sensor_so_the_fields_say_n_a(tiny_q4_k_m):
     m = run.measurements[0]
     assert m.device.avg_power_w is None and m.device.j_per_token is None
     assert csv_row(m)["j_per_token"] == "n/a" and table_rows(run)[0]["J/token"] == "n/a"
+
+
+def test_cli_duration_runs_until_the_time_and_csv_says_n_a(tiny_q4_k_m, tmp_path):
+    import contextlib
+    import csv
+    import io
+
+    from edgekit.cli import main
+
+    out = tmp_path / "steady.csv"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["bench", str(tiny_q4_k_m), "--duration", "2", "--prompt-tokens", "16", "--gen-tokens", "8",
+                     "--threads", "1", "--output", str(out)])
+    assert code == 0, err.getvalue()
+    (row,) = list(csv.DictReader(out.open()))
+    assert int(row["repeats"]) >= 2 and "s left" in err.getvalue()
+    if not Path("/sys/class/powercap").exists():
+        assert row["avg_power_w"] == "n/a" and row["j_per_token"] == "n/a" and row["throttled"] == "n/a"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--duration", "0"], "--duration takes a positive number"),
+    (["--workload", "assist", "--entities", "-1"], "--entities a count from 0"),
+])
+def test_bad_profiling_options_are_one_line_errors(tiny_q4_k_m, argv, message, capsys):
+    from edgekit.cli import main
+
+    assert main(["bench", str(tiny_q4_k_m), *argv]) != 0
+    assert message in capsys.readouterr().err
