@@ -10,9 +10,20 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from dataclasses import replace
 
-from edgekit.bench.results import DeviceFigures, Sample, TimePoint
+from edgekit.bench.results import DeviceFigures, Measurement, Sample, TimePoint
+from edgekit.bench.sampler import Sampler
 from edgekit.bench.sensors import DeviceFacts, Reading
+
+
+def with_device_figures(found: list[Measurement], sampler: Sampler | None, series: bool) -> list[Measurement]:
+    """Each setting's power, energy per token, heat and clocks; with ``series``, its time line too."""
+    if sampler is None:
+        return found
+    readings, facts = sampler.snapshot(), sampler.facts
+    return [replace(m, device=device_figures(m.samples, readings, facts, sampler.interval_s),
+                    timeline=timeline(m.samples, readings) if series else ()) for m in found]
 
 
 def device_figures(samples: Sequence[Sample], readings: Sequence[Reading], facts: DeviceFacts,

@@ -7,7 +7,6 @@ the second load), and, through a daemon, the caller's own wait (the MQTT client'
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -24,11 +23,11 @@ from edgekit.bench import memory
 from edgekit.bench.llama_bench import (
     LlamaBenchRounds, attach_llama_bench, fits_beside, llama_bench_commands, run_llama_bench,
 )
-from edgekit.bench.energy import device_figures, timeline
+from edgekit.bench.energy import with_device_figures
 from edgekit.bench.prompts import PromptMaker
 from edgekit.bench.quality import calibration_text
 from edgekit.bench.results import BenchRun, Measurement, ModelFacts, Sample
-from edgekit.bench.sampler import Sampler
+from edgekit.bench.sampler import sampler_for
 from edgekit.bench.sensors import Sensors
 from edgekit.bench.stats import differences
 from edgekit.engine.records import Chunk, Request, Result
@@ -74,6 +73,8 @@ class BenchConfig:
             raise UsageError("--duration takes a positive number of seconds, e.g. 600")
         if self.workload not in WORKLOADS or self.entities < 0:
             raise UsageError(f"--workload takes one of {', '.join(WORKLOADS)}; --entities a count from 0")
+        if self.workload == "assist" and (self.llama_bench or self.via):
+            raise UsageError("--workload assist measures the engine alone: leave out --compare-llama-bench and --via")
         if any(n < 1 for n in self.prompt_tokens) or any(c < 1 for c in self.concurrency):
             raise UsageError("--prompt-tokens and --concurrency take positive numbers, e.g. 32,256 and 1,4")
         if self.llama_bench and not self.llama_bench.is_file():  # before minutes of measuring
@@ -112,7 +113,7 @@ def bench_model(path: Path, config: BenchConfig, progress: Progress) -> list[Mea
         maker = PromptMaker(calibration_text(), lambda text: engine.tokenize(text, add_bos=True, special=True))
         context = MeasureContext(facts, settings, cold_ms, warm_ms, "engine", config)
         rounds = _alternating_llama_bench(config, info, settings, progress)
-        with _sampler(config) as sampler:
+        with sampler_for(config.sensors, config.sensors_root) as sampler:
             found = _measure_workload(context, engine, maker, progress, rounds)
             pid = _child_pid(engine)
             rss, gpu = memory.peak_rss_bytes(pid), memory.gpu_memory_bytes(pid)
@@ -137,24 +138,6 @@ def _measure_workload(ctx: MeasureContext, engine: Any, maker: PromptMaker, prog
 
         return measure_assist(ctx, engine, progress)
     return measure(ctx, engine_send(engine), maker, progress, rounds)
-
-
-def _sampler(config: BenchConfig) -> Any:
-    """The sensors' background reader, or a stand-in that reads nothing with sampling off."""
-    if not config.sensors:
-        return contextlib.nullcontext(None)
-    return Sampler(config.sensors_root)
-
-
-def with_device_figures(found: list[Measurement], sampler: Sampler | None, series: bool) -> list[Measurement]:
-    """Each setting's power, energy per token, heat and clocks; with ``series``, its time line too."""
-    if sampler is None:
-        return found
-    readings, facts = sampler.snapshot(), sampler.facts
-    return [dataclasses.replace(
-        m, device=device_figures(m.samples, readings, facts, sampler.interval_s),
-        timeline=timeline(m.samples, readings) if series else (),
-    ) for m in found]
 
 
 def resolve_settings(info: gguf_file.GGUFInfo, config: BenchConfig) -> Settings:

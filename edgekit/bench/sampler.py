@@ -9,6 +9,7 @@ rounds, and the sampler's share of a core.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -59,6 +60,11 @@ class Sampler:
 
     def snapshot(self) -> list[Reading]:
         return list(self.readings)
+
+
+def sampler_for(enabled: bool, root: Path = Path("/")) -> Sampler | contextlib.nullcontext[None]:
+    """The sensors' background reader, or a stand-in that yields None with sampling off."""
+    return Sampler(root) if enabled else contextlib.nullcontext(None)
 
 
 def read_cost_s(root: Path = Path("/"), reads: int = 50) -> float:
