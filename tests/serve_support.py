@@ -20,7 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 REPO = Path(__file__).resolve().parents[1]
-LONG_CTX = 4096  # daemons under test run with this context, so a "long" request runs for seconds
+LONG_CTX = 2048  # daemons under test run with this context (the tiny models' trained one), so a "long" request runs for seconds
 
 
 @dataclass
@@ -39,20 +39,26 @@ class Received:
 class Listener:
     """An MQTT 5 subscriber that records everything it receives, with properties and arrival times."""
 
-    def __init__(self, url: str, *topics: str, persistent: bool = False) -> None:
+    def __init__(self, url: str, *topics: str, persistent: bool = False, client_id: str | None = None,
+                 username: str | None = None, password: str | None = None) -> None:
         """persistent: a session that survives a broker restart (fixed client id, Clean Start off)."""
         host, port = url.removeprefix("mqtt://").split(":")
         self.topics = topics
         self.inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"listener-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+        self.client_id = client_id or f"listener-{uuid.uuid4().hex[:8]}"
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.granted: list[int] = []  # SUBACK reason codes, in order
+        self.acks: dict[int, int] = {}  # PUBACK reason codes by packet id
+        self.client.on_publish = lambda _c, _u, mid, rc, _p: self.acks.__setitem__(mid, rc.value)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.client.reconnect_delay_set(1, 1)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 600 if persistent else 0
         self._subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect(host, int(port), clean_start=not persistent, properties=props)
         self.client.loop_start()
         assert self._subscribed.wait(10), "the listener's subscription was not confirmed"
@@ -60,14 +66,30 @@ class Listener:
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         client.subscribe([(topic, 2) for topic in self.topics])  # QoS 2: exactly once from the broker
 
-    def publish(self, topic: str, payload: bytes | str, **properties: Any) -> None:
-        """Publish at QoS 1 and wait until the broker has it."""
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        self.granted += [code.value for code in codes]
+        self._subscribed.set()
+
+    def subscribe(self, topic: str, timeout_s: float = 10.0) -> int:
+        """Subscribe to one more topic; the SUBACK's reason code (0x87: not authorized)."""
+        self._subscribed.clear()
+        self.client.subscribe(topic, qos=1)
+        assert self._subscribed.wait(timeout_s), f"no SUBACK for {topic}"
+        return self.granted[-1]
+
+    def publish(self, topic: str, payload: bytes | str, **properties: Any) -> int:
+        """Publish at QoS 1 and wait until the broker has it; its PUBACK reason code (0x87: not authorized)."""
         props = None
         if properties:
             props = Properties(PacketTypes.PUBLISH)
             for name, value in properties.items():
                 setattr(props, name, value)
-        self.client.publish(topic, payload, qos=1, properties=props).wait_for_publish(10)
+        info = self.client.publish(topic, payload, qos=1, properties=props)
+        info.wait_for_publish(10)
+        end = time.monotonic() + 5
+        while info.mid not in self.acks and time.monotonic() < end:
+            time.sleep(0.001)
+        return self.acks.pop(info.mid, 0)
 
     def _on_message(self, _c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
         correlation = getattr(m.properties, "CorrelationData", None) if m.properties else None

@@ -54,6 +54,11 @@ def test_a_wrong_type_is_an_error_naming_the_setting(tmp_path: Path) -> None:
     ('[topics]\nshare_group = "a/b"\n', "share_group"),
     ("[limits]\nqueue_size = 0\n", "queue_size"),
     ('[broker]\ncert_file = "c.pem"\n', "key_file"),
+    ("[broker]\nanswer_qos = 2\n", "QoS 1"),
+    ('[broker]\nurl = "mqtt://user:pw@h"\n', "credentials do not go in the URL"),
+    ('[broker]\nurl = "mqtt://two words"\n', "not a host name"),
+    ('[broker]\nurl = "mqtt://h:70000"\n', "port"),
+    ("[limits]\nmax_request_s = 0\n", "max_request_s"),
 ])
 def test_inconsistent_settings_are_refused(tmp_path: Path, toml: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
@@ -75,6 +80,13 @@ def test_password_comes_from_systemd_credentials(tmp_path: Path) -> None:
     (tmp_path / "mqtt_password").write_text("from-systemd")
     assert broker_password(BrokerConfig(username="u"), env={"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "from-systemd"
     assert broker_password(BrokerConfig(username="u"), env={}) is None
+
+
+def test_a_password_file_others_can_read_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o644)
+    assert broker_password(BrokerConfig(username="u", password_file=tmp_path / "pw"), env={}) == "s3cret"
+    assert "chmod 600" in caplog.text and "s3cret" not in caplog.text
 
 
 def test_a_missing_password_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -185,6 +185,8 @@ def test_cli_writes_and_prints_next_commands(tmp_path: Path, model: Path, capsys
     (["--model", "/nonexistent.gguf"], "does not exist"),
     (["--model", "{model}", "--profile", "no-such-profile"], "no profile named"),
     (["--model", "{model}", "--profile", "cpu-generic", "--broker", "http://x"], "broker url"),
+    (["--model", "{model}", "--profile", "cpu-generic", "--broker", "not a url"], "not a host name"),
+    (["--model", "{model}", "--profile", "cpu-generic", "--broker", "mqtt://u:pw@h"], "credentials do not go"),
     (["--model", "{model}", "--profile", "cpu-generic", "--instance", "a/b"], "instance name"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str],

@@ -85,6 +85,12 @@ class BenchConfig:
 def run_bench(config: BenchConfig, progress: Progress = log.info) -> BenchRun:
     """Measure every model in ``config``; returns all measurements, in the order run."""
     config.check()
+    if config.via:  # fail in a second, not after the whole engine benchmark
+        from edgekit.bench.via_mqtt import mqtt_send
+
+        progress(f"checking the daemon's broker at {config.via}")
+        with mqtt_send(config.via, config.prefix):
+            pass
     measurements: list[Measurement] = []
     for path in config.models:
         measurements += bench_model(path, config, progress)

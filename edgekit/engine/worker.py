@@ -29,6 +29,7 @@ from typing import Any
 
 from edgekit import errors
 from edgekit.engine.records import ModelInfo, Request
+from edgekit.engine.tools import ToolPlan
 from edgekit.plan import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Job:
     prompt: str  # rendered chat prompt or the raw prompt
     add_bos: bool
     t_call: float  # parent's time.perf_counter() when stream() was called
+    tools: ToolPlan | None = None  # the calls the answer may hold (grammar and parser)
 
 
 def shared_flag(fd: int) -> ctypes.c_long:

@@ -10,6 +10,8 @@ Every field's meaning is the comment beside it; docs/protocol.md repeats the tab
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import re
 import socket
@@ -23,6 +25,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edgekit.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,6 @@ class BrokerConfig:
     key_file: Path | None = None  # client certificate's key
     client_id: str | None = None  # None = "edgekit-<device id>" (stable: the persistent session hangs on it)
     keepalive_s: int = 30  # the Last Will fires ~1.5x this after the daemon dies
-    answer_qos: int = 2  # final answers: 2 = exactly once into the broker; 1 for brokers without QoS 2 (AWS IoT)
     session_expiry_s: int = 86_400  # how long the broker keeps our session (and queued requests) while we are away
     reconnect_min_s: float = 1.0  # backoff between reconnect attempts grows from this ...
     reconnect_max_s: float = 30.0  # ... to this
@@ -81,6 +84,7 @@ class LimitsConfig:
     max_stop_chars: int = 64  # characters per stop string
     queue_size: int = 8  # requests waiting behind the running one; more get busy at once
     dedup_window_s: float = 3600.0  # a request id answered within this window is not answered again
+    max_request_s: float | None = None  # a request running longer ends "timeout"; None = sized to the box
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,12 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
 }
 
 BROKER_SCHEMES = {"mqtt": (False, 1883), "tcp": (False, 1883), "mqtts": (True, 8883), "ssl": (True, 8883)}
+HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?)*\.?")
+# Settings that existed once: a config naming them gets the reason, not just "unknown setting".
+RETIRED = {
+    "broker.answer_qos": "answers now always go at QoS 1, deduplicated by the answered-ids journal "
+                         "(a QoS 2 packet id left by a killed daemon could swallow a new answer): remove the line",
+}
 
 
 def sanitise_device_id(name: str) -> str:
@@ -169,16 +179,30 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
 
 
 def broker_address(url: str) -> tuple[str, int, bool]:
-    """'mqtts://host:8883' -> ("host", 8883, True)."""
+    """'mqtts://host:8883' -> ("host", 8883, True); a ConfigError saying what is wrong otherwise."""
     parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in BROKER_SCHEMES or not parts.hostname:
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("broker url: credentials do not go in the URL (it is logged and shown by ps): "
+                          "set broker.username and put the password in broker.password_file or the "
+                          "mqtt_password credential")
+    if parts.scheme not in BROKER_SCHEMES or not parts.hostname or parts.path.strip("/") or parts.query:
         raise ConfigError(f"broker url {url!r}: use mqtt://host:port or mqtts://host:port")
+    if not _valid_host(parts.hostname):
+        raise ConfigError(f"broker url {url!r}: {parts.hostname!r} is not a host name or IP address")
     tls, default_port = BROKER_SCHEMES[parts.scheme]
     try:
         port = parts.port or default_port
     except ValueError:
-        raise ConfigError(f"broker url {url!r}: the port is not a number") from None
+        raise ConfigError(f"broker url {url!r}: the port is not a number from 1 to 65535") from None
     return parts.hostname, port, tls
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return HOST_NAME.fullmatch(host) is not None
 
 
 def broker_password(broker: BrokerConfig, env: Mapping[str, str] | None = None) -> str | None:
@@ -194,6 +218,8 @@ def broker_password(broker: BrokerConfig, env: Mapping[str, str] | None = None) 
 
 def _first_line(path: Path) -> str:
     try:
+        if path.stat().st_mode & 0o077:
+            log.warning("broker password file %s can be read by other users: chmod 600 %s", path, path)
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"broker password file {path}: {exc.strerror} (check the path and its permissions)") from None
@@ -239,6 +265,8 @@ def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(table) - known)
+    if f"{where}{unknown[0] if unknown else ''}" in RETIRED:
+        raise ConfigError(f"setting {where}{unknown[0]}: {RETIRED[where + unknown[0]]}")
     if unknown:
         raise ConfigError(f"unknown setting '{where}{unknown[0]}' (known: {', '.join(sorted(known))})")
     values = {}
@@ -292,8 +320,8 @@ def _check(config: ServeConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"setting {key} = {value}: must be at least 1")
-    if config.broker.answer_qos not in (1, 2):
-        raise ConfigError(f"setting broker.answer_qos = {config.broker.answer_qos}: must be 1 or 2")
+    if limits.max_request_s is not None and limits.max_request_s <= 0:
+        raise ConfigError(f"setting limits.max_request_s = {limits.max_request_s}: must be above 0 (seconds)")
     if not 1 <= limits.default_max_tokens <= limits.max_tokens:
         raise ConfigError("setting limits.default_max_tokens must be between 1 and limits.max_tokens")
     if any(c in config.prefix for c in "#+$") or config.prefix.endswith("/"):

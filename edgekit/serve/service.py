@@ -21,7 +21,7 @@ from pathlib import Path
 from edgekit.atomic import atomic_path
 from edgekit.errors import ConfigError
 from edgekit.profiles import Profile, choose_profile, load_profile
-from edgekit.serve.config import BrokerConfig, load_config, sanitise_device_id
+from edgekit.serve.config import BrokerConfig, broker_address, load_config, sanitise_device_id
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,8 @@ def plan_installation(box: BoxSettings, *, dest: Path = Path("/etc/systemd/syste
                       env_dir: Path = DEFAULT_ENV_DIR, executable: Path | None = None) -> Installation:
     """Render the unit, its drop-in, the box's TOML and env file; nothing is written yet."""
     _check_instance(box.instance)
+    if box.broker is not None:
+        broker_address(box.broker)  # a ConfigError naming the problem, before anything is rendered
     model = _checked_model(box.model)
     profile = _profile_for(box.profile)
     executable = executable or default_executable()
