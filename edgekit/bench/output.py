@@ -198,8 +198,8 @@ def table_rows(run: BenchRun) -> list[dict[str, str]]:
         if m.mode.startswith("assist"):
             row["60 chars ms"] = _p50(m, "speech_60_ms")
             row["tool call ms"] = _p50(m, "tool_call_ms")
-        if m.mode == "mqtt":
-            row["MQTT ms"] = f"{m.figure('transport_ms').p50:.1f}"
+        if m.mode in ("mqtt", "http"):  # through a daemon: what its transport cost beyond the engine
+            row[f"{m.mode.upper()} ms"] = f"{m.figure('transport_ms').p50:.1f}"
         if m.llama_bench_tg_ts:
             r = llama_bench_ratios(m)
             row["vs llama-bench pp/tg/TTFT"] = "/".join(

@@ -95,6 +95,8 @@ class Core:
         self._wake = threading.Event()
         self._reload_requested = False
         self.draining = False
+        self.unloaded = False  # keep_alive 0 freed the model; the next request loads it again
+        self._unload_requested = False
         self._worker: threading.Thread | None = None
         self._per_token_s = 0.0  # measured at start, for the default time limit
         self.failure: str | None = None  # why the core gave up (a dead thread): run() raises it
@@ -112,7 +114,7 @@ class Core:
         job.cancelled = True
         with self._lock:
             running = self._running is job
-        if running:
+        if running and self.engine is not None:  # None: still loading after keep_alive 0; the flag stops it
             self.engine.cancel(job.request_id)
         elif self.queue.remove(job):
             self._finish(job, Outcome("cancelled", message="cancelled while queued"))
@@ -126,6 +128,37 @@ class Core:
     @property
     def busy(self) -> bool:
         return self._running is not None
+
+    def unload(self) -> None:
+        """Free the model's memory once nothing runs or waits (Ollama's keep_alive 0); the next request loads it.
+
+        Asked while a request runs, the worker unloads after it (unless more work is queued by then).
+        """
+        self._unload_requested = True
+        if not self.busy:
+            self._unload_if_idle()
+
+    def _unload_if_idle(self) -> None:
+        with self._engine_lock:
+            if not self._unload_requested or self.engine is None or self.busy or len(self.queue) or self.draining:
+                return
+            engine, self.engine, self.unloaded, self._unload_requested = self.engine, None, True, False
+        engine.close()
+        log.info("model unloaded (keep_alive 0); the next request loads it again")
+
+    def load(self) -> None:
+        """Load the model again after unload() (the next request does this itself)."""
+        with self._engine_lock:
+            self._ensure_engine()
+
+    def _ensure_engine(self) -> EngineLike:
+        """The engine, opened again if keep_alive 0 unloaded it (caller holds the engine lock)."""
+        self._unload_requested = False  # a request came first: it keeps the model
+        if self.engine is None:
+            self.engine = open_engine(self.config.model)
+            self.unloaded = False
+            log.info("model loaded again after keep_alive 0")
+        return self.engine
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -150,8 +183,8 @@ class Core:
         self.engine = open_engine(self.config.model)
         if self.config.limits.max_request_s is None:
             self._per_token_s = seconds_per_token(self.engine)
-            log.info("time limit per request: 30 s + %.1f ms per token asked (limits.max_request_s)",
-                     self._per_token_s * 3000)
+            log.info("time limit per request: 30 s + 3 x %.0f ms per token of max_tokens and a quarter of the "
+                     "context (set limits.max_request_s to fix it)", self._per_token_s * 1000)
         self._worker = threading.Thread(target=self._work, name="edgekit-worker", daemon=True)
         self._worker.start()
         for front_end in self.front_ends:
@@ -190,7 +223,7 @@ class Core:
     def healthy(self) -> bool:
         """Worth a watchdog ping: the engine answers, the worker lives, every front end is well."""
         worker_ok = self._worker is not None and self._worker.is_alive()
-        engine_ok = self.engine is not None and self.engine.alive()
+        engine_ok = self.unloaded if self.engine is None else self.engine.alive()
         return worker_ok and engine_ok and all(front_end.healthy() for front_end in self.front_ends)
 
     def _serve(self) -> None:
@@ -272,6 +305,8 @@ class Core:
             finally:
                 with self._lock:
                     self._running = None
+            if self._unload_requested:
+                self._unload_if_idle()
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         """Count it and hand it to its sink; a sink's failure is logged, never the worker's death."""
@@ -315,6 +350,7 @@ class Core:
     def _generate(self, job: Job) -> Result:
         """Run the engine; hand chunks to the sink as they come when the job streams."""
         request = job.request
+        self._ensure_engine()
         job.time_limit_s = time_limit_s(request, self.engine.info.n_ctx, self._per_token_s,
                                         self.config.limits.max_request_s)
         job.started = time.monotonic()
@@ -325,12 +361,26 @@ class Core:
         for item in self.engine.stream(request):
             if isinstance(item, Result):
                 return item
-            if job.cancelled:  # a cancel that raced the engine's start
+            if job.cancelled or job.timed_out:  # a cancel or time limit that raced the engine's start
                 self.engine.cancel(request.id)
             if job.stream and isinstance(item, Chunk) and (item.text or item.tool_calls):
                 job.sink.chunk(job, seq, item)
                 seq += 1
         raise EngineError("the engine's stream ended without a result (a bug in the engine)")
+
+
+def front_ends_for(config: ServeConfig) -> list[FrontEnd]:
+    """The front ends the config enables: MQTT unless the broker is "none", HTTP when it listens."""
+    front_ends: list[FrontEnd] = []
+    if config.broker.url != "none":
+        from edgekit.serve.mqtt.front import MqttFrontEnd
+
+        front_ends.append(MqttFrontEnd(config))
+    if config.http.listen is not None:
+        from edgekit.serve.http import HttpFrontEnd
+
+        front_ends.append(HttpFrontEnd(config))
+    return front_ends
 
 
 def model_name(config: ServeConfig) -> str:

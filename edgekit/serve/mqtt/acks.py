@@ -72,6 +72,7 @@ class Outbox:
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="edgekit-outbox", daemon=True)
         self._count = 0  # messages sent and not yet confirmed (read by other threads)
+        self._count_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -80,8 +81,12 @@ class Outbox:
         return self._thread.is_alive()
 
     def send(self, message: Message) -> None:
-        self._count += 1
+        self._add_count(1)
         self._events.put(("send", message))
+
+    def _add_count(self, n: int) -> None:
+        with self._count_lock:
+            self._count += n
 
     def set_window(self, receive_maximum: int) -> None:
         """From the broker's CONNACK (paho's network thread)."""
@@ -139,7 +144,10 @@ class Outbox:
         if reason >= 0x80:
             log.warning("the broker refused a message to %s (reason code 0x%02x: check its ACL); "
                         "going on without it", message.topic, reason)
-        self._count -= 1
+        self._done(message)
+
+    def _done(self, message: Message) -> None:
+        self._add_count(-1)
         if message.on_confirmed is not None:
             message.on_confirmed()
 
@@ -148,8 +156,13 @@ class Outbox:
         now = time.monotonic()
         while self._waiting and len(self._in_flight) < self.window and self._waiting[0].retry_at <= now:
             message = self._waiting.pop(0)
-            info = self._publish(message.topic, message.payload, qos=1, retain=message.retain,
-                                 properties=message.properties)
+            try:
+                info = self._publish(message.topic, message.payload, qos=1, retain=message.retain,
+                                     properties=message.properties)
+            except (ValueError, TypeError) as exc:  # paho refuses the topic (too long, say): never deliverable
+                log.warning("cannot publish to %.80s: %s; going on without it", message.topic, exc)
+                self._done(message)
+                continue
             self._in_flight[info.mid] = message
 
 

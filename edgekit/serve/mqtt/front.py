@@ -139,7 +139,8 @@ class MqttFrontEnd:
         client.will_set(self.topics["status"], will, qos=1, retain=True)
         client.max_inflight_messages_set(0)  # no limit of paho's: the Outbox keeps to the broker's
         client.on_connect = self._on_connect
-        client.on_connect_error = lambda exc: self._connection_problem(describe_connect_error(exc))
+        tls = broker_address(self.config.broker.url)[2]
+        client.on_connect_error = lambda exc: self._connection_problem(describe_connect_error(exc, tls))
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish

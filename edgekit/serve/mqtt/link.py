@@ -37,8 +37,10 @@ class _Client(mqtt.Client):
             raise
 
 
-def describe_connect_error(exc: OSError) -> str:
+def describe_connect_error(exc: OSError, tls: bool = False) -> str:
     """Why a connection failed, in a user's words: DNS, refused, TLS, unreachable."""
+    if tls and isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)):
+        return "TLS failure: the broker closed the connection during the TLS handshake (is this port a TLS listener?)"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the host name (DNS: {exc.strerror or exc})"
     if isinstance(exc, ConnectionRefusedError):
@@ -103,7 +105,7 @@ def connect_blocking(client: mqtt.Client, url: str, keepalive_s: int, properties
     try:
         client.connect(host, port, keepalive=keepalive_s, clean_start=clean_start, properties=properties)
     except (OSError, ssl.SSLError) as exc:
-        raise BrokerError(f"cannot reach the MQTT broker at {url}: {describe_connect_error(exc)} "
+        raise BrokerError(f"cannot reach the MQTT broker at {url}: {describe_connect_error(exc, _tls)} "
                           "(is it running? check --broker)") from None
 
 
