@@ -40,6 +40,7 @@ class Settings:
     use_mmap: bool = True
     use_mlock: bool = False
     seed: int = 0
+    prompt_cache_mb: int = 0  # RAM the engine's prompt cache may hold saved KV states in (part of the plan)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from edgekit.engine.prompt_cache import PromptCache, common_prefix
 from edgekit.engine.records import Chunk, FinishReason, Result, Timings
 from edgekit.engine.sampling import SamplerChain
 from edgekit.engine.text import TextAssembler
@@ -42,8 +43,9 @@ class _Progress:
 class Runner:
     """Serves jobs one after another on one Llama, keeping its KV cache between them."""
 
-    def __init__(self, llm: Any, cancel_seq: Any) -> None:
+    def __init__(self, llm: Any, cancel_seq: Any, cache: PromptCache | None = None) -> None:
         self._llm = llm
+        self._cache = cache
         self._cancel_seq = cancel_seq  # c_long in shared memory: equals job.seq when that job is cancelled
         self._seq = -1
         self._request_id = ""
@@ -60,6 +62,10 @@ class Runner:
         progress = _Progress(t_start=time.perf_counter())
         tokens = self._tokenize_prompt(job)
         progress.prompt_tokens = len(tokens)
+        if job.warm:  # fill the cache with the prompt's state, generate nothing
+            reason: FinishReason = "stop" if self._prefill(tokens, progress) else "cancelled"
+            progress.t_end = time.perf_counter()
+            return _result(job, reason, progress)
         sampler = SamplerChain(self._vocab, self._llm.n_vocab(), job.request)
         try:
             if self._prefill(tokens, progress):
@@ -70,6 +76,26 @@ class Runner:
             sampler.close()
         progress.t_end = time.perf_counter()
         return _result(job, reason, progress)
+
+    def after_reply(self) -> None:
+        """Save the context's state to the prompt cache, once the answer is on its way."""
+        llm, cache = self._llm, self._cache
+        if cache is None or llm.n_tokens == 0:
+            return
+        tokens = np.array(llm.input_ids[: llm.n_tokens], dtype=np.int32)
+        if cache.wants(tokens):
+            cache.save(tokens, capture_state(llm))
+
+    def warm_cache(self, recent: int) -> dict[str, float]:
+        """Read the most recently used states into RAM and restore the newest into the context."""
+        t0 = time.perf_counter()
+        if self._cache is None:
+            return {"states": 0, "bytes": 0, "ms": 0.0}
+        states, size = self._cache.warm(recent)
+        newest = self._cache.most_recent()
+        if newest is not None:
+            self._restore(newest)
+        return {"states": states, "bytes": size, "ms": (time.perf_counter() - t0) * 1000}
 
     def tokenize(self, text: str, add_bos: bool, special: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
@@ -92,8 +118,10 @@ class Runner:
     def _prefill(self, tokens: Sequence[int], progress: _Progress) -> bool:
         """Evaluate the uncached part of the prompt in n_batch pieces; False if cancelled."""
         llm = self._llm
-        progress.cached = self._reuse_prefix(tokens)
         t0 = time.perf_counter()
+        self._restore_cached(tokens)
+        progress.cached = self._reuse_prefix(tokens)
+        self._count(progress.cached)
         llama_cpp.llama_set_abort_callback(llm.ctx, self._abort, None)
         try:
             for i in range(progress.cached, len(tokens), llm.n_batch):
@@ -103,6 +131,35 @@ class Runner:
             llama_cpp.llama_set_abort_callback(llm.ctx, _NO_ABORT, None)
             progress.t_prompt = time.perf_counter() - t0
         return True
+
+    def _restore_cached(self, tokens: Sequence[int]) -> None:
+        """Restore the saved state sharing the longest prefix, when it beats what the context holds."""
+        cache, llm = self._cache, self._llm
+        if cache is None:
+            return
+        wanted = np.asarray(tokens, dtype=np.int32)
+        name, shared = cache.best(wanted)
+        in_context = common_prefix(llm.input_ids[: llm.n_tokens], wanted)
+        if name is not None and shared - in_context >= cache.min_tokens:
+            self._restore(name)
+
+    def _restore(self, name: str) -> None:
+        cache = self._cache
+        assert cache is not None
+        loaded = cache.load(name)
+        if loaded is None:
+            return
+        if restore_state(self._llm, *loaded):
+            cache.counters.restores += 1
+        else:
+            cache.drop(name, "llama.cpp refused the state")
+
+    def _count(self, cached: int) -> None:
+        if self._cache is not None:
+            if cached >= self._cache.min_tokens:
+                self._cache.counters.hits += 1
+            else:
+                self._cache.counters.misses += 1
 
     def _reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Keep the KV cache of the longest common prefix with the last request; return its length."""
@@ -238,6 +295,29 @@ def aligned_keep(n_tokens: int, keep: int) -> int:
     """
     extra = -(n_tokens - keep) % ROW_BLOCK
     return keep - extra if 0 < extra <= 2 and keep >= extra else keep
+
+
+def capture_state(llm: Any) -> bytes:
+    """The KV state of the context's sequence (llama_state_seq_get_data), as bytes."""
+    size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
+    buf = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_state_seq_get_data(llm.ctx, ctypes.cast(buf, ctypes.POINTER(ctypes.c_uint8)), size, 0)
+    return buf.raw[:n]
+
+
+def restore_state(llm: Any, tokens: np.ndarray, data: bytes) -> bool:
+    """Put a saved state (checked by the cache) into the context; False if llama.cpp refuses it."""
+    llm._ctx.kv_cache_seq_rm(0, 0, -1)
+    llm.n_tokens = 0
+    if len(tokens) > len(llm.input_ids):
+        return False
+    src = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
+    if llama_cpp.llama_state_seq_set_data(llm.ctx, src, len(data), 0) == 0:
+        llm._ctx.kv_cache_seq_rm(0, 0, -1)
+        return False
+    llm.input_ids[: len(tokens)] = tokens
+    llm.n_tokens = len(tokens)
+    return True
 
 
 def usable_context(llm: Any) -> int:
