@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 from edgekit.engine import Engine, Request
-from edgekit.serve.client import RequestClient
+from edgekit.serve.mqtt.client import RequestClient
 from edgekit.serve.config import ModelConfig
 from edgekit.serve.engines import settings_for
 from tests.serve_support import DaemonProcess

@@ -322,17 +322,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgekit.serve.config import load_config
-    from edgekit.serve.daemon import Daemon
+    from edgekit.serve.core import Core
+    from edgekit.serve.mqtt.front import MqttFrontEnd
 
     config = load_config(args.config, flags=vars(args))
     if not (args.debug or args.verbose):  # a daemon logs its normal events (journald keeps them)
         logging.getLogger("edgekit").setLevel(config.daemon.log_level.upper())
-    Daemon(config, reread=lambda: load_config(args.config, flags=vars(args))).run()
+    Core(config, [MqttFrontEnd(config)], reread=lambda: load_config(args.config, flags=vars(args))).run()
     return 0
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    from edgekit.serve.client import RequestClient, chat_body, raise_for_error, read_schema, timings_line
+    from edgekit.serve.mqtt.client import RequestClient, chat_body, raise_for_error, read_schema, timings_line
     from edgekit.serve.config import load_config
 
     config = load_config(None, flags={"broker": args.broker, "prefix": args.prefix})

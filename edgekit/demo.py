@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 from edgekit import hub, quantize
 from edgekit.convert import convert
 from edgekit.errors import EdgekitError, HubError
-from edgekit.serve.client import RequestClient, chat_body, timings_line
-from edgekit.serve.mosquitto import Broker
+from edgekit.serve.mqtt.client import RequestClient, chat_body, timings_line
+from edgekit.serve.mqtt.mosquitto import Broker
 from edgekit.testmodels import make_test_model
 
 log = logging.getLogger("edgekit.demo")

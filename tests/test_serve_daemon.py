@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.serve.client import RequestClient
+from edgekit.serve.mqtt.client import RequestClient
 from edgekit.serve.config import BrokerConfig
 from tests.fixtures.broker import Broker
 from tests.serve_support import LONG_CTX, DaemonProcess, Listener, finals

@@ -10,10 +10,10 @@ import jinja2
 import pytest
 
 from edgekit.engine.records import Result, Timings
-from edgekit.serve import discovery
-from edgekit.serve.discovery import SENSORS, discovery_messages, is_ha_birth, removal_messages
+from edgekit.serve.mqtt import discovery
+from edgekit.serve.mqtt.discovery import SENSORS, discovery_messages, is_ha_birth, removal_messages
 from edgekit.serve.metrics import Metrics
-from edgekit.serve.protocol import Topics, metrics_message, status_message
+from edgekit.serve.mqtt.protocol import Topics, metrics_message, status_message
 
 TOPIC = re.compile(r"^homeassistant/sensor/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+/config$")
 DEVICE_KEYS = {"identifiers", "name", "model", "manufacturer", "sw_version"}

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from edgekit.serve.client import RequestClient
+from edgekit.serve.mqtt.client import RequestClient
 from tests.serve_support import DaemonProcess, Listener
 
 PREFIX = "edgekit/fleet"

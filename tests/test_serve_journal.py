@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from edgekit.serve import journal as journal_module
-from edgekit.serve.journal import Journal
+from edgekit.serve.mqtt import journal as journal_module
+from edgekit.serve.mqtt.journal import Journal
 
 
 def test_a_recorded_key_is_remembered_by_the_next_process(tmp_path: Path) -> None:

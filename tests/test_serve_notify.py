@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from edgekit.serve.discovery import SENSORS
+from edgekit.serve.mqtt.discovery import SENSORS
 from edgekit.serve.notify import Notifier
 
 

@@ -8,9 +8,9 @@ import pytest
 
 from edgekit.engine.records import Chunk, Result, Timings
 from edgekit.errors import BadRequest, TooLarge
-from edgekit.serve import protocol
+from edgekit.serve.mqtt import protocol
 from edgekit.serve.config import LimitsConfig
-from edgekit.serve.protocol import Reply, Topics
+from edgekit.serve.mqtt.protocol import Reply, Topics
 
 LIMITS = LimitsConfig(max_payload_bytes=200, max_prompt_chars=50, max_tokens=100, default_max_tokens=16)
 

@@ -1,6 +1,6 @@
 """Send benchmark requests through a running `edgekit serve` and read its timings back.
 
-The client (edgekit.serve.client.RequestClient) times each exchange from publish to
+The client (edgekit.serve.mqtt.client.RequestClient) times each exchange from publish to
 last message; the daemon's result carries the engine's own timings, with its queue
 added to total_ms. So end-to-end minus the daemon's total is what MQTT cost.
 The result message has rates, not durations, for the prompt and generation phases:
@@ -20,7 +20,7 @@ from edgekit.errors import UsageError
 @contextlib.contextmanager
 def mqtt_send(broker_url: str, prefix: str | None) -> Iterator[Any]:
     """A Send (see runner.Send) over one connection to the broker, for the daemon at ``prefix``."""
-    from edgekit.serve.client import RequestClient, raise_for_error
+    from edgekit.serve.mqtt.client import RequestClient, raise_for_error
     from edgekit.serve.config import load_config
 
     if not broker_url.startswith(("mqtt://", "mqtts://")):

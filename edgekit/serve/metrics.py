@@ -1,4 +1,4 @@
-"""The daemon's counters and the {prefix}/metrics payload.
+"""The daemon's counters (per front end and in total) and the {prefix}/metrics payload.
 
 Field names are a contract: Home Assistant discovery (discovery.SENSORS) reads
 queue_depth, last_ttft_ms, tokens_per_s, memory_mb and requests_served.
@@ -28,20 +28,23 @@ class Metrics:
         self._started = time.monotonic()
         self.requests_served = 0
         self.errors: Counter[str] = Counter()
+        self._by_front_end: dict[str, Counter[str]] = {}  # front end -> {"served": n, "<code>": n}
         self.completion_tokens = 0
         self._ttft_ms: deque[float] = deque(maxlen=TTFT_SAMPLES)
         self._tokens_per_s = 0.0
 
-    def served(self, result: Result) -> None:
+    def served(self, result: Result, front_end: str = "mqtt") -> None:
         with self._lock:
             self.requests_served += 1
+            self._by_front_end.setdefault(front_end, Counter())["served"] += 1
             self.completion_tokens += result.completion_tokens
             self._ttft_ms.append(result.timings.time_to_first_token_ms)
             self._tokens_per_s = result.timings.generation_tokens_per_s
 
-    def error(self, code: str) -> None:
+    def error(self, code: str, front_end: str = "mqtt") -> None:
         with self._lock:
             self.errors[code] += 1
+            self._by_front_end.setdefault(front_end, Counter())[code] += 1
 
     def snapshot(self, queue_depth: int, running: bool) -> dict[str, Any]:
         with self._lock:
@@ -52,6 +55,7 @@ class Metrics:
                 "requests_served": self.requests_served,
                 "errors": sum(self.errors.values()),
                 "errors_by_code": dict(self.errors),
+                "by_front_end": {name: dict(counts) for name, counts in self._by_front_end.items()},
                 "completion_tokens": self.completion_tokens,
                 "tokens_per_s": round(self._tokens_per_s, 2),
                 "last_ttft_ms": round(self._ttft_ms[-1], 2) if self._ttft_ms else None,

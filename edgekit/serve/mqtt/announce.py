@@ -8,14 +8,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgekit import __version__
-from edgekit.serve import discovery, protocol
+from edgekit.serve.mqtt import discovery, protocol
 from edgekit.serve.config import ServeConfig
-from edgekit.serve.jobs import is_published
-from edgekit.serve.protocol import Topics
-
-
-def model_name(config: ServeConfig) -> str:
-    return config.model.path.name if config.model.path else "?"
+from edgekit.serve.core import model_name
+from edgekit.serve.mqtt.acks import is_published
+from edgekit.serve.mqtt.protocol import Topics
 
 
 def status_payload(config: ServeConfig, state: str, reason: str | None, engine: Any) -> bytes:

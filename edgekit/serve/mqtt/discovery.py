@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from edgekit.serve.protocol import TOPICS
+from edgekit.serve.mqtt.protocol import TOPICS
 
 HA_BIRTH_TOPIC = "homeassistant/status"
 HA_BIRTH_ONLINE = "online"

@@ -31,7 +31,7 @@ from edgekit.errors import (
     UsageError,
 )
 from edgekit.serve.config import BrokerConfig
-from edgekit.serve.link import connect_blocking, message_property, new_client, publish_properties, quick_ack
+from edgekit.serve.mqtt.link import connect_blocking, message_property, new_client, publish_properties, quick_ack
 
 # The protocol's error codes -> the exception the client raises for them.
 ERRORS: dict[str, type[EdgekitError]] = {

@@ -1,0 +1,295 @@
+"""The daemon core: one engine, one queue, one worker; front ends (MQTT, HTTP) feed it.
+
+API (front ends are written against this):
+
+    core = Core(config, [MqttFrontEnd(config), ...], notifier, reread)
+    core.run()          # signals; engine first, then front_end.start(core); serve; drain; stop
+    job = core.submit(request, sink, front_end="mqtt", stream=False, expires_at=None, owner=None)
+                        # raises Busy when the queue is full or the daemon is draining
+    core.cancel(job)    # queued: finished "cancelled" now; running: the engine stops within a token
+    core.jobs_of(owner, request_id) -> [Job]   # id-based cancel and dedup, per requester
+    core.metrics        # counters per front end; core.engine: the EngineLike
+
+Every accepted job ends in exactly one ``sink.finish(job, Outcome)``, called on the core's
+worker thread (or at once for a cancel of a queued job, and at the drain with code
+"draining" for jobs that never ran: MQTT leaves those unacknowledged for redelivery,
+HTTP answers 503). Outcome codes: result, cancelled, expired, timeout, busy,
+context_overflow, bad_request, too_large, internal, draining.
+
+Threads: the worker (runs the engine, calls the sinks), the main thread (signals,
+watchdog, reload, the drain at the end) and whatever each front end runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from edgekit.engine.records import Chunk, Request, Result
+from edgekit.errors import Cancelled, EdgekitError, EngineError
+from edgekit.serve.config import ServeConfig
+from edgekit.serve.engines import EngineLike, check_prompt_tokens, open_engine
+from edgekit.serve.jobs import Job, JobQueue
+from edgekit.serve.metrics import Metrics
+from edgekit.serve.notify import Notifier
+
+log = logging.getLogger(__name__)
+
+JOIN_S = 5.0  # how long to wait for a cancelled request or a front end's last words
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one job ended: what its front end answers."""
+
+    code: str  # "result" or an error code (docs/protocol.md lists them)
+    result: Result | None = None  # set when code == "result"
+    message: str = ""  # human text for errors
+    queue_ms: float = 0.0
+
+
+class Sink(Protocol):
+    """Where one job's output goes: the front end that took it. Called on the core's worker thread."""
+
+    def chunk(self, job: Job, seq: int, chunk: Chunk) -> None: ...  # only when job.stream; must not block
+    def finish(self, job: Job, outcome: Outcome) -> None: ...  # exactly once per accepted job
+
+
+class FrontEnd(Protocol):
+    """A wire format in front of the core (MQTT, HTTP)."""
+
+    name: str  # "mqtt" | "http" (metrics are counted per name)
+
+    def start(self, core: Core) -> None: ...  # connect / bind; may return before connected
+    def draining(self) -> None: ...  # the drain begins: take no new work (MQTT says "stopping")
+    def reloaded(self) -> None: ...  # the model changed (MQTT re-announces discovery)
+    def stop(self) -> None: ...  # after the core's drain: last words, disconnect / unbind
+    def healthy(self) -> bool: ...  # for the watchdog
+    def describe(self) -> str: ...  # for READY's status text, e.g. "mqtt://host:1883 as edgekit/node"
+
+
+class Core:
+    """One model served to every front end; run() returns when a SIGTERM's drain is done."""
+
+    def __init__(self, config: ServeConfig, front_ends: list[FrontEnd], notifier: Notifier | None = None,
+                 reread: Callable[[], ServeConfig] | None = None) -> None:
+        """reread: how SIGHUP reads the config again (the file, environment and flags it came from)."""
+        self.config = config
+        self.front_ends = front_ends
+        self.notifier = notifier or Notifier()
+        self._reread = reread
+        self.metrics = Metrics()
+        self.queue = JobQueue(config.limits.queue_size)
+        self.engine: EngineLike | None = None
+        self._lock = threading.Lock()  # guards _running
+        self._engine_lock = threading.Lock()  # held by the worker for a whole request; a reload swaps under it
+        self._running: Job | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._reload_requested = False
+        self.draining = False
+        self._worker: threading.Thread | None = None
+
+    # --- the API of the front ends ----------------------------------------------------------------
+
+    def submit(self, request: Request, sink: Sink, *, front_end: str, stream: bool = False,
+               expires_at: float | None = None, owner: str | None = None) -> Job:
+        """Queue a request; Busy when the queue is full or the daemon drains (nothing was taken then)."""
+        job = Job(request, sink, front_end, stream, expires_at, owner)
+        self.queue.put(job)
+        return job
+
+    def cancel(self, job: Job) -> None:
+        job.cancelled = True
+        with self._lock:
+            running = self._running is job
+        if running:
+            self.engine.cancel(job.request_id)
+        elif self.queue.remove(job):
+            self._finish(job, Outcome("cancelled", message="cancelled while queued"))
+
+    def jobs_of(self, owner: str | None, request_id: str) -> list[Job]:
+        """The queued or running jobs of ``owner`` with this id."""
+        with self._lock:
+            running = [self._running] if self._running is not None else []
+        return [j for j in running + self.queue.snapshot() if j.owner == owner and j.request_id == request_id]
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Load, start the front ends, serve until SIGTERM/SIGINT, drain, stop."""
+        self._install_signals()
+        self.start()
+        try:
+            self._serve()
+        finally:
+            self.stop()
+
+    def start(self) -> None:
+        """Model first (READY means warm), then the front ends."""
+        self.notifier.status("loading the model")
+        self.engine = open_engine(self.config.model)
+        self._worker = threading.Thread(target=self._work, name="edgekit-worker", daemon=True)
+        self._worker.start()
+        for front_end in self.front_ends:
+            front_end.start(self)
+        self.notifier.ready(f"serving {model_name(self.config)} on {self.describe()}")
+
+    def describe(self) -> str:
+        return ", ".join(front_end.describe() for front_end in self.front_ends)
+
+    def request_stop(self) -> None:
+        """Signal-safe: only set flags; the main loop does the rest."""
+        self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        """The drain: no new work; finish (or cancel) the running request; then the front ends' last words."""
+        if self.draining:
+            return
+        self.draining = True
+        self.notifier.stopping("draining")
+        for front_end in self.front_ends:
+            front_end.draining()
+        for job in self.queue.close():
+            self._finish(job, Outcome("draining", message="the daemon stopped before running it"))
+        self._finish_running(self.config.daemon.drain_timeout_s)
+        for front_end in self.front_ends:
+            front_end.stop()
+        if self.engine is not None:
+            self.engine.close()
+        log.info("stopped cleanly")
+
+    def healthy(self) -> bool:
+        """Worth a watchdog ping: the engine answers, the worker lives, every front end is well."""
+        worker_ok = self._worker is not None and self._worker.is_alive()
+        engine_ok = self.engine is not None and self.engine.alive()
+        return worker_ok and engine_ok and all(front_end.healthy() for front_end in self.front_ends)
+
+    def _serve(self) -> None:
+        watchdog_s = self.notifier.watchdog_interval_s
+        next_watchdog = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            if self._reload_requested:
+                self._reload()
+            now = time.monotonic()
+            if watchdog_s and now >= next_watchdog:
+                next_watchdog = now + watchdog_s
+                if self.healthy():
+                    self.notifier.watchdog()
+
+    def _finish_running(self, timeout_s: float) -> None:
+        self._worker.join(timeout=timeout_s)
+        if self._worker.is_alive():
+            with self._lock:
+                running = self._running
+            if running is not None:
+                log.warning("drain: cancelling request %s after %.0f s", running.request_id, timeout_s)
+                running.cancelled = True
+                self.engine.cancel(running.request_id)
+            self._worker.join(timeout=JOIN_S)
+
+    def _reload(self) -> None:
+        """SIGHUP: read the [model] settings again, load that model, then swap; the front ends stay up."""
+        self._reload_requested = False
+        self.notifier.reloading("reloading the model")
+        try:
+            model = self._reread().model if self._reread else self.config.model
+            new = open_engine(model)
+        except EdgekitError as exc:
+            log.error("reload failed, still serving %s: %s", model_name(self.config), exc)
+            self.notifier.ready(f"reload failed: {exc}")
+            return
+        with self._engine_lock:
+            old, self.engine = self.engine, new
+            self.config = replace(self.config, model=model)
+        old.close()
+        for front_end in self.front_ends:
+            front_end.reloaded()
+        self.notifier.ready(f"serving {model_name(self.config)} (reloaded)")
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    # --- the worker ---------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (job := self.queue.take()) is not None:
+            with self._lock:
+                self._running = job
+            try:
+                self._finish(job, self._outcome(job))
+            finally:
+                with self._lock:
+                    self._running = None
+
+    def _finish(self, job: Job, outcome: Outcome) -> None:
+        """Count it and hand it to its sink; a sink's failure is logged, never the worker's death."""
+        if outcome.code == "result":
+            self.metrics.served(outcome.result, job.front_end)
+        elif outcome.code != "draining":
+            self.metrics.error(outcome.code, job.front_end)
+        try:
+            job.sink.finish(job, outcome)
+        except Exception:
+            log.exception("request %s: its front end failed to answer it", job.request_id)
+
+    def _outcome(self, job: Job) -> Outcome:
+        if job.cancelled:
+            return Outcome("cancelled", message="cancelled while queued")
+        if job.expired():
+            return Outcome("expired", message="the message expiry passed while queued")
+        queue_ms = (time.monotonic() - job.received) * 1000
+        try:
+            with self._engine_lock:
+                result = self._generate(job)
+        except Cancelled as exc:
+            return Outcome("cancelled", message=str(exc) or "cancelled", queue_ms=queue_ms)
+        except EdgekitError as exc:
+            return Outcome(exc.code, message=str(exc), queue_ms=queue_ms)
+        except Exception as exc:  # a bug: the client still gets a typed answer
+            log.exception("request %s failed", job.request_id)
+            return Outcome("internal", message=f"{type(exc).__name__}: {exc}", queue_ms=queue_ms)
+        if result.finish_reason == "cancelled":
+            return Outcome("cancelled", message=f"cancelled after {result.completion_tokens} tokens",
+                           queue_ms=queue_ms)
+        return Outcome("result", result, queue_ms=queue_ms)
+
+    def _generate(self, job: Job) -> Result:
+        """Run the engine; hand chunks to the sink as they come when the job streams."""
+        request = job.request
+        check_prompt_tokens(self.engine, request, self.config.limits.max_prompt_tokens)
+        if not job.stream:  # only the Result is wanted: no wake-ups for chunks
+            request = replace(request, stream_interval_ms=math.inf)
+        seq = 0
+        for item in self.engine.stream(request):
+            if isinstance(item, Result):
+                return item
+            if job.cancelled:  # a cancel that raced the engine's start
+                self.engine.cancel(request.id)
+            if job.stream and isinstance(item, Chunk) and item.text:
+                job.sink.chunk(job, seq, item)
+                seq += 1
+        raise EngineError("the engine's stream ended without a result (a bug in the engine)")
+
+
+def model_name(config: ServeConfig) -> str:
+    return config.model.path.name if config.model.path else "?"

@@ -1,0 +1,11 @@
+"""The MQTT 5 front end of `edgekit serve`, and its client.
+
+front.py      MqttFrontEnd: requests from the broker into the core, answers back, losing none
+protocol.py   topics, request parsing and validation, reply messages (docs/protocol.md)
+acks.py       acknowledgement after the answer: Ledger, Confirmations
+journal.py    answered request keys on disk: answered once across SIGKILL
+link.py       paho clients: MQTT 5, TLS, credentials, TCP_NODELAY / TCP_QUICKACK
+announce.py   retained status, Home Assistant discovery, metrics; discovery.py the HA payloads
+client.py     RequestClient and `edgekit request`
+mosquitto.py  a private Mosquitto for the demo and the tests
+"""
