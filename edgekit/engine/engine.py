@@ -119,20 +119,14 @@ class Engine:
 
     # --- requests ---------------------------------------------------------------------------
 
-    def stream(self, request: Request) -> Iterator[Chunk | Result]:
-        """Yield the answer's chunks in order; the last item is the Result."""
-        return self._stream(request, warm=False)
-
     def warm(self, request: Request) -> Result:
         """Put the request's prompt into the prompt cache (restored or evaluated), generating nothing.
 
-        For a front end's "load"/"warm" request (MQTT ``warm``, Ollama's empty-messages load);
-        the Result has no text and ``timings.cached_prompt_tokens`` says how much was already there.
+        The same as ``complete(replace(request, warm=True))``: for a front end's load/warm request
+        (MQTT ``warm``, Ollama's empty-messages load). The Result has no text;
+        ``timings.cached_prompt_tokens`` says how much of the prompt was cached already.
         """
-        for item in self._stream(request, warm=True):
-            if isinstance(item, Result):
-                return item
-        raise EngineError("the engine's stream ended without a result")  # not reached
+        return self.complete(dataclasses.replace(request, warm=True))
 
     def warm_cache(self, recent: int = 4) -> dict[str, float]:
         """Read the ``recent`` most recently used saved states into RAM and restore the newest
@@ -149,7 +143,8 @@ class Engine:
         """The prompt cache's hits, misses and bytes (None when the engine runs without one); never waits."""
         return CacheStats.of(self._cache_counters) if self.prompt_cache is not None else None
 
-    def _stream(self, request: Request, warm: bool) -> Iterator[Chunk | Result]:
+    def stream(self, request: Request) -> Iterator[Chunk | Result]:
+        """Yield the answer's chunks in order; the last item is the Result."""
         t_call = time.perf_counter()
         _check_request(request)
         with self._state_lock:
@@ -166,7 +161,7 @@ class Engine:
             if seq is None:  # cancelled while it waited
                 yield _cancelled_result(request, t_call)
                 return
-            yield from self._run(current, Job(seq, request, prompt, add_bos, t_call, warm))
+            yield from self._run(current, Job(seq, request, prompt, add_bos, t_call))
         finally:
             self._forget(request.id)
             self._run_lock.release()

@@ -62,7 +62,7 @@ class Runner:
         progress = _Progress(t_start=time.perf_counter())
         tokens = self._tokenize_prompt(job)
         progress.prompt_tokens = len(tokens)
-        if job.warm:  # fill the cache with the prompt's state, generate nothing
+        if job.request.warm:  # fill the cache with the prompt's state, generate nothing
             reason: FinishReason = "stop" if self._prefill(tokens, progress) else "cancelled"
             progress.t_end = time.perf_counter()
             return _result(job, reason, progress)

@@ -45,7 +45,6 @@ class Job:
     prompt: str  # rendered chat prompt or the raw prompt
     add_bos: bool
     t_call: float  # parent's time.perf_counter() when stream() was called
-    warm: bool = False  # evaluate (or restore) the prompt for the prompt cache; generate nothing
 
 
 def shared_flag(fd: int) -> ctypes.c_long:

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import Cancelled, EdgekitError, EngineError
@@ -120,6 +120,11 @@ class Core:
             running = [self._running] if self._running is not None else []
         return [j for j in running + self.queue.snapshot() if j.owner == owner and j.request_id == request_id]
 
+    def cache_stats(self) -> Any:
+        """The engine's prompt-cache counters (CacheStats), None without a cache; never waits."""
+        engine = self.engine
+        return engine.cache_stats() if engine is not None else None
+
     @property
     def busy(self) -> bool:
         return self._running is not None
@@ -138,7 +143,7 @@ class Core:
     def start(self) -> None:
         """Model first (READY means warm), then the front ends."""
         self.notifier.status("loading the model")
-        self.engine = open_engine(self.config.model)
+        self.engine = open_engine(self.config.model, self.config.cache, self.config.cache_dir)
         self._worker = threading.Thread(target=self._work, name="edgekit-worker", daemon=True)
         self._worker.start()
         for front_end in self.front_ends:
@@ -211,7 +216,7 @@ class Core:
         self.notifier.reloading("reloading the model")
         try:
             model = self._reread().model if self._reread else self.config.model
-            new = open_engine(model)
+            new = open_engine(model, self.config.cache, self.config.cache_dir)
         except EdgekitError as exc:
             log.error("reload failed, still serving %s: %s", model_name(self.config), exc)
             self.notifier.ready(f"reload failed: {exc}")
