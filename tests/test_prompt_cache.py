@@ -205,3 +205,20 @@ def test_listing_and_clearing_a_folder(tiny_gguf_f16: Path, filled: Path, tmp_pa
     assert listed.path == path and listed.tokens > 200 and tiny_gguf_f16.name in listed.label
     assert clear(folder) == (1, listed.size)
     assert disk_files(folder) == []
+
+
+def test_edgekit_cache_list_and_clear_find_the_daemons_folder_from_its_config(
+    tiny_gguf_f16: Path, filled: Path, tmp_path: Path, capsys
+):
+    from edgekit.cli import main
+
+    shutil.copytree(filled, tmp_path / "state" / "prompt-cache")
+    config = tmp_path / "edgekit.toml"
+    config.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n')
+    assert main(["cache", "list", "--config", str(config)]) == 0
+    listed = capsys.readouterr().out
+    assert "1 saved states" in listed and tiny_gguf_f16.name in listed and "tokens" in listed
+    assert main(["cache", "clear", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith("removed 1 saved states")
+    assert main(["cache", "list", "--dir", str(tmp_path / "state" / "prompt-cache")]) == 0
+    assert "0 saved states" in capsys.readouterr().out
