@@ -1,0 +1,120 @@
+"""The prompt cache on the TinyLlama-shaped model at Q4_K_M, a ~1,000-token system prompt, through the daemon.
+
+Run: .venv/bin/python -m pytest benchmarks/bench_prompt_cache.py -q -s --benchmark-enable
+
+Restart: each round clears the cache folder, starts `edgekit serve`, asks once (cold: no
+state anywhere), stops it with SIGTERM, starts it again (the cache is warmed before
+online: the time it adds is read from the daemon's log) and asks the same again. The two
+requests of a round run under the same load, so the ratio is taken per round.
+Alternation: one daemon, two system prompts A, B, A, B, ...: every request after the first
+of each prefix against the cold first one of the same prefix.
+Goals: warm / cold time to first token <= 0.1 in both; asserted only with EDGEKIT_BENCH_STRICT=1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from edgekit.serve.mqtt.client import RequestClient
+from tests.serve_support import DaemonProcess
+
+ROUNDS = int(os.environ.get("EDGEKIT_BENCH_ROUNDS", "3"))
+ALTERNATIONS = 8  # A, B, A, B, ...
+GOAL = 0.1
+STRICT = os.environ.get("EDGEKIT_BENCH_STRICT") == "1"
+
+
+def system_prompt(kind: str, lines: int = 30) -> str:
+    """A Home Assistant-like system prompt: instructions, then the exposed entities (~1,000 tokens)."""
+    head = (f"You are the voice assistant of a smart home ({kind}). Answer in one short sentence. "
+            "Use the tools to control devices; never invent an entity. Current state of the house:\n")
+    rooms = ("kitchen", "hall", "living room", "bedroom", "office", "garage", "porch", "bathroom")
+    body = "".join(f"- light.{rooms[i % 8].replace(' ', '_')}_{i} ({rooms[i % 8]} light {i}): "
+                   f"{('on', 'off')[i % 2]}, brightness {i * 7 % 100} percent, area {rooms[(i * 3) % 8]}\n"
+                   for i in range(lines))
+    return head + body
+
+
+def ask(client: RequestClient, system: str, question: str = "Is the kitchen light on?") -> dict:
+    body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+            "max_tokens": 4}
+    final = client.ask(body, timeout_s=600).final
+    assert final["type"] == "result", final
+    return final
+
+
+def started(daemon: DaemonProcess) -> float:
+    t0 = time.monotonic()
+    daemon.start()
+    return time.monotonic() - t0
+
+
+def warm_ms(daemon: DaemonProcess) -> float:
+    found = re.findall(r"prompt cache: warmed in (\d+) ms", daemon.log.read_text())
+    return float(found[-1])
+
+
+def restart_round(model: Path, broker, folder: Path) -> dict[str, float]:
+    shutil.rmtree(folder, ignore_errors=True)
+    daemon = DaemonProcess(folder, model, broker.url, "cachebench", model={"ctx": 2048},
+                           daemon={"metrics_interval_s": 0.0, "drain_timeout_s": 5.0})
+    start_cold = started(daemon)
+    with RequestClient(broker.url, daemon.prefix) as client:
+        cold = ask(client, system_prompt("A"))
+    assert daemon.stop() == 0, daemon.output()
+    start_warm = started(daemon)
+    try:
+        with RequestClient(broker.url, daemon.prefix) as client:
+            warm = ask(client, system_prompt("A"))
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    assert warm["text"] == cold["text"]
+    return {"cold_ms": cold["timings"]["time_to_first_token_ms"], "warm_ms": warm["timings"]["time_to_first_token_ms"],
+            "prompt_tokens": cold["usage"]["prompt_tokens"], "cached": warm["usage"]["cached_prompt_tokens"],
+            "warm_up_ms": warm_ms(daemon), "start_cold_s": start_cold, "start_warm_s": start_warm}
+
+
+def alternation(model: Path, broker, folder: Path) -> list[tuple[str, float, int]]:
+    """(prefix, TTFT ms, cached tokens) for A, B, A, B, ... on one daemon with an empty cache."""
+    shutil.rmtree(folder, ignore_errors=True)
+    daemon = DaemonProcess(folder, model, broker.url, "cachebench", model={"ctx": 2048},
+                           daemon={"metrics_interval_s": 0.0})
+    daemon.start()
+    out = []
+    try:
+        with RequestClient(broker.url, daemon.prefix) as client:
+            for i in range(ALTERNATIONS):
+                kind = "AB"[i % 2]
+                final = ask(client, system_prompt(kind), f"Question {i}: is the hall light on?")
+                out.append((kind, final["timings"]["time_to_first_token_ms"], final["usage"]["cached_prompt_tokens"]))
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    return out
+
+
+def test_prompt_cache_restart_and_alternation(benchmark, mosquitto, tinyllama_q4_k_m: Path, tmp_path: Path) -> None:
+    def run() -> tuple[list[dict[str, float]], list[tuple[str, float, int]]]:
+        rounds = [restart_round(tinyllama_q4_k_m, mosquitto, tmp_path / "restart") for _ in range(ROUNDS)]
+        return rounds, alternation(tinyllama_q4_k_m, mosquitto, tmp_path / "alternate")
+
+    rounds, alternating = benchmark.pedantic(run, rounds=1, iterations=1)
+    ratios = [r["warm_ms"] / r["cold_ms"] for r in rounds]
+    print(f"\n[prompt cache, {tinyllama_q4_k_m.name}, {rounds[0]['prompt_tokens']} prompt tokens, "
+          f"{ROUNDS} restart rounds, {os.cpu_count()} CPUs]")
+    for i, r in enumerate(rounds):
+        print(f"round {i}: cold TTFT {r['cold_ms']:8.0f} ms | after SIGTERM + restart {r['warm_ms']:6.0f} ms "
+              f"({r['cached']} cached) ratio {ratios[i]:.3f} | warm-up {r['warm_up_ms']:.0f} ms, "
+              f"start to online {r['start_cold_s']:.1f} s empty / {r['start_warm_s']:.1f} s warm")
+    print(f"restart: median ratio {statistics.median(ratios):.3f}, worst {max(ratios):.3f} (goal <= {GOAL})")
+    cold = {kind: ms for kind, ms, _c in alternating[:2]}
+    later = [(kind, ms / cold[kind], cached) for kind, ms, cached in alternating[2:]]
+    print("alternation: cold A {:.0f} ms, B {:.0f} ms; then ".format(cold["A"], cold["B"])
+          + ", ".join(f"{k} {ratio:.3f} ({c} cached)" for k, ratio, c in later))
+    benchmark.extra_info.update(restart=rounds, alternation=alternating)
+    if STRICT:
+        assert max(ratios) <= GOAL and all(ratio <= GOAL for _k, ratio, _c in later)
