@@ -26,6 +26,8 @@ import statistics
 import time
 from pathlib import Path
 
+import pytest
+
 from edgekit.serve.mqtt.client import RequestClient
 from tests.serve_support import DaemonProcess
 
@@ -97,30 +99,47 @@ def alternation(model: Path, broker, folder: Path) -> list[tuple[str, float, int
                 kind = "AB"[i % 2]
                 final = ask(client, system_prompt(kind), f"Question {i}: is the hall light on?")
                 out.append((kind, final["timings"]["time_to_first_token_ms"], final["usage"]["cached_prompt_tokens"]))
+                print(f"  {kind}: TTFT {out[-1][1]:.0f} ms, {out[-1][2]} cached", flush=True)
     finally:
         assert daemon.stop() == 0, daemon.output()
     return out
 
 
-def test_prompt_cache_restart_and_alternation(benchmark, mosquitto, tinyllama_q4_k_m: Path, tmp_path: Path) -> None:
-    def run() -> tuple[list[dict[str, float]], list[tuple[str, float, int]]]:
-        rounds = [restart_round(tinyllama_q4_k_m, mosquitto, tmp_path / "restart") for _ in range(ROUNDS)]
-        return rounds, alternation(tinyllama_q4_k_m, mosquitto, tmp_path / "alternate")
+def report_round(i: int, r: dict[str, float]) -> None:
+    print(f"round {i}: cold TTFT {r['cold_ms']:8.0f} ms | after SIGTERM + restart {r['warm_ms']:6.0f} ms "
+          f"({r['cached']} of {r['prompt_tokens']} cached) ratio {r['warm_ms'] / r['cold_ms']:.3f} | "
+          f"warm-up {r['warm_up_ms']:.0f} ms, start to online {r['start_cold_s']:.1f} s empty / "
+          f"{r['start_warm_s']:.1f} s warm, same text: {r['same_text']}", flush=True)
 
-    rounds, alternating = benchmark.pedantic(run, rounds=1, iterations=1)
+
+@pytest.mark.timeout(3600)  # a cold 1,000-token prompt takes a minute on a loaded 2-core box
+def test_prompt_cache_after_a_sigterm_restart(benchmark, mosquitto, tinyllama_q4_k_m: Path, tmp_path: Path) -> None:
+    print(f"\n[prompt cache after SIGTERM + restart, {tinyllama_q4_k_m.name}, {ROUNDS} rounds, {os.cpu_count()} CPUs]")
+
+    def run() -> list[dict[str, float]]:
+        rounds = []
+        for i in range(ROUNDS):
+            rounds.append(restart_round(tinyllama_q4_k_m, mosquitto, tmp_path / "restart"))
+            report_round(i, rounds[-1])
+        return rounds
+
+    rounds = benchmark.pedantic(run, rounds=1, iterations=1)
     ratios = [r["warm_ms"] / r["cold_ms"] for r in rounds]
-    print(f"\n[prompt cache, {tinyllama_q4_k_m.name}, {rounds[0]['prompt_tokens']} prompt tokens, "
-          f"{ROUNDS} restart rounds, {os.cpu_count()} CPUs]")
-    for i, r in enumerate(rounds):
-        print(f"round {i}: cold TTFT {r['cold_ms']:8.0f} ms | after SIGTERM + restart {r['warm_ms']:6.0f} ms "
-              f"({r['cached']} cached) ratio {ratios[i]:.3f} | warm-up {r['warm_up_ms']:.0f} ms, "
-              f"start to online {r['start_cold_s']:.1f} s empty / {r['start_warm_s']:.1f} s warm, "
-              f"same text: {r['same_text']}")
     print(f"restart: median ratio {statistics.median(ratios):.3f}, worst {max(ratios):.3f} (goal <= {GOAL})")
+    benchmark.extra_info.update(restart=rounds)
+    if STRICT:
+        assert max(ratios) <= GOAL
+
+
+@pytest.mark.timeout(3600)
+def test_prompt_cache_with_two_alternating_prefixes(benchmark, mosquitto, tinyllama_q4_k_m: Path, tmp_path: Path) -> None:
+    alternating = benchmark.pedantic(lambda: alternation(tinyllama_q4_k_m, mosquitto, tmp_path / "alternate"),
+                                     rounds=1, iterations=1)
     cold = {kind: ms for kind, ms, _c in alternating[:2]}
     later = [(kind, ms / cold[kind], cached) for kind, ms, cached in alternating[2:]]
-    print("alternation: cold A {:.0f} ms, B {:.0f} ms; then ".format(cold["A"], cold["B"])
-          + ", ".join(f"{k} {ratio:.3f} ({c} cached)" for k, ratio, c in later))
-    benchmark.extra_info.update(restart=rounds, alternation=alternating)
+    print(f"\n[prompt cache, A/B alternation, {tinyllama_q4_k_m.name}] cold A {cold['A']:.0f} ms, "
+          f"B {cold['B']:.0f} ms; then " + ", ".join(f"{k} {ratio:.3f} ({c} cached)" for k, ratio, c in later))
+    print(f"alternation: worst ratio {max(r for _k, r, _c in later):.3f} (goal <= {GOAL})")
+    benchmark.extra_info.update(alternation=alternating)
     if STRICT:
-        assert max(ratios) <= GOAL and all(ratio <= GOAL for _k, ratio, _c in later)
+        assert all(ratio <= GOAL for _k, ratio, _c in later)
