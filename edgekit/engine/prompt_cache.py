@@ -198,7 +198,8 @@ class PromptCache:
         name = self.key.hex()[:16] + "-" + hashlib.sha256(tokens.tobytes()).hexdigest()[:24]
         entry = _Entry(name, tokens, len(data), last_used=time.time())
         with self._lock:
-            superseded = [e.name for e in self._entries.values() if common_prefix(e.tokens, tokens) == len(e.tokens)]
+            superseded = [e.name for e in self._entries.values()
+                          if e.name != name and common_prefix(e.tokens, tokens) == len(e.tokens)]
             for old in superseded:  # a saved prefix of this one: the new state holds it all
                 self._entries.pop(old, None)
             self._entries[name] = entry
