@@ -17,6 +17,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from edgekit.engine.kv_state import capture_state, restore_state
 from edgekit.engine.prompt_cache import PromptCache, common_prefix
 from edgekit.engine.records import Chunk, FinishReason, Result, Timings
 from edgekit.engine.sampling import SamplerChain
@@ -295,29 +296,6 @@ def aligned_keep(n_tokens: int, keep: int) -> int:
     """
     extra = -(n_tokens - keep) % ROW_BLOCK
     return keep - extra if 0 < extra <= 2 and keep >= extra else keep
-
-
-def capture_state(llm: Any) -> bytes:
-    """The KV state of the context's sequence (llama_state_seq_get_data), as bytes."""
-    size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
-    buf = ctypes.create_string_buffer(size)
-    n = llama_cpp.llama_state_seq_get_data(llm.ctx, ctypes.cast(buf, ctypes.POINTER(ctypes.c_uint8)), size, 0)
-    return buf.raw[:n]
-
-
-def restore_state(llm: Any, tokens: np.ndarray, data: bytes) -> bool:
-    """Put a saved state (checked by the cache) into the context; False if llama.cpp refuses it."""
-    llm._ctx.kv_cache_seq_rm(0, 0, -1)
-    llm.n_tokens = 0
-    if len(tokens) > len(llm.input_ids):
-        return False
-    src = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
-    if llama_cpp.llama_state_seq_set_data(llm.ctx, src, len(data), 0) == 0:
-        llm._ctx.kv_cache_seq_rm(0, 0, -1)
-        return False
-    llm.input_ids[: len(tokens)] = tokens
-    llm.n_tokens = len(tokens)
-    return True
 
 
 def usable_context(llm: Any) -> int:
