@@ -35,6 +35,9 @@ ROUNDS = int(os.environ.get("EDGEKIT_BENCH_ROUNDS", "3"))
 ALTERNATIONS = 8  # A, B, A, B, ...
 GOAL = 0.1
 STRICT = os.environ.get("EDGEKIT_BENCH_STRICT") == "1"
+# EDGEKIT_BENCH_THREADS=1 runs the daemons with one thread: on a box loaded far beyond its
+# cores, two llama.cpp threads wait for each other at every graph node (seconds per small batch).
+THREADS = os.environ.get("EDGEKIT_BENCH_THREADS")
 
 
 def system_prompt(kind: str, lines: int = 30) -> str:
@@ -46,6 +49,19 @@ def system_prompt(kind: str, lines: int = 30) -> str:
                    f"{('on', 'off')[i % 2]}, brightness {i * 7 % 100} percent, area {rooms[(i * 3) % 8]}\n"
                    for i in range(lines))
     return head + body
+
+
+def model_section(folder: Path) -> dict[str, object]:
+    """[model] for the bench daemons: ctx 2048, and a profile with THREADS threads when asked."""
+    if not THREADS:
+        return {"ctx": 2048}
+    folder.mkdir(parents=True, exist_ok=True)
+    generic = (Path(__file__).resolve().parents[1] / "profiles" / "cpu-generic.toml").read_text()
+    profile = folder.parent / f"bench-threads-{THREADS}.toml"
+    profile.write_text(generic.replace('name = "cpu-generic"', f'name = "bench-threads-{THREADS}"')
+                       .replace('threads = "auto"', f"threads = {THREADS}")
+                       .replace('threads_batch = "auto"', f"threads_batch = {THREADS}"))
+    return {"ctx": 2048, "profile": str(profile)}
 
 
 def ask(client: RequestClient, system: str, question: str = "Is the kitchen light on?") -> dict:
@@ -69,7 +85,7 @@ def warm_ms(daemon: DaemonProcess) -> float:
 
 def restart_round(model: Path, broker, folder: Path) -> dict[str, float]:
     shutil.rmtree(folder, ignore_errors=True)
-    daemon = DaemonProcess(folder, model, broker.url, "cachebench", model={"ctx": 2048},
+    daemon = DaemonProcess(folder, model, broker.url, "cachebench", model=model_section(folder),
                            daemon={"metrics_interval_s": 0.0, "drain_timeout_s": 5.0})
     start_cold = started(daemon)
     with RequestClient(broker.url, daemon.prefix) as client:
@@ -89,7 +105,7 @@ def restart_round(model: Path, broker, folder: Path) -> dict[str, float]:
 def alternation(model: Path, broker, folder: Path) -> list[tuple[str, float, int]]:
     """(prefix, TTFT ms, cached tokens) for A, B, A, B, ... on one daemon with an empty cache."""
     shutil.rmtree(folder, ignore_errors=True)
-    daemon = DaemonProcess(folder, model, broker.url, "cachebench", model={"ctx": 2048},
+    daemon = DaemonProcess(folder, model, broker.url, "cachebench", model=model_section(folder),
                            daemon={"metrics_interval_s": 0.0})
     daemon.start()
     out = []
