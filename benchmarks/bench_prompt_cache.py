@@ -114,8 +114,10 @@ def alternation(model: Path, broker, folder: Path) -> list[tuple[str, float, int
             for i in range(ALTERNATIONS):
                 kind = "AB"[i % 2]
                 final = ask(client, system_prompt(kind), f"Question {i}: is the hall light on?")
-                out.append((kind, final["timings"]["time_to_first_token_ms"], final["usage"]["cached_prompt_tokens"]))
-                print(f"  {kind}: TTFT {out[-1][1]:.0f} ms, {out[-1][2]} cached", flush=True)
+                usage, timings = final["usage"], final["timings"]
+                out.append((kind, timings["time_to_first_token_ms"], usage["cached_prompt_tokens"]))
+                print(f"  {kind}: TTFT {out[-1][1]:.0f} ms, {out[-1][2]} cached, "
+                      f"{usage['prompt_tokens'] - out[-1][2]} evaluated in {timings['prompt_ms']:.0f} ms", flush=True)
     finally:
         assert daemon.stop() == 0, daemon.output()
     return out
