@@ -17,6 +17,7 @@ from typing import Any
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
+from edgekit.serve.config import HTTP_DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -322,13 +323,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from edgekit.serve.config import load_config
-    from edgekit.serve.core import Core
-    from edgekit.serve.mqtt.front import MqttFrontEnd
+    from edgekit.serve.core import Core, front_ends_for
 
     config = load_config(args.config, flags=vars(args))
     if not (args.debug or args.verbose):  # a daemon logs its normal events (journald keeps them)
         logging.getLogger("edgekit").setLevel(config.daemon.log_level.upper())
-    Core(config, [MqttFrontEnd(config)], reread=lambda: load_config(args.config, flags=vars(args))).run()
+    Core(config, front_ends_for(config), reread=lambda: load_config(args.config, flags=vars(args))).run()
     return 0
 
 
@@ -386,7 +386,8 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     from edgekit.serve.service import BoxSettings, plan_installation, write_installation
 
     box = BoxSettings(model=args.model, profile=args.profile, broker=args.broker, instance=args.instance,
-                      device_id=args.device_id, password_file=args.password_file)
+                      device_id=args.device_id, password_file=args.password_file, http=args.http,
+                      api_key_file=args.api_key_file)
     installation = plan_installation(box, dest=args.dest, env_dir=args.env_dir)
     for warning in installation.warnings:
         print(f"edgekit: warning: {warning}", file=sys.stderr)
@@ -560,10 +561,12 @@ def _add_engine(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_daemon(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="answer requests over MQTT (run by systemd)")
+    p = sub.add_parser("serve", help="answer requests over MQTT and/or HTTP (run by systemd)")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--profile", default=None)
-    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port")
+    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port; none = HTTP only")
+    p.add_argument("--http", nargs="?", const=str(HTTP_DEFAULT_PORT), default=None, metavar="[HOST:]PORT",
+                   help=f"also serve the Ollama and OpenAI APIs (default port {HTTP_DEFAULT_PORT}, host 127.0.0.1)")
     p.add_argument("--config", type=Path, default=None, help="edgekit.toml")
     p.add_argument("--prefix", default=None)
     p.add_argument("--device-id", default=None)
@@ -598,6 +601,10 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-id", default=None, help="default: the hostname (plus -INSTANCE with --instance)")
     p.add_argument("--password-file", type=Path, default=None,
                    help="broker password, loaded as a systemd credential (default: ENV_DIR/mqtt-password if present)")
+    p.add_argument("--http", nargs="?", const=str(HTTP_DEFAULT_PORT), default=None, metavar="[HOST:]PORT",
+                   help="also serve the Ollama and OpenAI APIs (written to the config's [http] listen)")
+    p.add_argument("--api-key-file", type=Path, default=None,
+                   help="HTTP API key, loaded as a systemd credential (default: ENV_DIR/http-api-key if present)")
     p.add_argument("--force", action="store_true", help="replace an existing config/env file that differs")
     p.add_argument("--dry-run", action="store_true", help="print what would be written")
     p.set_defaults(func=cmd_install_service)
@@ -612,7 +619,8 @@ def _add_measurement(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--concurrency", type=_csv(int), default=[1])
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--via", default=None, help="mqtt://host:port: also measure end to end through a daemon")
+    p.add_argument("--via", default=None,
+                   help="mqtt://host:port or http://host:port: also measure end to end through a daemon")
     p.add_argument("--prefix", default=None, help="daemon topic prefix, with --via")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true")

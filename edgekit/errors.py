@@ -90,6 +90,18 @@ class Expired(EdgekitError):
     code = "expired"
 
 
+class TimedOut(EdgekitError):
+    """A request ran past limits.max_request_s and was stopped to free the engine."""
+
+    code = "timeout"
+
+
+class Duplicate(BadRequest):
+    """A request repeated an id its requester already used (answered, or still running)."""
+
+    code = "duplicate"
+
+
 class Cancelled(EdgekitError):
     """The request was cancelled before or while it ran."""
 

@@ -36,6 +36,9 @@ _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, smallest value
 _MIN_TENSOR_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
 _SMALL_ARRAY = 64  # arrays up to this length are kept in metadata; longer ones by length
 _BIG_STRING = 16 << 20  # strings longer than this are skipped, not read
+_MAX_ARRAY_DEPTH = 2  # arrays of arrays: llama.cpp's own reader takes none; recursion must stay bounded
+_MAX_ARRAY_ITEMS = 1 << 24  # the largest vocabularies and merge lists hold well under a million
+_MAX_CONTEXT = 1 << 24  # context_length beyond 16M tokens is corrupt (llama.cpp would size buffers by it)
 
 # First bytes of files people mistake for GGUF, with what to tell them.
 _FOREIGN_MAGICS: list[tuple[bytes, str]] = [
@@ -160,6 +163,7 @@ class _Reader:
     def __init__(self, f: BinaryIO, path: Path, size: int) -> None:
         self.f, self.path, self.size, self.pos = f, path, size, 0
         self.where = "the header"
+        self.depth = 0  # arrays being read inside one another
 
     def fail(self, problem: str) -> ModelFormatError:
         return ModelFormatError(f"{self.path}: {problem}")
@@ -296,8 +300,21 @@ def _value_type(r: _Reader, type_id: int) -> GGUFValueType:
 
 
 def _read_array(r: _Reader) -> Any:
+    r.depth += 1
+    try:
+        return _read_array_items(r)
+    finally:
+        r.depth -= 1
+
+
+def _read_array_items(r: _Reader) -> Any:
+    if r.depth > _MAX_ARRAY_DEPTH:
+        raise r.fail(f"corrupt {r.where}: arrays nested more than {_MAX_ARRAY_DEPTH} deep; re-convert the model")
     item_type = _value_type(r, r.u32())
     length = r.u64()
+    if length > _MAX_ARRAY_ITEMS:
+        raise r.fail(f"corrupt {r.where}: an array of {length:,} items (the limit is {_MAX_ARRAY_ITEMS:,}); "
+                     "re-download or re-convert")
     item_size = struct.calcsize(_SCALAR_FORMATS[item_type]) if item_type in _SCALAR_FORMATS else 8
     if length * item_size > r.remaining():
         raise r.fail(
@@ -393,6 +410,10 @@ def _describe(path: Path, size: int, version: int, metadata: dict[str, Any], ten
     def arch_key(template: str) -> Any:
         return _plain(metadata.get(template.format(arch=arch)))
 
+    context = arch_key(Keys.LLM.CONTEXT_LENGTH)
+    if context is not None and (not isinstance(context, int) or not 1 <= context <= _MAX_CONTEXT):
+        raise ModelFormatError(f"{path}: {Keys.LLM.CONTEXT_LENGTH.format(arch=arch)} = {context!r} is not a "
+                               f"plausible context length (1 to {_MAX_CONTEXT:,}); the file is corrupt: re-convert it")
     layers = _layer_bytes(tensors)
     tensor_bytes = sum(t.nbytes for t in tensors)
     return GGUFInfo(
@@ -402,7 +423,7 @@ def _describe(path: Path, size: int, version: int, metadata: dict[str, Any], ten
         file_type=_file_type_name(metadata.get(Keys.General.FILE_TYPE)),
         quant_mix=_quant_mix(tensors),
         tensor_bytes=tensor_bytes,
-        context_length=arch_key(Keys.LLM.CONTEXT_LENGTH),
+        context_length=context,
         embedding_length=arch_key(Keys.LLM.EMBEDDING_LENGTH),
         feed_forward_length=arch_key(Keys.LLM.FEED_FORWARD_LENGTH),
         block_count=arch_key(Keys.LLM.BLOCK_COUNT),

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 REPO = Path(__file__).resolve().parents[1]
-LONG_CTX = 4096  # daemons under test run with this context, so a "long" request runs for seconds
+LONG_CTX = 2048  # daemons under test run with this context (the tiny models' trained one), so a "long" request runs for seconds
 
 
 @dataclass
@@ -39,20 +41,26 @@ class Received:
 class Listener:
     """An MQTT 5 subscriber that records everything it receives, with properties and arrival times."""
 
-    def __init__(self, url: str, *topics: str, persistent: bool = False) -> None:
+    def __init__(self, url: str, *topics: str, persistent: bool = False, client_id: str | None = None,
+                 username: str | None = None, password: str | None = None) -> None:
         """persistent: a session that survives a broker restart (fixed client id, Clean Start off)."""
         host, port = url.removeprefix("mqtt://").split(":")
         self.topics = topics
         self.inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"listener-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+        self.client_id = client_id or f"listener-{uuid.uuid4().hex[:8]}"
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.granted: list[int] = []  # SUBACK reason codes, in order
+        self.acks: dict[int, int] = {}  # PUBACK reason codes by packet id
+        self.client.on_publish = lambda _c, _u, mid, rc, _p: self.acks.__setitem__(mid, rc.value)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.client.reconnect_delay_set(1, 1)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 600 if persistent else 0
         self._subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect(host, int(port), clean_start=not persistent, properties=props)
         self.client.loop_start()
         assert self._subscribed.wait(10), "the listener's subscription was not confirmed"
@@ -60,14 +68,30 @@ class Listener:
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         client.subscribe([(topic, 2) for topic in self.topics])  # QoS 2: exactly once from the broker
 
-    def publish(self, topic: str, payload: bytes | str, **properties: Any) -> None:
-        """Publish at QoS 1 and wait until the broker has it."""
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        self.granted += [code.value for code in codes]
+        self._subscribed.set()
+
+    def subscribe(self, topic: str, timeout_s: float = 10.0) -> int:
+        """Subscribe to one more topic; the SUBACK's reason code (0x87: not authorized)."""
+        self._subscribed.clear()
+        self.client.subscribe(topic, qos=1)
+        assert self._subscribed.wait(timeout_s), f"no SUBACK for {topic}"
+        return self.granted[-1]
+
+    def publish(self, topic: str, payload: bytes | str, **properties: Any) -> int:
+        """Publish at QoS 1 and wait until the broker has it; its PUBACK reason code (0x87: not authorized)."""
         props = None
         if properties:
             props = Properties(PacketTypes.PUBLISH)
             for name, value in properties.items():
                 setattr(props, name, value)
-        self.client.publish(topic, payload, qos=1, properties=props).wait_for_publish(10)
+        info = self.client.publish(topic, payload, qos=1, properties=props)
+        info.wait_for_publish(10)
+        end = time.monotonic() + 5
+        while info.mid not in self.acks and time.monotonic() < end:
+            time.sleep(0.001)
+        return self.acks.pop(info.mid, 0)
 
     def _on_message(self, _c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
         correlation = getattr(m.properties, "CorrelationData", None) if m.properties else None
@@ -122,8 +146,11 @@ def daemon_toml(state_dir: Path, device_id: str, **sections: dict[str, Any]) -> 
 class DaemonProcess:
     """`edgekit serve` as a subprocess, with its own config file and state folder."""
 
-    def __init__(self, folder: Path, gguf: Path, broker_url: str, device_id: str, **sections: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, gguf: Path, broker_url: str, device_id: str, *, http_port: int | None = None,
+                 **sections: dict[str, Any]) -> None:
+        """broker_url "none": HTTP only; http_port: also serve HTTP on 127.0.0.1:<port> (--http)."""
         folder.mkdir(parents=True, exist_ok=True)
+        self.http_port = http_port
         self.folder, self.model, self.broker_url, self.device_id = folder, gguf, broker_url, device_id
         self.config = folder / "edgekit.toml"
         self.config.write_text(daemon_toml(folder / "state", device_id, **sections))
@@ -134,21 +161,41 @@ class DaemonProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True, env: dict[str, str] | None = None) -> DaemonProcess:
-        """Start it; with wait, return once it says online on its status topic."""
-        listener = Listener(self.broker_url, f"{self.node}/status") if wait else None
+        """Start it; with wait, return once it says online on its status topic (HTTP only: answers /api/version)."""
+        mqtt_wait = wait and self.broker_url != "none"
+        listener = Listener(self.broker_url, f"{self.node}/status") if mqtt_wait else None
+        http_args = ["--http", f"127.0.0.1:{self.http_port}"] if self.http_port else []
         started = time.time()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "edgekit.cli", "-v", "serve", "--model", str(self.model),
-                 "--broker", self.broker_url, "--config", str(self.config)],
+                 "--broker", self.broker_url, "--config", str(self.config), *http_args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         if listener is not None:
             try:
                 self._wait_online(listener, started)
             finally:
                 listener.close()
+        elif wait:
+            self._wait_http()
         return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _wait_http(self) -> None:
+        end = time.monotonic() + 120
+        while time.monotonic() < end and self.process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/version", timeout=1):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers (401 without the key)
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"daemon {self.device_id} did not answer HTTP:\n{self.output()}")
 
     def _wait_online(self, listener: Listener, started: float) -> None:
         end = time.monotonic() + 120

@@ -254,3 +254,23 @@ def test_via_mqtt_measures_end_to_end_and_shows_the_transport_apart(tiny_q4_k_m,
         assert s.e2e_ms > s.total_ms > 0 and s.transport_ms > 0
         assert s.ttft_ms > 0 and s.gen_tps > 0 and s.prompt_tokens == 16 and len(s.itl_ms) >= 1
     assert "MQTT ms" in output.format_table(output.table_rows(run))
+
+
+def test_via_http_measures_ttft_and_inter_token_latency_end_to_end(tiny_q4_k_m, tmp_path):
+    from edgekit.serve.mqtt.mosquitto import free_port
+    from tests.serve_support import DaemonProcess
+
+    daemon = DaemonProcess(tmp_path / "daemon", tiny_q4_k_m, "none", "bench-http", http_port=free_port()).start()
+    out = tmp_path / "via.json"
+    try:
+        argv = ["bench", str(tiny_q4_k_m), "--prompt-tokens", "16", "--gen-tokens", "8", "--repeat", "2",
+                "--threads", "2", "--via", daemon.url, "--json", "--output", str(out)]
+        assert main(argv) == 0
+    finally:
+        daemon.stop()
+    run = BenchRun.from_dict(json.loads(out.read_text()))
+    assert [m.mode for m in run.measurements] == ["engine", "http"]
+    for s in run.measurements[1].samples:
+        assert s.e2e_ms > s.total_ms > 0 and s.transport_ms > 0
+        assert s.ttft_ms > 0 and s.gen_tps > 0 and s.prompt_tokens == 16 and len(s.itl_ms) >= 1
+    assert "HTTP ms" in output.format_table(output.table_rows(run))

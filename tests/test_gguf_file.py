@@ -19,11 +19,11 @@ VOCAB = 100
 HIDDEN = 64
 
 
-def write_gguf(path: Path, name: str = "tiny", blocks: int = 2, big_tensor: int = 0) -> Path:
+def write_gguf(path: Path, name: str = "tiny", blocks: int = 2, big_tensor: int = 0, context: int = 128) -> Path:
     """A small Llama-shaped GGUF: embeddings, two tensors per block, a final norm, tokenizer keys."""
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_name(name)
-    writer.add_context_length(128)
+    writer.add_context_length(context)
     writer.add_embedding_length(HIDDEN)
     writer.add_block_count(blocks)
     writer.add_head_count(4)
@@ -209,6 +209,22 @@ def test_unknown_value_type(small_gguf: Path, tmp_path: Path) -> None:
     at = data.index(b"general.name") + len(b"general.name")
     data[at : at + 4] = struct.pack("<I", 99)
     assert_rejected(damaged(tmp_path, bytes(data)), "unknown value type 99", "general.name")
+
+
+def test_an_implausible_context_length_is_a_format_error(tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "ctx.gguf", context=2**31 - 1)
+    assert_rejected(path, "llama.context_length", "2147483647", "corrupt")
+
+
+def test_deeply_nested_metadata_arrays_are_a_format_error_not_a_crash(small_gguf: Path, tmp_path: Path) -> None:
+    data = small_gguf.read_bytes()
+    at = data.index(b"edgekit.converter") + len(b"edgekit.converter")
+    string_value = struct.pack("<IQ", gguf.GGUFValueType.STRING, 4) + b"test"
+    assert data[at : at + len(string_value)] == string_value
+    nested = struct.pack("<I", gguf.GGUFValueType.ARRAY)
+    nested += struct.pack("<IQ", gguf.GGUFValueType.ARRAY, 1) * 5000 + struct.pack("<IQ", gguf.GGUFValueType.UINT8, 0)
+    path = damaged(tmp_path, data[:at] + nested + data[at + len(string_value):])
+    assert_rejected(path, "nested more than", "edgekit.converter")
 
 
 def test_missing_architecture(small_gguf: Path, tmp_path: Path) -> None:

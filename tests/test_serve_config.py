@@ -54,6 +54,11 @@ def test_a_wrong_type_is_an_error_naming_the_setting(tmp_path: Path) -> None:
     ('[topics]\nshare_group = "a/b"\n', "share_group"),
     ("[limits]\nqueue_size = 0\n", "queue_size"),
     ('[broker]\ncert_file = "c.pem"\n', "key_file"),
+    ("[broker]\nanswer_qos = 2\n", "QoS 1"),
+    ('[broker]\nurl = "mqtt://user:pw@h"\n', "credentials do not go in the URL"),
+    ('[broker]\nurl = "mqtt://two words"\n', "not a host name"),
+    ('[broker]\nurl = "mqtt://h:70000"\n', "port"),
+    ("[limits]\nmax_request_s = 0\n", "max_request_s"),
 ])
 def test_inconsistent_settings_are_refused(tmp_path: Path, toml: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
@@ -77,6 +82,13 @@ def test_password_comes_from_systemd_credentials(tmp_path: Path) -> None:
     assert broker_password(BrokerConfig(username="u"), env={}) is None
 
 
+def test_a_password_file_others_can_read_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o644)
+    assert broker_password(BrokerConfig(username="u", password_file=tmp_path / "pw"), env={}) == "s3cret"
+    assert "chmod 600" in caplog.text and "s3cret" not in caplog.text
+
+
 def test_a_missing_password_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="password file"):
         broker_password(BrokerConfig(password_file=tmp_path / "nope"), env={})
@@ -85,3 +97,33 @@ def test_a_missing_password_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_there_is_no_password_setting_to_leak_on_a_command_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'broker.password'"):
         load_config(write(tmp_path, '[broker]\npassword = "x"\n'), env={})
+
+
+def test_http_listen_defaults_to_loopback_and_ollamas_port() -> None:
+    from edgekit.serve.config import HTTP_DEFAULT_PORT, http_address
+
+    assert http_address("11434") == ("127.0.0.1", HTTP_DEFAULT_PORT)
+    assert http_address("0.0.0.0:8080") == ("0.0.0.0", 8080)
+    assert http_address("[::1]:8080") == ("::1", 8080)
+    with pytest.raises(ConfigError, match=r"\[HOST:\]PORT"):
+        http_address("localhost:http")
+
+
+def test_http_only_needs_a_listener(tmp_path: Path) -> None:
+    config = load_config(None, env={}, flags={"broker": "none", "http": "11434"})
+    assert config.broker.url == "none" and config.http.listen == "11434"
+    with pytest.raises(ConfigError, match="nothing to serve"):
+        load_config(None, env={}, flags={"broker": "none"})
+
+
+def test_http_api_key_comes_from_its_file_or_systemds_credentials(tmp_path: Path) -> None:
+    from edgekit.serve.config import HttpConfig, http_api_key
+
+    (tmp_path / "key").write_text("abc123\n")
+    assert http_api_key(HttpConfig(api_key_file=tmp_path / "key"), env={}) == "abc123"
+    (tmp_path / "http_api_key").write_text("from-systemd\n")
+    assert http_api_key(HttpConfig(), env={"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "from-systemd"
+    assert http_api_key(HttpConfig(), env={}) is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        http_api_key(HttpConfig(api_key_file=tmp_path / "empty"), env={})

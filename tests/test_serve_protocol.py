@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgekit.engine.records import Chunk, Result, Timings
+from edgekit.engine.records import Chunk, Result, Timings, ToolCall
 from edgekit.errors import BadRequest, TooLarge
 from edgekit.serve.mqtt import protocol
 from edgekit.serve.config import LimitsConfig
@@ -23,12 +23,13 @@ def parse(body: dict, response_topic: str | None = "edgekit/reply/t", correlatio
 def test_a_single_daemon_uses_its_prefix_for_every_topic() -> None:
     topics = Topics.for_device("edgekit/box", "box")
     assert topics["request"] == "edgekit/box/request" and topics["status"] == "edgekit/box/status"
-    assert topics.request_subscription == "edgekit/box/request"
+    assert topics.subscriptions == ["edgekit/box/request", "edgekit/box/request/+", "edgekit/box/cancel",
+                                    "edgekit/box/cancel/+"]
 
 
 def test_a_fleet_shares_the_request_topic_and_keeps_status_per_device() -> None:
     topics = Topics.for_device("edgekit/fleet", "pi-3", share_group="g")
-    assert topics.request_subscription == "$share/g/edgekit/fleet/request"
+    assert topics.subscriptions[:2] == ["$share/g/edgekit/fleet/request", "$share/g/edgekit/fleet/request/+"]
     assert topics["cancel"] == "edgekit/fleet/cancel"
     assert topics["status"] == "edgekit/fleet/pi-3/status" and topics["metrics"] == "edgekit/fleet/pi-3/metrics"
 
@@ -40,7 +41,7 @@ def test_chat_request_is_parsed_with_defaults_and_the_given_id() -> None:
     assert request.max_tokens == 16 and request.seed == 3 and incoming.stream
     assert request.stream_interval_ms == 100.0  # the engine's default: a few chunks a second
     assert parse({"prompt": "x", "stream_interval_ms": 0}).request.stream_interval_ms == 0.0
-    assert incoming.reply == Reply("edgekit/reply/t", b"c1", "a1", "edgekit/reply/t\0a1")
+    assert incoming.reply == Reply("edgekit/reply/t", b"c1", "a1", "\0edgekit/reply/t\0a1")
 
 
 def test_response_topic_property_wins_over_reply_to_and_correlation_gives_the_id() -> None:
@@ -120,3 +121,94 @@ def test_error_and_chunk_messages_have_the_documented_shape() -> None:
     assert json.loads(protocol.chunk_message("r1", 3, chunk)) == {
         "id": "r1", "type": "chunk", "seq": 3, "text": "ab", "tokens": 2, "elapsed_ms": 12.346,
         "token_ms": [3.0, 9.5]}
+
+
+def test_the_client_id_in_a_request_or_cancel_topic_is_its_owner() -> None:
+    topics = Topics.for_device("edgekit/box", "box")
+    assert topics.owner_of("edgekit/box/request", "request") == (True, None)
+    assert topics.owner_of("edgekit/box/request/kitchen", "request") == (True, "kitchen")
+    assert topics.owner_of("edgekit/box/cancel/kitchen", "cancel") == (True, "kitchen")
+    assert topics.owner_of("edgekit/box/request/a/b", "request") == (False, None)
+    assert topics.owner_of("edgekit/box/requests", "request") == (False, None)
+
+
+def test_an_owned_request_is_answered_only_under_its_own_reply_folder() -> None:
+    protocol.check_reply_topic(Reply("edgekit/reply/kitchen/1", None, "1", owner="kitchen"), "edgekit/reply/")
+    with pytest.raises(BadRequest, match="answered under 'edgekit/reply/kitchen/'"):
+        protocol.check_reply_topic(Reply("edgekit/reply/hall/1", None, "1", owner="kitchen"), "edgekit/reply/")
+
+
+def test_the_same_id_from_two_owners_has_two_keys() -> None:
+    a = protocol.reply_of({"id": "1"}, "edgekit/reply/x", None, "kitchen")
+    b = protocol.reply_of({"id": "1"}, "edgekit/reply/x", None, "hall")
+    assert a.key != b.key
+
+
+def test_a_request_without_a_reply_topic_is_refused() -> None:
+    with pytest.raises(BadRequest, match="no reply topic"):
+        protocol.check_reply_topic(Reply(None, None, "1"), "edgekit/reply/")
+
+
+@pytest.mark.parametrize("payload, words", [
+    (b'{"prompt": "x", "n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests deeper"),
+    (b'{"prompt": "x", "n": ' + b"[" * 40 + b"]" * 40 + b"}", "nests deeper"),
+    (b'{"prompt": "x", "max_tokens": 1' + b"0" * 5000 + b"}", "too large"),
+    (b'{"prompt": "x", "max_tokens": 99999999999999999999}', "too large"),
+    (b'{"prompt": "x", "temperature": 1e400}', "too large"),
+    (b'{"prompt": "x", "temperature": NaN}', "not a JSON number"),
+    (b'{"id": "\\ud800x", "prompt": "hi"}', "surrogate"),
+    (b'{"prompt": "hi", "\\udfff": 1}', "surrogate"),
+])
+def test_payloads_that_could_outrun_the_parser_are_bad_request(payload: bytes, words: str) -> None:
+    limits = LimitsConfig(max_payload_bytes=400_000)
+    with pytest.raises(BadRequest, match=words):
+        protocol.decode(payload, limits)
+
+
+def test_an_error_about_text_that_is_not_unicode_is_still_encoded() -> None:
+    message = json.loads(protocol.error_message("\ud800", "internal", "x"))
+    assert message["error"]["code"] == "internal"
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+SWITCH = {"type": "function", "function": {"name": "switch", "parameters": {
+    "type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"]}}}
+TOOL_LIMITS = LimitsConfig(max_payload_bytes=4096, max_prompt_chars=2000, max_tokens=100, default_max_tokens=16)
+
+
+def test_a_request_with_tools_and_a_tool_round_trip_is_parsed() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "switch", "arguments": '{"on": true}'}}
+    body = {"messages": [{"role": "user", "content": "Light on"},
+                         {"role": "assistant", "content": None, "tool_calls": [call]},
+                         {"role": "tool", "tool_call_id": "call_1", "content": "done"}],
+            "tools": [SWITCH], "tool_choice": "required"}
+    request = protocol.parse(body, protocol.reply_of(body, "edgekit/reply/t", None), TOOL_LIMITS).request
+    assert request.tools == (SWITCH,) and request.tool_choice == "required"
+    assert request.messages[1]["tool_calls"] == [call] and request.messages[2]["role"] == "tool"
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"tools": [{"type": "function", "function": {"name": "bad", "parameters": {"type": "object", "properties": {"x": {"type": 5}}}}}]},
+     "tool 'bad'"),
+    ({"tools": {"switch": {}}}, "'tools' must be a list"),
+    ({"tools": [SWITCH], "tool_choice": {"type": "function", "function": {"name": "open"}}}, "names 'open'"),
+    ({"tool_choice": "required"}, "offers no tools"),
+    ({"tools": [SWITCH], "messages": [{"role": "assistant", "content": None}]}, "null only beside"),
+    ({"tools": [SWITCH], "messages": [{"role": "tool", "content": "x", "extra": 1}]}, "and only"),
+])
+def test_bad_tools_are_bad_request_naming_the_problem(body: dict, words: str) -> None:
+    body = {"messages": [{"role": "user", "content": "Hi"}], **body}
+    with pytest.raises(BadRequest, match=words):
+        protocol.parse(body, protocol.reply_of(body, "edgekit/reply/t", None), TOOL_LIMITS)
+
+
+def test_tool_calls_go_out_as_objects_in_chunks_and_results() -> None:
+    call = ToolCall("call_9", "switch", {"on": True})
+    wire = {"id": "call_9", "type": "function", "function": {"name": "switch", "arguments": {"on": True}}}
+    chunk = json.loads(protocol.chunk_message("r1", 0, Chunk("r1", 0, "", 7, 5.0, (5.0,) * 7, (call,))))
+    assert chunk["tool_calls"] == [wire] and chunk["text"] == ""
+    result = Result("r1", "", "tool_calls", 5, 7, Timings(), (call,))
+    message = json.loads(protocol.result_message("r1", result, "box", 0.0))
+    assert message["finish_reason"] == "tool_calls" and message["tool_calls"] == [wire]
+    assert "tool_calls" not in json.loads(protocol.result_message("r1", Result("r1", "x", "stop", 1, 1, Timings()), "box", 0.0))

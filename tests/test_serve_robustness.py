@@ -44,7 +44,7 @@ def test_broker_restart_with_20_requests_queued_answers_each_once(fresh_broker, 
     reply = f"edgekit/reply/{uuid.uuid4().hex}"
     listener = Listener(fresh_broker.url, reply, persistent=True)
     try:
-        ids = publish_requests(listener, reply, 20, max_tokens=24)
+        ids = publish_requests(listener, reply, 20, max_tokens=8)
         fresh_broker.restart()  # SIGTERM: Mosquitto saves sessions and queued messages
         got = collect_finals(listener, 20, timeout_s=90)
         counts = Counter(f["id"] for f in got)

@@ -155,6 +155,17 @@ def test_password_file_becomes_a_credential(tmp_path: Path, model: Path) -> None
     assert "hunter2" not in (env_dir / "edgekit.toml").read_text() + (env_dir / "edgekit.env").read_text()
 
 
+def test_http_is_written_to_the_config_and_its_api_key_becomes_a_credential(tmp_path: Path, model: Path) -> None:
+    key = tmp_path / "http-key"
+    key.write_text("k3y-not-in-files\n")
+    dest, env_dir, _ = install(tmp_path, model, profile="cpu-generic", http="0.0.0.0:11434", api_key_file=key)
+    unit = (dest / "edgekit.service").read_text()
+    assert f"LoadCredential=http_api_key:{key}" in unit and "k3y" not in unit
+    config = load_config(env_dir / "edgekit.toml", env={})
+    assert config.http.listen == "0.0.0.0:11434" and config.http.api_key_file is None  # read from the credential
+    verify(dest / "edgekit.service")
+
+
 def test_paths_the_sandbox_hides_are_warned_about(tmp_path: Path, model: Path) -> None:
     installation = plan_installation(BoxSettings(model=model, profile="cpu-generic"), dest=tmp_path / "d",
                                      env_dir=tmp_path / "e", executable=EDGEKIT)
@@ -185,6 +196,8 @@ def test_cli_writes_and_prints_next_commands(tmp_path: Path, model: Path, capsys
     (["--model", "/nonexistent.gguf"], "does not exist"),
     (["--model", "{model}", "--profile", "no-such-profile"], "no profile named"),
     (["--model", "{model}", "--profile", "cpu-generic", "--broker", "http://x"], "broker url"),
+    (["--model", "{model}", "--profile", "cpu-generic", "--broker", "not a url"], "not a host name"),
+    (["--model", "{model}", "--profile", "cpu-generic", "--broker", "mqtt://u:pw@h"], "credentials do not go"),
     (["--model", "{model}", "--profile", "cpu-generic", "--instance", "a/b"], "instance name"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str],

@@ -165,8 +165,8 @@ def table_rows(run: BenchRun) -> list[dict[str, str]]:
             "queue ms": f"{m.figure('queue_ms').mean:.0f}",
             "peak RSS MB": _mb(m.peak_rss_bytes),
         }
-        if m.mode == "mqtt":
-            row["MQTT ms"] = f"{m.figure('transport_ms').p50:.1f}"
+        if m.mode in ("mqtt", "http"):  # through a daemon: what its transport cost beyond the engine
+            row[f"{m.mode.upper()} ms"] = f"{m.figure('transport_ms').p50:.1f}"
         if m.llama_bench_tg_ts:
             r = llama_bench_ratios(m)
             row["vs llama-bench pp/tg/TTFT"] = "/".join(

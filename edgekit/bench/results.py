@@ -54,7 +54,7 @@ class Measurement:
     """All repeats of one (model, mode, prompt size, concurrency) setting, summarized."""
 
     model: ModelFacts
-    mode: str  # "engine" (in-process) or "mqtt" (through a daemon)
+    mode: str  # "engine" (in-process), or "mqtt" / "http" (through a daemon)
     prompt_tokens: int
     gen_tokens: int
     concurrency: int

@@ -52,7 +52,7 @@ class BenchConfig:
     warmup: int = 1
     threads: int | None = None
     profile: str | None = None
-    via: str | None = None  # mqtt://host:port: also measure through a running daemon
+    via: str | None = None  # mqtt://host:port or http://host:port: also measure through a running daemon
     prefix: str | None = None
     llama_bench: Path | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +70,10 @@ class BenchConfig:
 def run_bench(config: BenchConfig, progress: Progress = log.info) -> BenchRun:
     """Measure every model in ``config``; returns all measurements, in the order run."""
     config.check()
+    if config.via:  # fail in a second, not after the whole engine benchmark
+        progress(f"checking the daemon at {config.via}")
+        with daemon_send(config):
+            pass
     measurements: list[Measurement] = []
     for path in config.models:
         measurements += bench_model(path, config, progress)
@@ -100,7 +104,7 @@ def bench_model(path: Path, config: BenchConfig, progress: Progress) -> list[Mea
         rss, gpu = memory.peak_rss_bytes(pid), memory.gpu_memory_bytes(pid)
         found = [dataclasses.replace(m, peak_rss_bytes=rss, gpu_memory_bytes=gpu) for m in found]
         if config.via:
-            found += _via_mqtt(config, facts, settings, maker, progress)
+            found += _via_daemon(config, facts, settings, maker, progress)
     if rounds is not None:
         found = attach_llama_bench(found, rounds.figures, alternated=True)
     elif config.llama_bench:
@@ -227,13 +231,27 @@ def _sample(chunks: list[Chunk], result: Result, e2e_ms: float, repeat_index: in
     )
 
 
-def _via_mqtt(config: BenchConfig, facts: ModelFacts, settings: Settings, maker: PromptMaker,
-              progress: Progress) -> list[Measurement]:
-    """The same settings through a running daemon: e2e from the client, the engine's own timings inside."""
+def daemon_send(config: BenchConfig) -> Any:
+    """A Send through the daemon --via names (a context manager): its Ollama API for http://, else MQTT."""
+    if (config.via or "").startswith("http://"):
+        from edgekit.bench.via_http import http_send  # only with --via
+
+        return http_send(config.via)
+    if not (config.via or "").startswith(("mqtt://", "mqtts://")):
+        raise UsageError(f"--via {config.via}: give the daemon's broker (mqtt://host:port, mqtts://host:port) "
+                         "or its HTTP API (http://host:port)")
     from edgekit.bench.via_mqtt import mqtt_send  # paho and the daemon's protocol: only with --via
 
-    with mqtt_send(config.via or "", config.prefix) as send:
-        context = MeasureContext(facts, settings, None, None, "mqtt", config)
+    return mqtt_send(config.via or "", config.prefix)
+
+
+def _via_daemon(config: BenchConfig, facts: ModelFacts, settings: Settings, maker: PromptMaker,
+                progress: Progress) -> list[Measurement]:
+    """The same settings through a running daemon (MQTT, or HTTP for http://): e2e from the client,
+    the engine's own timings inside."""
+    mode = "http" if (config.via or "").startswith("http://") else "mqtt"
+    with daemon_send(config) as send:
+        context = MeasureContext(facts, settings, None, None, mode, config)
         return measure(context, send, maker, progress)
 
 

@@ -54,11 +54,15 @@ class ChatTemplate:
         self.eos_token = eos_token
         self._template = env.from_string(source)
 
-    def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """The prompt text for ``messages``, ending with the assistant's turn opener."""
+    def render(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        """The prompt text for ``messages``, ending with the assistant's turn opener; ``tools``
+        (OpenAI's shape) for templates that render them (tools.supports_tools)."""
         try:
             return self._template.render(
                 messages=list(messages),
+                tools=tools,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
                 add_generation_prompt=add_generation_prompt,

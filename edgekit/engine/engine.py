@@ -15,8 +15,10 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from edgekit import errors
+from edgekit.engine import tools as toolcalls
 from edgekit.engine import worker
 from edgekit.engine.chat import ChatTemplate
 from edgekit.engine.prompt_cache import SHARED_BYTES, CacheStats, PromptCacheConfig
@@ -156,12 +158,13 @@ class Engine:
             raise
         try:
             current = self._ensure_worker()
-            prompt, add_bos = self._prompt_of(request)
+            prompt, add_bos = self.prompt_text(request)
+            plan = toolcalls.tool_plan(request, self._template.source if self._template else None)
             seq = self._begin(request.id)
             if seq is None:  # cancelled while it waited
                 yield _cancelled_result(request, t_call)
                 return
-            yield from self._run(current, Job(seq, request, prompt, add_bos, t_call))
+            yield from self._run(current, Job(seq, request, prompt, add_bos, t_call, plan))
         finally:
             self._forget(request.id)
             self._run_lock.release()
@@ -185,6 +188,18 @@ class Engine:
                 return True
         return False
 
+    def abort(self, request_id: str) -> bool:
+        """Kill the worker if ``request_id`` still runs (it did not stop at its cancel: a grammar stuck in
+        C code); the request then fails and the next one starts a fresh worker. False if it is not running."""
+        with self._state_lock:
+            running = self._current is not None and self._current[0] == request_id
+            current = self._worker if running else None
+        if current is None:
+            return False
+        log.warning("engine: killing the worker to stop request %s", request_id)
+        current.process.kill()
+        return True
+
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
         """The model's tokens for ``text`` (waits for a running request to finish)."""
         with self._run_lock:
@@ -195,11 +210,10 @@ class Engine:
             except WorkerDied:
                 raise self._crashed(current, "tokenize") from None
 
-    def render_prompt(self, messages: Sequence[dict[str, str]]) -> str:
-        """The prompt text the model's own chat template gives for ``messages``."""
-        if self._template is None:
-            raise BadRequest(f"{self.model.name} has no chat template: send a raw prompt (--raw) instead")
-        return self._template.render(messages, add_generation_prompt=True)
+    def render_prompt(self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] = ()) -> str:
+        """The prompt text the model's own chat template gives for ``messages`` and ``tools``
+        (through the template, or edgekit's built-in tool prompt: tools.chat_messages)."""
+        return self._render(Request(messages=tuple(messages), tools=tuple(tools)))
 
     def warm_up(self) -> Result:
         """One tiny request, so the first real one does not pay for cold caches."""
@@ -207,11 +221,18 @@ class Engine:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _prompt_of(self, request: Request) -> tuple[str, bool]:
+    def prompt_text(self, request: Request) -> tuple[str, bool]:
+        """The text the model will see for ``request`` (rendered with its tools) and whether a BOS goes first."""
         if request.prompt is not None:
             return request.prompt, True
         # The template writes any BOS itself (as Transformers' apply_chat_template does).
-        return self.render_prompt(request.messages or ()), False
+        return self._render(request), False
+
+    def _render(self, request: Request) -> str:
+        if self._template is None:
+            raise BadRequest(f"{self.model.name} has no chat template: send a raw prompt (--raw) instead")
+        messages, offered = toolcalls.chat_messages(request, self._template.source)
+        return self._template.render(messages, add_generation_prompt=True, tools=offered)
 
     def _run(self, current: WorkerProcess, job: Job) -> Iterator[Chunk | Result]:
         finished = False
@@ -264,6 +285,7 @@ class Engine:
                 if not current.ready:
                     self._worker = None
             self._template = _template_of(self._info)
+            self._info = dataclasses.replace(self._info, supports_tools=toolcalls.supports_tools(self._info.chat_template))
         return current
 
     def _spawn(self) -> None:
@@ -315,10 +337,13 @@ def _check_request(request: Request) -> None:
     """Refuse malformed requests before they reach the child."""
     if (request.messages is None) == (request.prompt is None):
         raise BadRequest("a request needs either messages or a prompt (exactly one of them)")
-    if request.messages is not None and not all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in request.messages
-    ):
-        raise BadRequest('every message needs a "role" and a "content" string')
+    if request.messages is not None:
+        toolcalls.check_messages(request.messages)
+    if request.tools and request.prompt is not None:
+        raise BadRequest("tools need chat messages (the chat template renders them), not a raw prompt")
+    if request.tools and request.tool_choice != "none" and (request.json_schema is not None or request.grammar is not None):
+        raise BadRequest("give tools or a JSON schema/grammar, not both: tool calls bring their own grammar")
+    toolcalls.check_tools(request.tools)
     if request.max_tokens < 1:
         raise BadRequest(f"max_tokens is {request.max_tokens}: ask for at least 1")
     if not request.stream_interval_ms >= 0:  # NaN fails too

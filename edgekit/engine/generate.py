@@ -17,11 +17,14 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from edgekit.engine.forced import ForcedText
 from edgekit.engine.kv_state import capture_state, restore_state
 from edgekit.engine.prompt_cache import PromptCache, common_prefix
-from edgekit.engine.records import Chunk, FinishReason, Result, Timings
+from edgekit.engine.records import Chunk, FinishReason, Result, Timings, ToolCall
 from edgekit.engine.sampling import SamplerChain
 from edgekit.engine.text import TextAssembler
+from edgekit.engine.tool_grammar import tool_grammar
+from edgekit.engine.tool_output import CallStream
 from edgekit.engine.worker import Job
 from edgekit.errors import BadRequest, ContextOverflow, EngineError
 
@@ -39,6 +42,7 @@ class _Progress:
     decoded: int = 0  # generated tokens evaluated (the last one never is)
     t_end: float = 0.0
     texts: list[str] = field(default_factory=list)
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class Runner:
@@ -54,6 +58,7 @@ class Runner:
         self._n_ctx = usable_context(llm)
         self._piece_buf = ctypes.create_string_buffer(256)
         self._one_token = (llama_cpp.llama_token * 1)()
+        self._forced_text: ForcedText | None = None  # built on the first request with a grammar
         # Checked by ggml between graph nodes, so a cancel lands inside a long prompt batch.
         self._abort = llama_cpp.ggml_abort_callback(lambda _data: self._cancelled())
 
@@ -67,7 +72,7 @@ class Runner:
             reason: FinishReason = "stop" if self._prefill(tokens, progress) else "cancelled"
             progress.t_end = time.perf_counter()
             return _result(job, reason, progress)
-        sampler = SamplerChain(self._vocab, self._llm.n_vocab(), job.request)
+        sampler = SamplerChain(self._vocab, self._llm.n_vocab(), job.request, tool_grammar(job.tools) if job.tools else None)
         try:
             if self._prefill(tokens, progress):
                 reason = self._generate(job, len(tokens), sampler, emit, progress)
@@ -191,33 +196,67 @@ class Runner:
     def _generate(
         self, job: Job, n_prompt: int, sampler: SamplerChain, emit: Callable[[Chunk], None], progress: _Progress
     ) -> FinishReason:
-        """Sample up to the token limit; every token's text goes through the assembler."""
-        llm, text = self._llm, TextAssembler(job.request.stop)
-        outbox = _Outbox(emit, self._request_id, job.request.stream_interval_ms / 1000, progress)
+        """Sample up to the token limit, appending what a grammar forces in the same batch."""
+        answer = _Answer(job, _Outbox(emit, self._request_id, job.request.stream_interval_ms / 1000, progress))
         limit = min(job.request.max_tokens, self._n_ctx - n_prompt)
         reason: FinishReason = "length"
-        for i in range(limit):
-            token = sampler.sample(llm.ctx)
+        batch, complete = self._forced(sampler, limit)  # e.g. a required call's opening
+        while progress.completion < limit:
+            if not batch:
+                if complete:
+                    reason = "stop"
+                    break
+                token = sampler.sample(self._llm.ctx)
+                if progress.t_first is None:
+                    progress.t_first = time.perf_counter()
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    reason = "stop"
+                    break
+                # Free text after a grammar's text branch forces nothing: no probe needed.
+                forced, complete = ([], False) if answer.in_text else self._forced(sampler, limit - progress.completion - 1)
+                batch = [token, *forced]
             now = time.perf_counter()
             if progress.t_first is None:
                 progress.t_first = now
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                reason = "stop"
-                break
-            progress.completion += 1
-            outbox.add(text.feed(self._piece(token)), now)
-            if text.stopped:
+            for token in batch:
+                progress.completion += 1
+                answer.add(self._piece(token), now)
+            if answer.stopped or complete:
                 reason = "stop"
                 break
             if self._cancelled():
                 reason = "cancelled"
                 break
-            if i + 1 < limit:
-                self._decode_one(token)
-                progress.decoded += 1
-        outbox.add(text.finish(), None)
-        outbox.flush()
-        return reason
+            if progress.completion < limit:
+                self._decode(batch)
+                progress.decoded += len(batch)
+            batch = []
+        answer.finish()
+        progress.tool_calls = tuple(answer.calls)
+        return "tool_calls" if answer.calls and reason != "cancelled" else reason
+
+    def _forced(self, sampler: SamplerChain, room: int) -> tuple[list[int], bool]:
+        """The tokens the grammar forces next (at most ``room``) and whether it is then complete."""
+        room = min(room, self._llm.n_batch - 1)  # one llama_decode takes at most n_batch tokens
+        if sampler.grammar is None or room <= 0:
+            return [], False
+        if self._forced_text is None:  # the vocabulary's pieces, read once
+            self._forced_text = ForcedText(self._vocab, self._llm.n_vocab(), self._llm.token_eos())
+        tokens, complete = self._forced_text.after(sampler.grammar, room)
+        sampler.accept_forced(tokens)
+        return tokens, complete
+
+    def _decode(self, tokens: list[int]) -> None:
+        if len(tokens) == 1:
+            self._decode_one(tokens[0])
+            return
+        batch = (llama_cpp.llama_token * len(tokens))(*tokens)
+        status = llama_cpp.llama_decode(self._llm.ctx, llama_cpp.llama_batch_get_one(batch, len(tokens)))
+        if status != 0:
+            raise EngineError(f"llama.cpp failed to evaluate forced tokens (llama_decode returned {status})")
+        llm = self._llm
+        llm.input_ids[llm.n_tokens : llm.n_tokens + len(tokens)] = tokens
+        llm.n_tokens += len(tokens)
 
     def _decode_one(self, token: int) -> None:
         """Evaluate one generated token with llama_decode directly: Llama.eval builds a batch in
@@ -265,18 +304,68 @@ class _Outbox:
             if self._last_send is None or now - self._last_send >= self._interval_s:
                 self.flush(now)
 
+    def add_calls(self, calls: list[ToolCall]) -> None:
+        """Complete tool calls: sent at once, after any text before them, carrying the tokens' times."""
+        now = time.perf_counter()
+        self.flush(now)
+        self._send("", tuple(calls), now)
+
     def flush(self, now: float | None = None) -> None:
         if not self._texts:
             return
-        now = now if now is not None else time.perf_counter()
-        text, progress = "".join(self._texts), self._progress
-        chunk = Chunk(self._request_id, len(progress.texts), text, len(self._token_ms),
-                      (now - progress.t_start) * 1000, tuple(self._token_ms))
+        text = "".join(self._texts)
         self._texts.clear()
+        self._send(text, (), now if now is not None else time.perf_counter())
+
+    def _send(self, text: str, calls: tuple[ToolCall, ...], now: float) -> None:
+        progress = self._progress
+        chunk = Chunk(self._request_id, len(progress.texts), text, len(self._token_ms),
+                      (now - progress.t_start) * 1000, tuple(self._token_ms), calls)
         self._token_ms = []
         self._last_send = now
         progress.texts.append(text)
         self._emit(chunk)
+
+
+class _Answer:
+    """The answer's way out: token bytes -> text (stop strings, whole characters) -> tool calls
+    held apart from text -> the outbox."""
+
+    def __init__(self, job: Job, outbox: _Outbox) -> None:
+        self._text = TextAssembler(job.request.stop)
+        self._calls = CallStream(job.tools) if job.tools else None
+        self._outbox = outbox
+
+    @property
+    def stopped(self) -> bool:
+        return self._text.stopped
+
+    @property
+    def in_text(self) -> bool:
+        """The answer is text (tool calls offered, none made): the rest is free text."""
+        return self._calls is not None and self._calls.in_text
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        return self._calls.calls if self._calls else []
+
+    def add(self, piece: bytes, t_token: float) -> None:
+        self._release(self._text.feed(piece), t_token, final=False)
+
+    def finish(self) -> None:
+        self._release(self._text.finish(), None, final=True)
+        self._outbox.flush()
+
+    def _release(self, text: str, t_token: float | None, final: bool) -> None:
+        calls: list[ToolCall] = []
+        if self._calls is not None:
+            text, calls = self._calls.feed(text)
+            if final:
+                tail, last = self._calls.finish()
+                text, calls = text + tail, calls + last
+        self._outbox.add(text, t_token)
+        if calls:
+            self._outbox.add_calls(calls)
 
 
 # llama.cpp's repacked CPU matmuls (Q4_0, Q4_K, IQ4_NL, and Q8_0 on some CPUs; x86 and ARM)
@@ -319,4 +408,4 @@ def _result(job: Job, reason: FinishReason, p: _Progress) -> Result:
         generation_tokens_per_s=p.decoded / gen_s if gen_s > 0 and p.decoded else 0.0,
         total_ms=(p.t_end - job.t_call) * 1000,
     )
-    return Result(job.request.id, "".join(p.texts), reason, p.prompt_tokens, p.completion, timings)
+    return Result(job.request.id, "".join(p.texts), reason, p.prompt_tokens, p.completion, timings, p.tool_calls)

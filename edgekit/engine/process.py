@@ -37,7 +37,9 @@ class WorkerProcess:
         self.heartbeat, child_heartbeat = Pipe()
         fds = (child_conn.fileno(), child_heartbeat.fileno(), cancel_fd)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgekit.engine", *map(str, fds)], pass_fds=fds, stdin=subprocess.DEVNULL
+            # -P: the working directory is not put on sys.path, so a folder named edgekit there cannot
+            # shadow the package (PYTHONPATH still counts: -I would drop it too).
+            [sys.executable, "-P", "-m", "edgekit.engine", *map(str, fds)], pass_fds=fds, stdin=subprocess.DEVNULL
         )
         child_conn.close()  # so that our recv() sees EOF when the worker dies
         child_heartbeat.close()

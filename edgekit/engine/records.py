@@ -10,14 +10,37 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-FinishReason = Literal["stop", "length", "cancelled"]
+# "tool_calls": the model ended its turn with one or more calls (Result.tool_calls holds them).
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
+
+
+def new_tool_call_id() -> str:
+    """An id in OpenAI's form, unique enough to match a tool result to its call."""
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made to one of the request's tools; arguments valid against its schema."""
+
+    id: str  # "call_<hex>": a tool message answers it with this tool_call_id
+    name: str
+    arguments: dict[str, Any]  # parsed JSON object
+
+    def to_message(self) -> dict[str, Any]:
+        """The call in OpenAI's shape, as an assistant message's "tool_calls" entry."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
 @dataclass(frozen=True)
 class Request:
     """One generation request: chat messages or a raw prompt, plus sampling and limits."""
 
-    messages: tuple[dict[str, str], ...] | None = None  # [{"role": ..., "content": ...}]
+    # Roles system/user/assistant/tool, each {"role", "content"}. An assistant message may carry
+    # "tool_calls": [{"id", "type": "function", "function": {"name", "arguments": dict or JSON string}}]
+    # (content then may be "" or None); a tool message carries "content" (the result) and optionally
+    # "tool_call_id" and "name".
+    messages: tuple[dict[str, Any], ...] | None = None
     prompt: str | None = None  # raw text, no chat template
     max_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
@@ -29,6 +52,12 @@ class Request:
     stop: tuple[str, ...] = ()
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None  # GBNF
+    # Tools in OpenAI's shape: {"type": "function", "function": {"name", "description", "parameters"}};
+    # parameters is a JSON schema of an object. Only with messages (chat), not with json_schema/grammar.
+    tools: tuple[dict[str, Any], ...] = ()
+    # "auto" (text or calls), "none" (text only, tools still shown to the model), "required" (at least
+    # one call), or {"type": "function", "function": {"name": ...}} (a call to that tool).
+    tool_choice: str | dict[str, Any] = "auto"
     # Streamed text is gathered for this long between chunks (the first goes at once); 0 sends
     # every token's text as it comes. See generate._Outbox for why.
     stream_interval_ms: float = 100.0
@@ -56,7 +85,11 @@ class Timings:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of streamed text: always whole UTF-8 characters."""
+    """A piece of streamed text (always whole UTF-8 characters), or complete tool calls.
+
+    Text never carries a tool call's own text: the call arrives once it is whole, in tool_calls
+    (with text "").
+    """
 
     request_id: str
     index: int  # 0, 1, 2, ... in order
@@ -64,6 +97,7 @@ class Chunk:
     tokens: int  # tokens this chunk covers
     elapsed_ms: float  # since the request started running, when the chunk was sent
     token_ms: tuple[float, ...] = ()  # when each of its tokens was sampled, on the same clock
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +110,7 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     timings: Timings
+    tool_calls: tuple[ToolCall, ...] = ()  # with finish_reason "tool_calls"; text is then any text before them
 
 
 @dataclass(frozen=True)
@@ -92,3 +127,4 @@ class ModelInfo:
     load_ms: float
     bos_token: str = ""  # token texts the chat template may use
     eos_token: str = ""
+    supports_tools: bool = False  # the chat template renders the `tools` variable

@@ -30,12 +30,13 @@ TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32
 class SamplerChain:
     """Owns a llama_sampler chain; sample() picks and accepts the next token."""
 
-    def __init__(self, vocab: Any, n_vocab: int, request: Request) -> None:
+    def __init__(self, vocab: Any, n_vocab: int, request: Request, gbnf: str | None = None) -> None:
+        """``gbnf`` overrides the request's own grammar or JSON schema (tool calls bring their own)."""
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self._grammar: Any = None
         self._n_vocab = n_vocab
         try:
-            self._grammar = _grammar_sampler(vocab, request)
+            self._grammar = _grammar_sampler(vocab, gbnf if gbnf is not None else grammar_text(request))
             self._build(n_vocab, request)
         except BaseException:
             self.close()
@@ -54,6 +55,16 @@ class SamplerChain:
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token
+
+    @property
+    def grammar(self) -> Any:
+        """The grammar sampler (None without a grammar): forced.py advances it over forced text."""
+        return self._grammar
+
+    def accept_forced(self, tokens: list[int]) -> None:
+        """Tokens appended without sampling (the grammar has already advanced over them)."""
+        for token in tokens:
+            llama_cpp.llama_sampler_accept(self._chain, token)
 
     def close(self) -> None:
         for sampler in (self._chain, self._grammar):
@@ -104,9 +115,8 @@ class _Candidates:
         self.array = llama_cpp.llama_token_data_array(pointer, len(logits), -1, False)
 
 
-def _grammar_sampler(vocab: Any, request: Request) -> Any:
-    """llama.cpp's grammar sampler for the request's GBNF or JSON schema, or None."""
-    gbnf = grammar_text(request)
+def _grammar_sampler(vocab: Any, gbnf: str | None) -> Any:
+    """llama.cpp's grammar sampler for ``gbnf``, or None."""
     if gbnf is None:
         return None
     grammar = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
@@ -122,6 +132,14 @@ def grammar_text(request: Request) -> str | None:
     if request.json_schema is None:
         return None
     try:
-        return LlamaGrammar.from_json_schema(json.dumps(request.json_schema), verbose=False)._grammar
+        return compact_json(LlamaGrammar.from_json_schema(json.dumps(request.json_schema), verbose=False)._grammar)
     except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
         raise BadRequest(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
+
+
+def compact_json(gbnf: str) -> str:
+    """llama.cpp's JSON-schema grammar with json.dumps's separators (``{"a": 1, "b": [2, 3]}``) and
+    no other whitespace. Its optional spaces gave the model a choice after every brace and comma,
+    so no punctuation was ever forced (forced.py appends forced text without sampling)."""
+    gbnf = gbnf.replace(' space ":" space ', ' ": " ').replace('"," space', '", "')
+    return "\n".join('space ::= ""' if line.startswith("space ::=") else line for line in gbnf.splitlines())

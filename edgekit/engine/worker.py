@@ -31,6 +31,7 @@ from typing import Any
 from edgekit import errors
 from edgekit.engine.prompt_cache import COUNTERS_OFFSET, SHARED_BYTES, Counters, PromptCache, PromptCacheConfig
 from edgekit.engine.records import ModelInfo, Request
+from edgekit.engine.tools import ToolPlan
 from edgekit.plan import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Job:
     prompt: str  # rendered chat prompt or the raw prompt
     add_bos: bool
     t_call: float  # parent's time.perf_counter() when stream() was called
+    tools: ToolPlan | None = None  # the calls the answer may hold (grammar and parser)
 
 
 def shared_flag(fd: int) -> ctypes.c_long:

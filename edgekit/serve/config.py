@@ -10,6 +10,8 @@ Every field's meaning is the comment beside it; docs/protocol.md repeats the tab
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import re
 import socket
@@ -23,6 +25,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edgekit.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class ModelConfig:
 class BrokerConfig:
     """How to reach the MQTT broker."""
 
-    url: str = "mqtt://127.0.0.1:1883"  # mqtt://host:port, or mqtts://host:port for TLS
+    url: str = "mqtt://127.0.0.1:1883"  # mqtt://host:port, or mqtts://host:port for TLS; "none" = HTTP only
     username: str | None = None
     password_file: Path | None = None  # a file holding the password (first line)
     password_credential: str = "mqtt_password"  # name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
@@ -48,7 +52,6 @@ class BrokerConfig:
     key_file: Path | None = None  # client certificate's key
     client_id: str | None = None  # None = "edgekit-<device id>" (stable: the persistent session hangs on it)
     keepalive_s: int = 30  # the Last Will fires ~1.5x this after the daemon dies
-    answer_qos: int = 2  # final answers: 2 = exactly once into the broker; 1 for brokers without QoS 2 (AWS IoT)
     session_expiry_s: int = 86_400  # how long the broker keeps our session (and queued requests) while we are away
     reconnect_min_s: float = 1.0  # backoff between reconnect attempts grows from this ...
     reconnect_max_s: float = 30.0  # ... to this
@@ -81,6 +84,7 @@ class LimitsConfig:
     max_stop_chars: int = 64  # characters per stop string
     queue_size: int = 8  # requests waiting behind the running one; more get busy at once
     dedup_window_s: float = 3600.0  # a request id answered within this window is not answered again
+    max_request_s: float | None = None  # a request running longer ends "timeout"; None = sized to the box
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,17 @@ class DaemonConfig:
     drain_timeout_s: float = 20.0  # on SIGTERM, how long the running request may finish (keep < TimeoutStopSec)
     state_dir: Path | None = None  # the answered-ids journal; None = $STATE_DIRECTORY or ~/.local/state/edgekit
     log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP front end (Ollama- and OpenAI-compatible APIs): off unless ``listen`` is set."""
+
+    listen: str | None = None  # "[HOST:]PORT", e.g. "11434" or "0.0.0.0:11434"; None = no HTTP front end
+    api_key_file: Path | None = None  # a file holding the API key (first line); None = no key asked
+    api_key_credential: str = "http_api_key"  # name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
+    max_body_bytes: int = 1_048_576  # larger request bodies: 413
+    model_name: str | None = None  # the name the APIs list and accept; None = the GGUF file's stem
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,7 @@ class ServeConfig:
     topics: TopicConfig = field(default_factory=TopicConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     @property
@@ -151,6 +167,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "EDGEKIT_DEVICE_ID": ("topics", "device_id"),
     "EDGEKIT_SHARE_GROUP": ("topics", "share_group"),
     "EDGEKIT_STATE_DIR": ("daemon", "state_dir"),
+    "EDGEKIT_HTTP": ("http", "listen"),
 }
 
 # `edgekit serve` flags (argparse dest) -> field.
@@ -160,9 +177,18 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "broker": ("broker", "url"),
     "prefix": ("topics", "prefix"),
     "device_id": ("topics", "device_id"),
+    "http": ("http", "listen"),
 }
 
+HTTP_DEFAULT_HOST = "127.0.0.1"  # loopback unless told otherwise: the API key is optional
+HTTP_DEFAULT_PORT = 11434  # Ollama's port: clients (Home Assistant's Ollama integration) expect it
 BROKER_SCHEMES = {"mqtt": (False, 1883), "tcp": (False, 1883), "mqtts": (True, 8883), "ssl": (True, 8883)}
+HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?)*\.?")
+# Settings that existed once: a config naming them gets the reason, not just "unknown setting".
+RETIRED = {
+    "broker.answer_qos": "answers now always go at QoS 1, deduplicated by the answered-ids journal "
+                         "(a QoS 2 packet id left by a killed daemon could swallow a new answer): remove the line",
+}
 
 
 def sanitise_device_id(name: str) -> str:
@@ -187,34 +213,72 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
 
 
 def broker_address(url: str) -> tuple[str, int, bool]:
-    """'mqtts://host:8883' -> ("host", 8883, True)."""
+    """'mqtts://host:8883' -> ("host", 8883, True); a ConfigError saying what is wrong otherwise."""
     parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in BROKER_SCHEMES or not parts.hostname:
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("broker url: credentials do not go in the URL (it is logged and shown by ps): "
+                          "set broker.username and put the password in broker.password_file or the "
+                          "mqtt_password credential")
+    if parts.scheme not in BROKER_SCHEMES or not parts.hostname or parts.path.strip("/") or parts.query:
         raise ConfigError(f"broker url {url!r}: use mqtt://host:port or mqtts://host:port")
+    if not _valid_host(parts.hostname):
+        raise ConfigError(f"broker url {url!r}: {parts.hostname!r} is not a host name or IP address")
     tls, default_port = BROKER_SCHEMES[parts.scheme]
     try:
         port = parts.port or default_port
     except ValueError:
-        raise ConfigError(f"broker url {url!r}: the port is not a number") from None
+        raise ConfigError(f"broker url {url!r}: the port is not a number from 1 to 65535") from None
     return parts.hostname, port, tls
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return HOST_NAME.fullmatch(host) is not None
 
 
 def broker_password(broker: BrokerConfig, env: Mapping[str, str] | None = None) -> str | None:
     """The password from password_file, else from $CREDENTIALS_DIRECTORY/<password_credential>, else None."""
+    return read_secret(broker.password_file, broker.password_credential, "broker password", env)
+
+
+def http_api_key(http: HttpConfig, env: Mapping[str, str] | None = None) -> str | None:
+    """The HTTP API key from api_key_file, else from $CREDENTIALS_DIRECTORY/<api_key_credential>, else None."""
+    key = read_secret(http.api_key_file, http.api_key_credential, "HTTP API key", env)
+    if key is not None and not key.strip():
+        raise ConfigError("the HTTP API key file is empty: write the key on its first line, or remove http.api_key_file")
+    return key.strip() if key is not None else None
+
+
+def http_address(listen: str) -> tuple[str, int]:
+    """'[HOST:]PORT' -> (host, port); the host is loopback when not given."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or HTTP_DEFAULT_HOST
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"http listen {listen!r}: give [HOST:]PORT, e.g. 11434 or 0.0.0.0:11434")
+    return host, int(port)
+
+
+def read_secret(path: Path | None, credential: str, what: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A secret's first line from ``path``, else from systemd's $CREDENTIALS_DIRECTORY/<credential>, else None."""
     env = os.environ if env is None else env
-    if broker.password_file is not None:
-        return _first_line(broker.password_file)
-    credential = Path(env.get("CREDENTIALS_DIRECTORY", "")) / broker.password_credential
-    if env.get("CREDENTIALS_DIRECTORY") and credential.is_file():
-        return _first_line(credential)
+    if path is not None:
+        return _first_line(path, what)
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if directory and (Path(directory) / credential).is_file():
+        return _first_line(Path(directory) / credential, what)
     return None
 
 
-def _first_line(path: Path) -> str:
+def _first_line(path: Path, what: str) -> str:
     try:
+        if path.stat().st_mode & 0o077:
+            log.warning("broker password file %s can be read by other users: chmod 600 %s", path, path)
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise ConfigError(f"broker password file {path}: {exc.strerror} (check the path and its permissions)") from None
+        raise ConfigError(f"{what} file {path}: {exc.strerror} (check the path and its permissions)") from None
     return lines[0] if lines else ""
 
 
@@ -257,6 +321,8 @@ def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(table) - known)
+    if f"{where}{unknown[0] if unknown else ''}" in RETIRED:
+        raise ConfigError(f"setting {where}{unknown[0]}: {RETIRED[where + unknown[0]]}")
     if unknown:
         raise ConfigError(f"unknown setting '{where}{unknown[0]}' (known: {', '.join(sorted(known))})")
     values = {}
@@ -307,16 +373,22 @@ def _convert(value: Any, kind: type) -> Any:
 
 def _check(config: ServeConfig) -> None:
     """Cross-field rules a type cannot say."""
-    broker_address(config.broker.url)
+    if config.broker.url != "none":
+        broker_address(config.broker.url)
+    if config.http.listen is not None:
+        http_address(config.http.listen)
+    elif config.broker.url == "none":
+        raise ConfigError("broker none and no HTTP listener: nothing to serve (give --http [HOST:]PORT or a broker)")
     limits = config.limits
     positive = {"limits.max_payload_bytes": limits.max_payload_bytes, "limits.max_tokens": limits.max_tokens,
                 "limits.queue_size": limits.queue_size, "broker.keepalive_s": config.broker.keepalive_s,
+                "http.max_body_bytes": config.http.max_body_bytes,
                 "cache.disk_mb": config.cache.disk_mb}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"setting {key} = {value}: must be at least 1")
-    if config.broker.answer_qos not in (1, 2):
-        raise ConfigError(f"setting broker.answer_qos = {config.broker.answer_qos}: must be 1 or 2")
+    if limits.max_request_s is not None and limits.max_request_s <= 0:
+        raise ConfigError(f"setting limits.max_request_s = {limits.max_request_s}: must be above 0 (seconds)")
     if config.cache.ram_mb < 0 or config.cache.min_tokens < 1 or config.cache.warm_recent < 0:
         raise ConfigError("cache.ram_mb and cache.warm_recent must be >= 0 and cache.min_tokens >= 1")
     if not 1 <= limits.default_max_tokens <= limits.max_tokens:

@@ -32,9 +32,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from edgekit.engine.records import Chunk, Request, Result
-from edgekit.errors import Cancelled, EdgekitError, EngineError
+from edgekit.errors import EdgekitError, EngineError
 from edgekit.serve.config import ServeConfig
-from edgekit.serve.engines import EngineLike, check_prompt_tokens, open_engine
+from edgekit.serve.engines import EngineLike, check_fits, open_engine, seconds_per_token, time_limit_s
 from edgekit.serve.jobs import Job, JobQueue
 from edgekit.serve.metrics import Metrics
 from edgekit.serve.notify import Notifier
@@ -42,6 +42,7 @@ from edgekit.serve.notify import Notifier
 log = logging.getLogger(__name__)
 
 JOIN_S = 5.0  # how long to wait for a cancelled request or a front end's last words
+ABORT_AFTER_S = 5.0  # a request past its time limit that ignores its cancel this long: the worker is killed
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,11 @@ class Core:
         self._wake = threading.Event()
         self._reload_requested = False
         self.draining = False
+        self.unloaded = False  # keep_alive 0 freed the model; the next request loads it again
+        self._unload_requested = False
         self._worker: threading.Thread | None = None
+        self._per_token_s = 0.0  # measured at start, for the default time limit
+        self.failure: str | None = None  # why the core gave up (a dead thread): run() raises it
 
     # --- the API of the front ends ----------------------------------------------------------------
 
@@ -109,7 +114,7 @@ class Core:
         job.cancelled = True
         with self._lock:
             running = self._running is job
-        if running:
+        if running and self.engine is not None:  # None: still loading after keep_alive 0; the flag stops it
             self.engine.cancel(job.request_id)
         elif self.queue.remove(job):
             self._finish(job, Outcome("cancelled", message="cancelled while queued"))
@@ -129,21 +134,62 @@ class Core:
     def busy(self) -> bool:
         return self._running is not None
 
+    def unload(self) -> None:
+        """Free the model's memory once nothing runs or waits (Ollama's keep_alive 0); the next request loads it.
+
+        Asked while a request runs, the worker unloads after it (unless more work is queued by then).
+        """
+        self._unload_requested = True
+        if not self.busy:
+            self._unload_if_idle()
+
+    def _unload_if_idle(self) -> None:
+        with self._engine_lock:
+            if not self._unload_requested or self.engine is None or self.busy or len(self.queue) or self.draining:
+                return
+            engine, self.engine, self.unloaded, self._unload_requested = self.engine, None, True, False
+        engine.close()
+        log.info("model unloaded (keep_alive 0); the next request loads it again")
+
+    def load(self) -> None:
+        """Load the model again after unload() (the next request does this itself)."""
+        with self._engine_lock:
+            self._ensure_engine()
+
+    def _ensure_engine(self) -> EngineLike:
+        """The engine, opened again if keep_alive 0 unloaded it (caller holds the engine lock)."""
+        self._unload_requested = False  # a request came first: it keeps the model
+        if self.engine is None:
+            self.engine = open_engine(self.config.model, self.config.cache, self.config.cache_dir)
+            self.unloaded = False
+            log.info("model loaded again after keep_alive 0")
+        return self.engine
+
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Load, start the front ends, serve until SIGTERM/SIGINT, drain, stop."""
+        """Load, start the front ends, serve until SIGTERM/SIGINT, drain, stop.
+
+        Raises EngineError when a thread of ours died: a bug, and systemd should restart us
+        rather than keep an "online" daemon that answers nothing.
+        """
         self._install_signals()
         self.start()
         try:
             self._serve()
         finally:
             self.stop()
+        if self.failure is not None:
+            raise EngineError(self.failure)
 
     def start(self) -> None:
         """Model first (READY means warm), then the front ends."""
         self.notifier.status("loading the model")
         self.engine = open_engine(self.config.model, self.config.cache, self.config.cache_dir)
+        if self.config.limits.max_request_s is None:
+            self._per_token_s = seconds_per_token(self.engine)
+            log.info("time limit per request: 30 s + 3 x %.0f ms per token of max_tokens and a quarter of the "
+                     "context (set limits.max_request_s to fix it)", self._per_token_s * 1000)
         self._worker = threading.Thread(target=self._work, name="edgekit-worker", daemon=True)
         self._worker.start()
         for front_end in self.front_ends:
@@ -182,7 +228,7 @@ class Core:
     def healthy(self) -> bool:
         """Worth a watchdog ping: the engine answers, the worker lives, every front end is well."""
         worker_ok = self._worker is not None and self._worker.is_alive()
-        engine_ok = self.engine is not None and self.engine.alive()
+        engine_ok = self.unloaded if self.engine is None else self.engine.alive()
         return worker_ok and engine_ok and all(front_end.healthy() for front_end in self.front_ends)
 
     def _serve(self) -> None:
@@ -193,11 +239,30 @@ class Core:
             self._wake.clear()
             if self._reload_requested:
                 self._reload()
+            self._enforce_time_limit()
+            if not self._worker.is_alive():
+                self.failure = "the worker thread died (a bug, logged above): stopping so that systemd restarts us"
+                log.error(self.failure)
+                return
             now = time.monotonic()
             if watchdog_s and now >= next_watchdog:
                 next_watchdog = now + watchdog_s
                 if self.healthy():
                     self.notifier.watchdog()
+
+    def _enforce_time_limit(self) -> None:
+        """Past its limit the running job is cancelled; if it ignores that (stuck in C), its worker is killed."""
+        with self._lock:
+            job = self._running
+        if job is None or job.started is None or job.time_limit_s is None:
+            return
+        over_s = time.monotonic() - job.started - job.time_limit_s
+        if over_s > 0 and not job.timed_out:
+            log.warning("request %s: past its time limit of %.0f s; cancelling it", job.request_id, job.time_limit_s)
+            job.timed_out = True
+            self.engine.cancel(job.request_id)
+        elif over_s > ABORT_AFTER_S:
+            self.engine.abort(job.request_id)
 
     def _finish_running(self, timeout_s: float) -> None:
         self._worker.join(timeout=timeout_s)
@@ -245,6 +310,8 @@ class Core:
             finally:
                 with self._lock:
                     self._running = None
+            if self._unload_requested:
+                self._unload_if_idle()
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         """Count it and hand it to its sink; a sink's failure is logged, never the worker's death."""
@@ -266,34 +333,59 @@ class Core:
         try:
             with self._engine_lock:
                 result = self._generate(job)
-        except Cancelled as exc:
-            return Outcome("cancelled", message=str(exc) or "cancelled", queue_ms=queue_ms)
         except EdgekitError as exc:
-            return Outcome(exc.code, message=str(exc), queue_ms=queue_ms)
+            if job.timed_out:
+                return self._timeout(job, queue_ms)
+            return Outcome(exc.code, message=str(exc) or exc.code, queue_ms=queue_ms)
         except Exception as exc:  # a bug: the client still gets a typed answer
             log.exception("request %s failed", job.request_id)
             return Outcome("internal", message=f"{type(exc).__name__}: {exc}", queue_ms=queue_ms)
+        if job.timed_out:
+            return self._timeout(job, queue_ms)
         if result.finish_reason == "cancelled":
             return Outcome("cancelled", message=f"cancelled after {result.completion_tokens} tokens",
                            queue_ms=queue_ms)
         return Outcome("result", result, queue_ms=queue_ms)
 
+    def _timeout(self, job: Job, queue_ms: float) -> Outcome:
+        return Outcome("timeout", message=f"stopped after its time limit of {job.time_limit_s:.0f} s "
+                       "(limits.max_request_s): simplify the request (a smaller JSON schema, fewer tokens)",
+                       queue_ms=queue_ms)
+
     def _generate(self, job: Job) -> Result:
         """Run the engine; hand chunks to the sink as they come when the job streams."""
         request = job.request
-        check_prompt_tokens(self.engine, request, self.config.limits.max_prompt_tokens)
+        self._ensure_engine()
+        job.time_limit_s = time_limit_s(request, self.engine.info.n_ctx, self._per_token_s,
+                                        self.config.limits.max_request_s)
+        job.started = time.monotonic()
+        check_fits(self.engine, request, self.config.limits.max_prompt_tokens)
         if not job.stream:  # only the Result is wanted: no wake-ups for chunks
             request = replace(request, stream_interval_ms=math.inf)
         seq = 0
         for item in self.engine.stream(request):
             if isinstance(item, Result):
                 return item
-            if job.cancelled:  # a cancel that raced the engine's start
+            if job.cancelled or job.timed_out:  # a cancel or time limit that raced the engine's start
                 self.engine.cancel(request.id)
-            if job.stream and isinstance(item, Chunk) and item.text:
+            if job.stream and isinstance(item, Chunk) and (item.text or item.tool_calls):
                 job.sink.chunk(job, seq, item)
                 seq += 1
         raise EngineError("the engine's stream ended without a result (a bug in the engine)")
+
+
+def front_ends_for(config: ServeConfig) -> list[FrontEnd]:
+    """The front ends the config enables: MQTT unless the broker is "none", HTTP when it listens."""
+    front_ends: list[FrontEnd] = []
+    if config.broker.url != "none":
+        from edgekit.serve.mqtt.front import MqttFrontEnd
+
+        front_ends.append(MqttFrontEnd(config))
+    if config.http.listen is not None:
+        from edgekit.serve.http import HttpFrontEnd
+
+        front_ends.append(HttpFrontEnd(config))
+    return front_ends
 
 
 def model_name(config: ServeConfig) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgekit.engine.records import Chunk, Request, Result
-from edgekit.errors import ConfigError, TooLarge
+from edgekit.errors import ConfigError, ContextOverflow, TooLarge
 from edgekit.plan import Settings
 from edgekit.serve.config import CacheConfig, ModelConfig
 
@@ -25,10 +25,13 @@ class EngineLike(Protocol):
 
     def stream(self, request: Request) -> Iterator[Chunk | Result]: ...
     def cancel(self, request_id: str) -> bool: ...
+    def abort(self, request_id: str) -> bool: ...
+    def complete(self, request: Request) -> Result: ...
     def alive(self) -> bool: ...
     def close(self) -> None: ...
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]: ...
     def render_prompt(self, messages: Any) -> str: ...
+    def prompt_text(self, request: Request) -> tuple[str, bool]: ...
     def cache_stats(self) -> Any: ...  # edgekit.engine.prompt_cache.CacheStats, or None without a cache
 
 
@@ -57,14 +60,33 @@ def open_engine(model: ModelConfig, cache: CacheConfig | None = None, cache_dir:
     return engine
 
 
-def check_prompt_tokens(engine: EngineLike, request: Request, limit: int | None) -> None:
-    """limits.max_prompt_tokens: count the prompt as the model will see it (one tokenize in the engine)."""
-    if limit is None:
-        return
-    text = request.prompt if request.prompt is not None else engine.render_prompt(request.messages)
-    count = len(engine.tokenize(text, add_bos=request.prompt is not None, special=request.prompt is None))
-    if count > limit:
-        raise TooLarge(f"prompt is {count} tokens, the limit is {limit}")
+def check_fits(engine: EngineLike, request: Request, max_prompt_tokens: int | None) -> None:
+    """The prompt as the model will see it (one tokenize in the engine) within limits.max_prompt_tokens,
+    and with max_tokens within the context: context_overflow, never an answer cut short in silence."""
+    text, add_bos = engine.prompt_text(request)  # tools and earlier calls included
+    count = len(engine.tokenize(text, add_bos=add_bos, special=request.prompt is None))
+    if max_prompt_tokens is not None and count > max_prompt_tokens:
+        raise TooLarge(f"prompt is {count} tokens, the limit is {max_prompt_tokens}")
+    n_ctx = engine.info.n_ctx
+    if count + request.max_tokens > n_ctx:
+        raise ContextOverflow(f"prompt ({count} tokens) plus max_tokens ({request.max_tokens}) is over the "
+                              f"context of {n_ctx} tokens: shorten the prompt or ask for fewer tokens")
+
+
+def seconds_per_token(engine: EngineLike) -> float:
+    """This box's decode speed with this model, measured on a few tokens: sizes the default time limit."""
+    result = engine.complete(Request(prompt="Hello", max_tokens=4, id="edgekit-measure"))
+    t = result.timings
+    per_token_ms = t.generation_ms / (t.completion_tokens - 1) if t.completion_tokens > 1 else t.total_ms
+    return max(per_token_ms, 1.0) / 1000
+
+
+def time_limit_s(request: Request, n_ctx: int, per_token_s: float, configured: float | None) -> float:
+    """limits.max_request_s, or sized to the box: 30 s plus three times what max_tokens and a quarter of
+    the context (prompt evaluation runs in batches, several times faster per token) take here."""
+    if configured is not None:
+        return configured
+    return min(3600.0, 30.0 + 3 * per_token_s * (request.max_tokens + n_ctx / 4))
 
 
 def warm_prompt_cache(engine: Any, cache: CacheConfig) -> None:

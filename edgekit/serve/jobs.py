@@ -28,6 +28,9 @@ class Job:
     owner: str | None = None  # who asked (a client id): cancel and dedup are per owner
     received: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    started: float | None = None  # time.monotonic() when the worker took it
+    time_limit_s: float | None = None  # set when it starts: past it, the job ends "timeout"
+    timed_out: bool = False
 
     @property
     def request_id(self) -> str:

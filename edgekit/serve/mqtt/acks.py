@@ -31,78 +31,139 @@ class Pending:
     mids: Delivery = field(default_factory=list)
 
 
+# PUBACK reason codes worth sending the same message again for (MQTT 5, 3.4.2.1): the broker's
+# in-flight window was full, or it had a passing problem. Others (not authorized, topic name
+# invalid, ...) would be refused again.
+RETRY_REASONS = {0x97: "quota exceeded", 0x80: "unspecified error", 0x83: "implementation specific error"}
+RETRY_S = 0.2  # wait before sending a refused message again
+FIRST_WINDOW = 10  # in flight until the broker's CONNACK tells its Receive Maximum
+
+
 @dataclass
-class _Pending:
-    info: Any  # paho MQTTMessageInfo of the final reply
-    on_confirmed: Callable[[], None]
+class Message:
+    """One QoS 1 publish of ours, and what to do once the broker has it."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    properties: Any = None
+    on_confirmed: Callable[[], None] | None = None
+    retry_at: float = 0.0
 
 
-class Confirmations:
-    """Runs a callback once the broker has acknowledged a publish, on a thread of its own.
+class Outbox:
+    """Every QoS 1 message we publish, kept within the broker's Receive Maximum, confirmed on a thread of its own.
 
-    The callback journals and acknowledges requests (an fsync): it must not run on
-    paho's network thread, where it would delay every other message.
+    The broker says in its CONNACK how many QoS>0 messages it takes from us unacknowledged
+    (Mosquitto: max_inflight_messages, 20 by default); past that it refuses with 0x97.
+    We never exceed it: the rest wait here in order. A message refused anyway (a PUBACK
+    reason code >= 0x80) is not confirmed: quota and passing errors are sent again, others
+    are logged and confirmed (acknowledging a request whose answer can never be delivered
+    beats having it redelivered forever). Confirmations journal and acknowledge requests
+    (an fsync): they run here, never on paho's network thread. One thread owns all state,
+    fed by one queue, so a PUBACK can never overtake the registration of its publish.
     """
 
-    def __init__(self) -> None:
-        self._pending: dict[int, _Pending] = {}
-        self._lock = threading.Lock()
-        self._events: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="edgekit-confirm", daemon=True)
-        self._stopped = False
+    def __init__(self, publish: Callable[..., Any]) -> None:
+        self._publish = publish  # paho Client.publish
+        self.window = FIRST_WINDOW
+        self._in_flight: dict[int, Message] = {}
+        self._waiting: list[Message] = []
+        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="edgekit-outbox", daemon=True)
+        self._count = 0  # messages sent and not yet confirmed (read by other threads)
+        self._count_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
 
-    def add(self, info: Any, on_confirmed: Callable[[], None]) -> None:
-        with self._lock:
-            self._pending[info.mid] = _Pending(info, on_confirmed)
-        self._events.put(-1)  # look now: the PUBACK may have come before we registered
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
-    def published(self, mid: int) -> None:
+    def send(self, message: Message) -> None:
+        self._add_count(1)
+        self._events.put(("send", message))
+
+    def _add_count(self, n: int) -> None:
+        with self._count_lock:
+            self._count += n
+
+    def set_window(self, receive_maximum: int) -> None:
+        """From the broker's CONNACK (paho's network thread)."""
+        self._events.put(("window", receive_maximum))
+
+    def published(self, mid: int, reason: int = 0) -> None:
         """paho's on_publish (network thread): hand over, do nothing slow here."""
-        self._events.put(mid)
+        self._events.put(("acked", (mid, reason)))
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return self._count
 
     def wait_empty(self, timeout_s: float) -> bool:
         end = time.monotonic() + timeout_s
-        while self._pending and time.monotonic() < end:
+        while self._count and time.monotonic() < end:
             time.sleep(POLL_S)
-        return not self._pending
+        return not self._count
 
     def stop(self) -> None:
-        self._stopped = True
-        self._events.put(None)
+        self._events.put(("stop", None))
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stopped:
+        while True:
             try:
-                mid = self._events.get(timeout=POLL_S)
+                kind, value = self._events.get(timeout=RETRY_S)
             except queue.Empty:
-                mid = -1
-            if mid is None:
+                kind, value = "tick", None
+            if kind == "stop":
                 return
-            for pending in self._confirmed(mid):
-                try:
-                    pending.on_confirmed()
-                except Exception:  # a bug must not stop every later acknowledgement
-                    log.exception("confirming a reply failed")
+            try:
+                self._handle(kind, value)
+                self._flush()
+            except Exception:  # a bug must not stop every later answer and acknowledgement
+                log.exception("the outbox failed on %s", kind)
 
-    def _confirmed(self, mid: int) -> list[_Pending]:
-        with self._lock:
-            done = [m for m, p in self._pending.items() if m == mid or is_published(p.info)]
-            return [self._pending.pop(m) for m in done]
+    def _handle(self, kind: str, value: Any) -> None:
+        if kind == "send":
+            self._waiting.append(value)
+        elif kind == "window":
+            self.window = max(1, value)
+        elif kind == "acked":
+            mid, reason = value
+            message = self._in_flight.pop(mid, None)
+            if message is not None:
+                self._settle(message, reason)
 
+    def _settle(self, message: Message, reason: int) -> None:
+        if reason >= 0x80 and reason in RETRY_REASONS:
+            log.info("the broker refused a message to %s (%s): sending it again", message.topic,
+                     RETRY_REASONS[reason])
+            message.retry_at = time.monotonic() + RETRY_S
+            self._waiting.insert(0, message)
+            return
+        if reason >= 0x80:
+            log.warning("the broker refused a message to %s (reason code 0x%02x: check its ACL); "
+                        "going on without it", message.topic, reason)
+        self._done(message)
 
-def is_published(info: Any) -> bool:
-    """paho's is_published() raises for a message first sent while offline; paho still sends it later."""
-    try:
-        return info.is_published()
-    except (RuntimeError, ValueError):
-        return False
+    def _done(self, message: Message) -> None:
+        self._add_count(-1)
+        if message.on_confirmed is not None:
+            message.on_confirmed()
+
+    def _flush(self) -> None:
+        """Publish waiting messages, in order, while the broker's window has room."""
+        now = time.monotonic()
+        while self._waiting and len(self._in_flight) < self.window and self._waiting[0].retry_at <= now:
+            message = self._waiting.pop(0)
+            try:
+                info = self._publish(message.topic, message.payload, qos=1, retain=message.retain,
+                                     properties=message.properties)
+            except (ValueError, TypeError) as exc:  # paho refuses the topic (too long, say): never deliverable
+                log.warning("cannot publish to %.80s: %s; going on without it", message.topic, exc)
+                self._done(message)
+                continue
+            self._in_flight[info.mid] = message
 
 
 class Ledger:
@@ -141,18 +202,25 @@ class Ledger:
         with self._lock:
             self._active.pop(key, None)
 
-    def duplicate(self, key: str | None, delivery: Delivery) -> str | None:
-        """Whether ``key`` is "in progress" (acked with its first delivery) or "answered" (acked now); else None."""
+    def duplicate(self, key: str | None, delivery: Delivery, redelivered: bool) -> str | None:
+        """Whether ``key`` is "in progress" or "answered"; else None.
+
+        A broker's redelivery (DUP set) of one of those is folded in: acknowledged with the first
+        delivery's answer, or at once when answered. A fresh request repeating the key is the
+        caller's to refuse (``duplicate``), since its sender waits for an answer of its own.
+        """
         if key is None:
             return None
         with self._lock:
             pending = self._active.get(key)
             if pending is not None:
-                pending.mids.extend(delivery)
+                if redelivered:
+                    pending.mids.extend(delivery)
                 return "in progress"
         if key in self.journal:
-            self.journal.sync()
-            self.ack(delivery)
+            if redelivered:
+                self.journal.sync()
+                self.ack(delivery)
             return "answered"
         return None
 

@@ -2,6 +2,9 @@
 
 RequestClient connects once and sends many requests, each with MQTT 5 CorrelationData
 on the client's own reply topic, and times each exchange from publish to last message.
+It sends on {prefix}/request/<client id> and listens under edgekit/reply/<client id>/:
+the daemon answers an owned request only there, and the broker ACL in docs/fleet.md
+(%c) makes sure nobody else can send as, or listen for, this client.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from edgekit.errors import (
     Busy,
     Cancelled,
     ContextOverflow,
+    Duplicate,
     EdgekitError,
     EngineError,
     Expired,
+    TimedOut,
     TooLarge,
     UsageError,
 )
@@ -36,7 +41,8 @@ from edgekit.serve.mqtt.link import connect_blocking, message_property, new_clie
 # The protocol's error codes -> the exception the client raises for them.
 ERRORS: dict[str, type[EdgekitError]] = {
     "bad_request": BadRequest, "context_overflow": ContextOverflow, "busy": Busy, "expired": Expired,
-    "cancelled": Cancelled, "too_large": TooLarge, "internal": EngineError,
+    "cancelled": Cancelled, "too_large": TooLarge, "internal": EngineError, "timeout": TimedOut,
+    "duplicate": Duplicate,
 }
 REPLY_ROOT = "edgekit/reply"  # under the daemon's default allowed reply prefix
 
@@ -85,12 +91,14 @@ class RequestClient:
         self.prefix = prefix
         self.timeout_s = timeout_s
         self.broker = broker or BrokerConfig(url=broker_url)
-        self.reply_topic = f"{reply_root}/{uuid.uuid4().hex}"
+        self.client_id = f"edgekit-request-{uuid.uuid4().hex[:12]}"
+        self.reply_topic = f"{reply_root}/{self.client_id}/{uuid.uuid4().hex[:8]}"
         self._inboxes: dict[bytes, queue.SimpleQueue[tuple[float, dict[str, Any]]]] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = new_client(f"edgekit-request-{uuid.uuid4().hex[:12]}", self.broker)
+        self.client = new_client(self.client_id, self.broker)
         self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_publish = lambda client, *_: quick_ack(client)
 
@@ -103,7 +111,6 @@ class RequestClient:
 
     def connect(self) -> None:
         connect_blocking(self.client, self.broker.url, keepalive_s=30)
-        self.client.subscribe(self.reply_topic, qos=1)
         self.client.loop_start()
         if not self._subscribed.wait(self.timeout_s):
             raise BrokerError(f"the broker at {self.broker.url} did not confirm our subscription")
@@ -119,7 +126,7 @@ class RequestClient:
             self._inboxes[correlation] = queue.SimpleQueue()
         props = publish_properties(correlation, self.reply_topic, expiry_s)
         payload = json.dumps(body).encode()
-        self.client.publish(topic or f"{self.prefix}/request", payload, qos=1, properties=props)
+        self.client.publish(topic or f"{self.prefix}/request/{self.client_id}", payload, qos=1, properties=props)
         return correlation
 
     def messages(self, correlation: bytes, t0: float, timeout_s: float | None = None) -> Iterator[tuple[float, dict]]:
@@ -165,7 +172,13 @@ class RequestClient:
         return answer
 
     def cancel(self, request_id: str) -> None:
-        self.client.publish(f"{self.prefix}/cancel", json.dumps({"id": request_id}).encode(), qos=1)
+        """Cancel one of our own requests (the daemon matches the id among this client's only)."""
+        self.client.publish(f"{self.prefix}/cancel/{self.client_id}", json.dumps({"id": request_id}).encode(), qos=1)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
+        """Subscribe on every connect: after a broker restart without our session, the old one is gone."""
+        if not reason.is_failure:
+            client.subscribe(self.reply_topic, qos=1)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         arrived = time.perf_counter()

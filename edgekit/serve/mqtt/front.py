@@ -17,28 +17,30 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgekit.engine.records import Chunk
-from edgekit.errors import BadRequest, Busy, EdgekitError
+from edgekit.errors import BadRequest, Busy, Duplicate, EdgekitError
 from edgekit.serve.config import ServeConfig, broker_address
-from edgekit.serve.core import Core, Outcome
+from edgekit.serve.core import Core, Outcome, model_name
 from edgekit.serve.jobs import Job
 from edgekit.serve.mqtt import announce, discovery, protocol
-from edgekit.serve.mqtt.acks import Confirmations, Delivery, Ledger, Pending
+from edgekit.serve.mqtt.acks import Delivery, Ledger, Message, Outbox, Pending
 from edgekit.serve.mqtt.journal import Journal
 from edgekit.serve.mqtt.link import (
     connect_properties,
+    describe_connect_error,
     message_property,
     new_client,
     publish_properties,
     quick_ack,
-    release_stale_qos2,
 )
 from edgekit.serve.mqtt.protocol import Reply, Topics
 
 log = logging.getLogger(__name__)
 
-NOT_JOURNALED = {"busy", "internal"}  # worth a retry with the same id: never remembered as answered
+NOT_JOURNALED = {"busy", "internal", "timeout"}  # worth a retry with the same id: never remembered as answered
 RECEIVE_HEADROOM = 16  # unacked deliveries beyond queue + running, so cancels and busy answers get through
 CLEAN_EXIT_WAIT_S = 5.0  # for the last answers' acknowledgements and the offline status
+PROBLEM_REPEAT_S = 300.0  # the same connection problem is logged again after this
+DISCOVERY_EVERY_S = 10.0  # Home Assistant's birth messages re-announce discovery at most this often
 
 
 class MqttAnswer(Pending):
@@ -49,17 +51,12 @@ class MqttAnswer(Pending):
         self.front, self.reply, self.key = front, reply, key
 
     def chunk(self, job: Job, seq: int, chunk: Chunk) -> None:
-        self.front.publish(self.reply, protocol.chunk_message(job.request_id, seq, chunk), final=False)
+        self.front.send(self.reply, protocol.chunk_message(job.request_id, seq, chunk))
 
     def finish(self, job: Job, outcome: Outcome) -> None:
         if outcome.code == "draining":  # not acknowledged: the broker hands it to our next session
             return
-        rid = job.request_id
-        if outcome.code == "result":
-            payload = protocol.result_message(rid, outcome.result, self.front.config.device_id, outcome.queue_ms)
-        else:
-            payload = protocol.error_message(rid, outcome.code, outcome.message)
-        self.front.answer(self, payload, outcome.code)
+        self.front.answer(self, job, outcome)
 
 
 class MqttFrontEnd:
@@ -70,13 +67,17 @@ class MqttFrontEnd:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.topics = Topics.for_device(config.prefix, config.device_id, config.topics.share_group)
-        self.confirmations = Confirmations()
+        self.outbox: Outbox | None = None
         self.core: Core | None = None
         self.journal: Journal | None = None
         self.client: mqtt.Client | None = None
         self.ledger: Ledger | None = None
         self._draining = False
-        self._released = False  # the QoS 2 sweep of a previous process's packet ids is done
+        self._connected = False
+        self._problem: tuple[str | None, float] = (None, 0.0)  # the last connection problem logged, and when
+        self._discovery_lock = threading.Lock()
+        self._last_discovery = -DISCOVERY_EVERY_S
+        self._discovery_due = False
         self._stopped = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
 
@@ -87,18 +88,21 @@ class MqttFrontEnd:
         self.core = core
         self.journal = Journal(self.config.state_dir / "answered.jsonl", self.config.limits.dedup_window_s)
         self.client = self._new_client()
+        self.outbox = Outbox(self.client.publish)
         self.ledger = Ledger(self.client.ack, self.journal)
         host, port, _tls = broker_address(self.config.broker.url)
         receive_maximum = self.config.limits.queue_size + 1 + RECEIVE_HEADROOM
+        log.info("connecting to %s as %s", self.config.broker.url, self.config.client_id)
         self.client.connect_async(host, port, keepalive=self.config.broker.keepalive_s, clean_start=False,
                                   properties=connect_properties(self.config.broker.session_expiry_s, receive_maximum))
         self._spawn("mqtt", lambda: self.client.loop_forever(retry_first_connection=True))
         if self.config.daemon.metrics_interval_s:
             self._spawn("metrics", self._publish_metrics_every)
-        self.confirmations.start()
+        self.outbox.start()
 
     def describe(self) -> str:
-        return f"{self.config.broker.url} as {self.topics.prefix}"
+        state = "" if self._connected else " (connecting)"
+        return f"{self.config.broker.url} as {self.topics.prefix}{state}"
 
     def draining(self) -> None:
         self._draining = True
@@ -111,17 +115,16 @@ class MqttFrontEnd:
     def stop(self) -> None:
         """After the drain: the last answers' acknowledgements, offline, a clean DISCONNECT."""
         self._stopped.set()
-        self.confirmations.wait_empty(CLEAN_EXIT_WAIT_S)
-        info = self._publish_status("offline", "stopped")
-        announce.wait_published(info, CLEAN_EXIT_WAIT_S)
-        self.confirmations.stop()
+        self._publish_status("offline", "stopped")
+        self.outbox.wait_empty(CLEAN_EXIT_WAIT_S)  # the last answers' acknowledgements, and offline
+        self.outbox.stop()
         self.client.disconnect()  # a normal DISCONNECT: the broker discards the Last Will
         self._threads["mqtt"].join(timeout=CLEAN_EXIT_WAIT_S)
         self.journal.close()
 
     def healthy(self) -> bool:
         """Our threads are alive (the broker may be away: paho reconnects)."""
-        return all(t.is_alive() for t in self._threads.values())
+        return all(t.is_alive() for t in self._threads.values()) and self.outbox.alive()
 
     def _spawn(self, name: str, target: Any) -> None:
         thread = threading.Thread(target=target, name=f"edgekit-{name}", daemon=True)
@@ -134,59 +137,77 @@ class MqttFrontEnd:
         client = new_client(self.config.client_id, self.config.broker, manual_ack=True)
         will = announce.status_payload(self.config, "offline", "lost", self.core.engine)
         client.will_set(self.topics["status"], will, qos=1, retain=True)
-        client.max_inflight_messages_set(64)
+        client.max_inflight_messages_set(0)  # no limit of paho's: the Outbox keeps to the broker's
         client.on_connect = self._on_connect
+        tls = broker_address(self.config.broker.url)[2]
+        client.on_connect_error = lambda exc: self._connection_problem(describe_connect_error(exc, tls))
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
 
-    def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
-        quick_ack(client)
-        self.confirmations.published(mid)
+    def _connection_problem(self, text: str) -> None:
+        """One WARNING per cause (again after PROBLEM_REPEAT_S): paho retries with backoff meanwhile."""
+        last, when = self._problem
+        if text != last or time.monotonic() - when > PROBLEM_REPEAT_S:
+            log.warning("broker %s: %s; retrying", self.config.broker.url, text)
+            self._problem = (text, time.monotonic())
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+    def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        quick_ack(client)
+        self.outbox.published(mid, reason.value if reason is not None else 0)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:  # refused: paho retries; we are not connected
-            log.warning("broker %s refused the connection: %s", self.config.broker.url, reason)
+            self._connection_problem(f"refused the connection: {reason}")
             return
+        # The broker's Receive Maximum is our in-flight window (MQTT 5, 3.2.2.3.3; absent: 65,535).
+        window = getattr(properties, "ReceiveMaximum", 65535) if properties is not None else 65535
+        self.outbox.set_window(window)
         self.ledger.new_connection()
-        log.info("connected to %s (session present: %s)", self.config.broker.url, flags.session_present)
-        if flags.session_present and not self._released and self.config.broker.answer_qos == 2:
-            release_stale_qos2(client)  # only the first connect: later ones resume paho's own handshakes
-        self._released = True
-        subscriptions = [(self.topics.request_subscription, 1), (self.topics["cancel"], 1)]
-        if self.config.topics.discovery:
-            subscriptions.append((f"{self.config.topics.discovery_prefix}/status", 1))
-        client.subscribe(subscriptions)  # the session keeps them, but a lost session would not
+        self._connected, self._problem = True, (None, 0.0)
+        log.info("connected to %s (session present: %s, in-flight window %d)", self.config.broker.url,
+                 flags.session_present, window)
+        client.subscribe([(topic, 1) for topic in self._subscriptions()])  # a lost session forgets them
         self._publish_status("stopping" if self._draining else "online", None)
         self.publish_discovery()
+        self.core.notifier.status(f"serving {model_name(self.core.config)} on {self.core.describe()}")
+
+    def _subscriptions(self) -> list[str]:
+        topics = self.topics.subscriptions
+        return topics + ([f"{self.config.topics.discovery_prefix}/status"] if self.config.topics.discovery else [])
 
     def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
-        if not self._draining:
+        was, self._connected = self._connected, False
+        if was and not self._draining:
             log.warning("disconnected from the broker (%s); reconnecting", reason)
+            self.core.notifier.status(f"serving {model_name(self.core.config)} on {self.core.describe()}")
 
     def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         quick_ack(client)
         try:
             self._dispatch(message)
-        except Exception:  # never let one message kill paho's network thread
+        except Exception:  # a bug: still one answer, and never paho's network thread killed
             log.exception("handling a message on %s failed", message.topic)
-            self.ledger.ack(self._delivery(message))
+            self._answer_failure(message)
 
     def _dispatch(self, message: mqtt.MQTTMessage) -> None:
-        if message.topic == self.topics["request"]:
-            self._take_request(message)
+        is_request, owner = self.topics.owner_of(message.topic, "request")
+        if is_request:
+            self._take_request(message, owner)
             return
-        if message.topic == self.topics["cancel"]:
-            self._take_cancel(message.payload)
+        is_cancel, owner = self.topics.owner_of(message.topic, "cancel")
+        if is_cancel:
+            self._take_cancel(message.payload, owner)
         elif discovery.is_ha_birth(message.topic, message.payload,
                                    discovery_prefix=self.config.topics.discovery_prefix):
-            self.publish_discovery()
+            self._home_assistant_born()
         self.ledger.ack(self._delivery(message))
 
     # --- requests in ----------------------------------------------------------------------------
 
-    def _take_request(self, message: mqtt.MQTTMessage) -> None:
+    def _take_request(self, message: mqtt.MQTTMessage, owner: str | None) -> None:
+        """Decode, check, deduplicate, queue: every path ends in one answer (or a redelivery folded in)."""
         if self._draining:
             return  # not acknowledged: the broker hands it to our next session (or another daemon)
         delivery = self._delivery(message)
@@ -195,12 +216,17 @@ class MqttFrontEnd:
         try:
             data = protocol.decode(message.payload, self.config.limits)
         except BadRequest as exc:
-            self._refuse(self._routable(protocol.reply_of({}, response_topic, correlation))[0], exc, delivery)
+            self._refuse(self._routable(protocol.reply_of({}, response_topic, correlation, owner))[0], exc, delivery)
             return
-        reply = protocol.reply_of(data, response_topic, correlation)
-        if self._is_duplicate(reply, delivery, message.dup):
-            return
+        reply = protocol.reply_of(data, response_topic, correlation, owner)
         routable, problem = self._routable(reply)
+        state = self.ledger.duplicate(reply.key, delivery, message.dup)
+        if state is not None:
+            log.info("request %s: a repeat (dup flag %s) of one %s", reply.request_id, message.dup, state)
+            if message.dup:
+                return
+            problem = problem or Duplicate(f"id {reply.request_id!r} was already used by this requester "
+                                           f"({state}): give each request a new id")
         try:
             if problem is not None:
                 raise problem
@@ -211,18 +237,12 @@ class MqttFrontEnd:
         self._accept(incoming, delivery, message_property(message, "MessageExpiryInterval"))
 
     def _routable(self, reply: Reply) -> tuple[Reply, BadRequest | None]:
-        """The reply itself, or, when its topic is not allowed, a route to {node}/errors and the reason."""
+        """The reply itself, or, when its topic is missing or not allowed, a route to {node}/errors and why."""
         try:
             protocol.check_reply_topic(reply, self.config.topics.reply_prefix)
         except BadRequest as exc:
-            return Reply(None, reply.correlation, reply.request_id), exc
+            return Reply(None, reply.correlation, reply.request_id, owner=reply.owner), exc
         return reply, None
-
-    def _is_duplicate(self, reply: Reply, delivery: Delivery, dup: bool) -> bool:
-        state = self.ledger.duplicate(reply.key, delivery)
-        if state is not None:
-            log.info("request %s: a duplicate (dup flag %s) of one %s", reply.request_id, dup, state)
-        return state is not None
 
     def _accept(self, incoming: protocol.Incoming, delivery: Delivery, expiry_s: int | None) -> None:
         key = incoming.reply.key or f"\0{incoming.request.id}"
@@ -231,21 +251,22 @@ class MqttFrontEnd:
         expires_at = time.monotonic() + expiry_s if expiry_s is not None else None
         try:
             self.core.submit(incoming.request, answer, front_end=self.name, stream=incoming.stream,
-                             expires_at=expires_at)
+                             expires_at=expires_at, owner=incoming.reply.owner)
         except Busy as exc:
             self.ledger.drop(key)
             self._refuse(incoming.reply, exc, answer.mids)
 
-    def _take_cancel(self, payload: bytes) -> None:
+    def _take_cancel(self, payload: bytes, owner: str | None) -> None:
+        """Cancel the sender's own request: {prefix}/cancel/<client id> reaches only that client's jobs."""
         try:
             request_id = str(protocol.decode(payload, self.config.limits)["id"])
         except (BadRequest, KeyError) as exc:
             log.warning("ignoring a cancel without an id: %s", exc)
             return
-        jobs = self.core.jobs_of(None, request_id)
+        jobs = self.core.jobs_of(owner, request_id)
         for job in jobs:
             self.core.cancel(job)
-        log.info("cancel %s: %d request(s)", request_id, len(jobs))
+        log.info("cancel %s from %s: %d request(s)", request_id, owner or "an anonymous client", len(jobs))
 
     # --- answers out ------------------------------------------------------------------------------
 
@@ -253,40 +274,92 @@ class MqttFrontEnd:
         """An error at intake: answered and acknowledged, never remembered (the client may fix and retry)."""
         self.core.metrics.error(error.code, self.name)
         if reply.topic is None:
-            log.warning("request %s refused (%s: %s); no reply topic, told %s", reply.request_id, error.code,
-                        error, self.topics["errors"])
-        info = self.publish(reply, protocol.error_message(reply.request_id, error.code, str(error)))
-        self.confirmations.add(info, lambda: self.ledger.ack(delivery))
+            log.warning("request %s refused (%s: %s); no usable reply topic, told %s", reply.request_id,
+                        error.code, error, self.topics["errors"])
+        payload = protocol.error_message(reply.request_id, error.code, str(error))
+        self._send_final(reply, payload, lambda: self.ledger.ack(delivery))
 
-    def answer(self, answer: MqttAnswer, payload: bytes, code: str) -> None:
-        """A job's final message: remembered first, acknowledged once the broker has the answer."""
-        remember = code not in NOT_JOURNALED and answer.reply.key is not None
-        if remember:
-            self.journal.record(answer.reply.key)
-        info = self.publish(answer.reply, payload)
-        self.confirmations.add(info, lambda: self.ledger.commit(answer.key, answer, remember))
+    def answer(self, answer: MqttAnswer, job: Job, outcome: Outcome) -> None:
+        """A job's final message: remembered first, acknowledged once the broker has the answer.
 
-    def publish(self, reply: Reply, payload: bytes, final: bool = True) -> mqtt.MQTTMessageInfo:
-        """Chunks at QoS 1 (a repeat has the same seq); final answers at answer_qos (2: a resend after a
-        reconnect is recognised by the broker, not delivered twice)."""
+        Anything failing here is answered ``internal``; if even that fails, the request is
+        acknowledged (and logged) so that it is never redelivered to fail forever.
+        """
+        try:
+            payload = self._final_payload(job, outcome)
+            remember = outcome.code not in NOT_JOURNALED and answer.reply.key is not None
+            if remember:
+                self.journal.record(answer.reply.key)
+            self._send_final(answer.reply, payload, lambda: self.ledger.commit(answer.key, answer, remember))
+        except Exception:
+            log.exception("request %s: answering it failed", job.request_id)
+            try:
+                payload = protocol.error_message(job.request_id, "internal", "the daemon failed to answer")
+                self._send_final(answer.reply, payload, lambda: self.ledger.commit(answer.key, answer, False))
+            except Exception:
+                log.exception("request %s: even the internal error failed; acknowledged unanswered", job.request_id)
+                self.ledger.commit(answer.key, answer, False)
+
+    def _final_payload(self, job: Job, outcome: Outcome) -> bytes:
+        if outcome.code == "result":
+            return protocol.result_message(job.request_id, outcome.result, self.config.device_id, outcome.queue_ms)
+        return protocol.error_message(job.request_id, outcome.code, outcome.message)
+
+    def _answer_failure(self, message: mqtt.MQTTMessage) -> None:
+        """A message whose handling raised: answer internal on {node}/errors if we can, then acknowledge it."""
+        delivery = self._delivery(message)
+        try:
+            correlation = message_property(message, "CorrelationData")
+            reply = Reply(None, correlation, correlation.hex() if correlation else "?")
+            payload = protocol.error_message(reply.request_id, "internal", "the daemon failed to handle it")
+            self._send_final(reply, payload, lambda: self.ledger.ack(delivery))
+        except Exception:
+            log.exception("answering the failure failed too; acknowledging the message")
+            self.ledger.ack(delivery)
+
+    def _send_final(self, reply: Reply, payload: bytes, on_confirmed: Any) -> None:
+        """A final message; on_confirmed runs once the broker has it (sent again if refused for quota)."""
+        self.send(reply, payload, on_confirmed)
+
+    def send(self, reply: Reply, payload: bytes, on_confirmed: Any = None) -> None:
+        """Chunks and answers at QoS 1 (a QoS 2 packet id left by a killed process could swallow a new
+        answer): a repeated chunk has the same seq, a final answer the same id, and the journal stops
+        a redelivered request from being answered twice."""
         topic = reply.topic or self.topics["errors"]
-        qos = self.config.broker.answer_qos if final else 1
-        return self.client.publish(topic, payload, qos=qos, properties=publish_properties(reply.correlation))
+        self.outbox.send(Message(topic, payload, properties=publish_properties(reply.correlation),
+                                 on_confirmed=on_confirmed))
 
     def _delivery(self, message: mqtt.MQTTMessage) -> Delivery:
         return self.ledger.delivery(message.qos, message.mid)
 
     # --- status, discovery, metrics ------------------------------------------------------------------
 
-    def _publish_status(self, state: str, reason: str | None) -> mqtt.MQTTMessageInfo:
-        return announce.publish_status(self.client, self.core.config, self.topics, state, reason, self.core.engine)
+    def _publish_status(self, state: str, reason: str | None) -> None:
+        self.outbox.send(announce.status(self.core.config, self.topics, state, reason, self.core.engine))
 
     def publish_discovery(self) -> None:
-        announce.publish_discovery(self.client, self.core.config, self.topics, self.core.engine)
+        with self._discovery_lock:
+            self._last_discovery, self._discovery_due = time.monotonic(), False
+        for message in announce.discovery_configs(self.core.config, self.topics, self.core.engine):
+            self.outbox.send(message)
+
+    def _home_assistant_born(self) -> None:
+        """Re-announce on Home Assistant's birth, at most every DISCOVERY_EVERY_S (the configs are retained)."""
+        with self._discovery_lock:
+            wait = self._last_discovery + DISCOVERY_EVERY_S - time.monotonic()
+            if wait > 0 and self._discovery_due:
+                return
+            self._discovery_due = wait > 0
+        if wait <= 0:
+            self.publish_discovery()
+        else:
+            timer = threading.Timer(wait, self.publish_discovery)
+            timer.daemon = True
+            timer.start()
 
     def _publish_metrics_every(self) -> None:
         while not self._stopped.wait(self.config.daemon.metrics_interval_s):
             if self.client.is_connected():
                 snapshot = self.core.metrics.snapshot(len(self.core.queue), self.core.busy,
                                                      self.core.cache_stats())
-                announce.publish_metrics(self.client, self.topics, snapshot)
+                self.outbox.send(announce.metrics(self.topics, snapshot))

@@ -37,7 +37,8 @@ class Journal:
         self._file: Any = None
         self._appended = 0
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _owner_only(path.parent, 0o700)  # request ids and reply topics are the users' business
         except OSError as exc:
             raise ConfigError(f"state folder {path.parent}: {exc.strerror} (set daemon.state_dir)") from None
         self._load()
@@ -85,6 +86,7 @@ class Journal:
         if self._file is not None:
             self._file.close()
         write_text(self.path, "".join(json.dumps([t, k]) + "\n" for k, t in self._answered.items()))
+        _owner_only(self.path, 0o600)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the daemon's life
         self._appended = 0
 
@@ -104,3 +106,10 @@ class Journal:
                 self._answered[key] = stamp
         log.info("journal %s: %d answered request(s) within the last %.0f s", self.path, len(self._answered),
                  self.window_s)
+
+
+def _owner_only(path: Path, mode: int) -> None:
+    """Tighten ``path`` to ``mode`` when it is ours (a folder systemd made for us already is)."""
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o777 != mode:
+        os.chmod(path, mode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,10 +23,39 @@ from edgekit.serve.config import BrokerConfig, broker_address, broker_password
 log = logging.getLogger(__name__)
 
 
+class _Client(mqtt.Client):
+    """paho's client, telling us why a (re)connect failed: loop_forever() swallows the OSError."""
+
+    on_connect_error: Callable[[OSError], None] | None = None
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:  # ssl.SSLError and socket.gaierror are OSErrors too
+            if self.on_connect_error is not None:
+                self.on_connect_error(exc)
+            raise
+
+
+def describe_connect_error(exc: OSError, tls: bool = False) -> str:
+    """Why a connection failed, in a user's words: DNS, refused, TLS, unreachable."""
+    if tls and isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)):
+        return "TLS failure: the broker closed the connection during the TLS handshake (is this port a TLS listener?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name (DNS: {exc.strerror or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running, on this port?)"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failure: {getattr(exc, 'verify_message', None) or exc.reason or exc}"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "unreachable (connection timed out)"
+    return f"unreachable ({exc.strerror or exc})"
+
+
 def new_client(client_id: str, broker: BrokerConfig, *, manual_ack: bool = False) -> mqtt.Client:
     """An MQTT 5 client with credentials, TLS and TCP_NODELAY; not yet connected."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
-                         manual_ack=manual_ack)
+    client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                     manual_ack=manual_ack)
     _host, _port, tls = broker_address(broker.url)
     if tls:
         _set_tls(client, broker)
@@ -75,7 +105,8 @@ def connect_blocking(client: mqtt.Client, url: str, keepalive_s: int, properties
     try:
         client.connect(host, port, keepalive=keepalive_s, clean_start=clean_start, properties=properties)
     except (OSError, ssl.SSLError) as exc:
-        raise BrokerError(f"cannot reach the MQTT broker at {url}: {exc} (is it running? check --broker)") from None
+        raise BrokerError(f"cannot reach the MQTT broker at {url}: {describe_connect_error(exc, _tls)} "
+                          "(is it running? check --broker)") from None
 
 
 def quick_ack(client: mqtt.Client) -> None:
@@ -91,18 +122,6 @@ def quick_ack(client: mqtt.Client) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         except (OSError, AttributeError):
             pass
-
-
-def release_stale_qos2(client: mqtt.Client) -> None:
-    """After a restart into a persistent session, finish the QoS 2 handshakes a killed process left half done.
-
-    The broker keeps a QoS 2 message it got without its PUBREL under that packet id, and until
-    it is released it takes any new PUBLISH with the same id for a resend and drops it (MQTT 5,
-    4.3.3): one of our answers would vanish. Which ids the dead process used is unknown, so
-    release them all; a PUBREL for an id the broker does not hold gets a harmless PUBCOMP.
-    """
-    for mid in range(1, 65536):
-        client._send_pubrel(mid)  # paho has no public call for a PUBREL of its own making
 
 
 def _set_tls(client: mqtt.Client, broker: BrokerConfig) -> None:

@@ -37,7 +37,8 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, extra: str = "") -> None:
+        """extra: more mosquitto.conf lines (tests: max_inflight_messages, an acl_file, ...)."""
         self.folder = folder
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -56,6 +57,7 @@ class Broker:
             # Started as root, Mosquitto drops to user "mosquitto", who cannot write our folder:
             # persistence would fail quietly ("Error: Permission denied") and sessions die with a restart.
             + ("user root\n" if os.geteuid() == 0 else "")
+            + extra
         )
 
     @property
