@@ -332,6 +332,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_dir(args: argparse.Namespace) -> Path:
+    """--dir, else the daemon's: [cache] dir or <state_dir>/prompt-cache from its config."""
+    from edgekit.serve.config import load_config
+
+    return args.dir or load_config(args.config).cache_dir
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from edgekit.engine.prompt_cache import clear, disk_files
+
+    folder = _cache_dir(args)
+    if args.action == "clear":
+        count, size = clear(folder)
+        print(f"removed {count} saved states ({size / 2**20:.1f} MB) from {folder}")
+        return 0
+    files = disk_files(folder)
+    if args.json:
+        _print_json([{"file": str(f.path), "bytes": f.size, "tokens": f.tokens, "last_used": f.mtime,
+                      "model": f.label} for f in files])
+        return 0
+    print(f"{folder}: {len(files)} saved states, {sum(f.size for f in files) / 2**20:.1f} MB")
+    for f in files:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(f.mtime))
+        print(f"  {f.path.name}  {f.tokens if f.tokens is not None else '?':>6} tokens  "
+              f"{f.size / 2**20:8.1f} MB  used {used}  {f.label}")
+    return 0
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     from edgekit.serve.mqtt.client import RequestClient, chat_body, raise_for_error, read_schema, timings_line
     from edgekit.serve.config import load_config
@@ -566,6 +596,13 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", default=None)
     p.add_argument("--device-id", default=None)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("cache", help="list or clear the daemon's saved prompt states (the prompt cache)")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("--config", type=Path, default=None, help="edgekit.toml (finds [cache] dir / the state folder)")
+    p.add_argument("--dir", type=Path, default=None, help="the cache folder itself")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("request", help="send a request to a running daemon and print the answer")
     p.add_argument("prompt")
