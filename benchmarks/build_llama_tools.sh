@@ -6,6 +6,8 @@
 # Same CPU flags as scripts/install.sh: AMX off on x86 (a default build crashes in
 # the AMX matmul on quantized models), native otherwise.
 #   usage: benchmarks/build_llama_tools.sh [DEST]   (default: ~/.cache/edgekit/llama-tools)
+#   EDGEKIT_LLAMA_TOOLS_CMAKE_ARGS: more cmake arguments, e.g. "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90"
+#   (benchmarks/gpu_check.sh builds a CUDA llama-bench so)
 #   result: DEST/bin/llama-bench, DEST/bin/llama-perplexity, DEST/bin/llama-quantize
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +43,7 @@ build() {
   flags=$(cpu_flags)
   cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-    -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" >/dev/null
+    -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" ${EDGEKIT_LLAMA_TOOLS_CMAKE_ARGS:-} >/dev/null
   cmake --build "$src/build" --config Release -j "$(nproc)" --target "${TARGETS[@]}"
 }
 
