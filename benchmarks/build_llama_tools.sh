@@ -8,6 +8,8 @@
 # Same CPU flags as scripts/install.sh: AMX off on x86 (a default build crashes in
 # the AMX matmul on quantized models), native otherwise.
 #   usage: benchmarks/build_llama_tools.sh [DEST]   (default: ~/.cache/edgekit/llama-tools)
+#   EDGEKIT_LLAMA_TOOLS_CMAKE_ARGS: more cmake arguments, e.g. "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90"
+#   (benchmarks/gpu_check.sh builds a CUDA llama-bench so)
 #   result: DEST/bin/llama-bench, DEST/bin/llama-perplexity, DEST/bin/llama-quantize
 #
 # Cached by version and flags (DEST/bin/.key); built once under a lock (DEST/.lock) when
@@ -77,7 +79,7 @@ build() {
   flags=$(cpu_flags)
   step cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-    -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" >/dev/null
+    -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" ${EDGEKIT_LLAMA_TOOLS_CMAKE_ARGS:-} >/dev/null
   # cmake prints "[ nn%] Building ..." lines: the progress of the few minutes this takes.
   step cmake --build "$src/build" --config Release -j "$(nproc)" --target "${TARGETS[@]}"
 }

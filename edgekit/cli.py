@@ -345,6 +345,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_dir(args: argparse.Namespace) -> Path:
+    """--dir, else the daemon's: [cache] dir or <state_dir>/prompt-cache from its config."""
+    from edgekit.serve.config import load_config
+
+    return args.dir or load_config(args.config).cache_dir
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from edgekit.engine.prompt_cache import clear, disk_files
+
+    folder = _cache_dir(args)
+    if args.action == "clear":
+        count, size = clear(folder)
+        print(f"removed {count} saved states ({size / 2**20:.1f} MB) from {folder}")
+        return 0
+    files = disk_files(folder)
+    if args.json:
+        _print_json([{"file": str(f.path), "bytes": f.size, "tokens": f.tokens, "last_used": f.mtime,
+                      "model": f.label} for f in files])
+        return 0
+    print(f"{folder}: {len(files)} saved states, {sum(f.size for f in files) / 2**20:.1f} MB")
+    for f in files:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(f.mtime))
+        print(f"  {f.path.name}  {f.tokens if f.tokens is not None else '?':>6} tokens  "
+              f"{f.size / 2**20:8.1f} MB  used {used}  {f.label}")
+    return 0
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     from edgekit.serve.mqtt.client import RequestClient, chat_body, raise_for_error, read_schema, timings_line
     from edgekit.serve.config import load_config
@@ -402,6 +432,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         models=tuple(args.models), prompt_tokens=tuple(args.prompt_tokens), gen_tokens=args.gen_tokens,
         repeat=args.repeat, concurrency=tuple(args.concurrency), threads=args.threads, profile=args.profile,
         this_box=args.this_box, via=args.via, prefix=args.prefix, llama_bench=args.compare_llama_bench,
+        **_profiling_options(args),
     )
     run = run_bench(config, progress=lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True))
     fmt = output_format(args.json, args.csv, args.jsonl, str(args.output) if args.output else None)
@@ -412,7 +443,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.report:
         write_report(args.report, run)
         print(f"[bench] wrote {args.report}", file=sys.stderr)
+    if args.save:
+        from edgekit.bench.history import save
+
+        print(f"[bench] saved to {save(run, args.save)}", file=sys.stderr)
     return 0
+
+
+def _profiling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Sensors, steady load and the workload: BenchConfig's fields from issue 17's options."""
+    return {"sensors": not args.no_sensors, "sensors_root": args.sensors_root, "duration_s": args.duration,
+            "workload": args.workload, "entities": args.entities}
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    from edgekit.bench.history import compare, comparison_rows, load
+    from edgekit.bench.output import format_table
+
+    result = compare(load(args.old), load(args.new), args.threshold)
+    print(format_table(comparison_rows(result)), end="")
+    for label in result.unmatched:
+        print(f"not compared (in one run only): {label}")
+    bad = result.regressions
+    print(f"{len(bad)} regression(s) beyond {result.threshold:.0%}" if bad
+          else f"no regression beyond {result.threshold:.0%}")
+    return 1 if bad else 0
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
@@ -482,13 +537,15 @@ def _add_box_options(p: argparse.ArgumentParser, what: str = "plan for", require
 
 
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("make-test-model", help="write a Llama checkpoint with seeded random weights",
+    p = sub.add_parser("make-test-model", help="write a Llama-family checkpoint with seeded random weights",
                        formatter_class=_HelpFormatter)
     p.add_argument("dir", type=Path, help="folder to write the checkpoint into (created)")
-    p.add_argument("--preset", default="tiny", help="shape: tiny, tinyllama, solar-mini or solar")
+    p.add_argument("--preset", default="tiny", help="shape: tiny, tinyllama, solar-mini, solar, tiny-llama3, "
+                   "llama3.2-1b, tiny-qwen2, qwen2.5-1.5b or tiny-smollm2")
     p.add_argument("--dtype", default="bf16", choices=["f32", "f16", "bf16"], help="weight type")
     p.add_argument("--shard-size", default=None, help="max shard size, e.g. 500MB (default: one file)")
-    p.add_argument("--tied", action="store_true", help="tie lm_head to the embeddings")
+    p.add_argument("--tied", action=argparse.BooleanOptionalAction, default=None,
+                   help="tie lm_head to the embeddings (default: as the real model does)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.set_defaults(func=cmd_make_test_model)
 
@@ -599,6 +656,14 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-id", default=None, help="this box's id in topics (default: the hostname)")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("cache", help="list or clear the daemon's saved prompt states (the prompt cache)",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("action", choices=["list", "clear"], help="list the saved states, or remove them")
+    p.add_argument("--config", type=Path, default=None, help="edgekit.toml (finds [cache] dir / the state folder)")
+    p.add_argument("--dir", type=Path, default=None, help="the cache folder itself")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=cmd_cache)
+
     p = sub.add_parser("request", help="send a request to a running daemon and print the answer",
                        formatter_class=_HelpFormatter)
     p.add_argument("prompt", help="the user message")
@@ -655,7 +720,17 @@ def _add_measurement(sub: argparse._SubParsersAction) -> None:
                    help="llama.cpp's llama-bench binary: run it on the same file and settings after each round "
                         "and show our rates as paired ratios to its (the install step builds it into "
                         "~/.cache/edgekit/llama-tools/bin)")
+    _add_profiling_options(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("bench-compare", prog="edgekit bench compare", formatter_class=_HelpFormatter,
+                       description="Each figure's change from OLD to NEW with a 95% bootstrap interval; "
+                       "exits 1 on a regression beyond the threshold.")
+    p.add_argument("old", help="a bench JSON, or a --save history (FILE.jsonl: its last run, FILE.jsonl#N: run N)")
+    p.add_argument("new", help="the run to judge: a bench JSON or a history, as OLD")
+    p.add_argument("--threshold", type=float, default=0.10,
+                   help="a change counts when its whole interval lies beyond this fraction")
+    p.set_defaults(func=cmd_bench_compare)
 
     p = sub.add_parser("quality", help="perplexity and KL divergence of quantized files against a reference",
                        formatter_class=_HelpFormatter)
@@ -691,6 +766,29 @@ quality / recommend. `edgekit COMMAND --help` shows each command's options and d
 the README and docs/ show them at work."""
 
 
+def _add_profiling_options(p: argparse.ArgumentParser) -> None:
+    from edgekit.bench.history import default_history
+
+    p.add_argument("--save", type=Path, nargs="?", const=default_history(), default=None, metavar="HISTORY",
+                   help=f"append the run to a JSONL history (default {default_history()}) for `bench compare`")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="steady load for S seconds (rounds until then) with power, temperature and clocks over time")
+    p.add_argument("--workload", choices=("prompts", "assist"), default="prompts",
+                   help="assist: Home Assistant's request (instructions, entities, intent tools, a spoken command)")
+    p.add_argument("--entities", type=int, default=50, help="exposed entities in the assist workload")
+    p.add_argument("--no-sensors", action="store_true", help="do not sample power, heat and clocks")
+    p.add_argument("--sensors-root", type=Path, default=Path("/"), help=argparse.SUPPRESS)  # a captured board
+
+
+def _route(argv: Sequence[str]) -> list[str]:
+    """`bench compare OLD NEW` is the bench-compare command (bench itself takes model paths)."""
+    argv = list(argv)
+    first = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)
+    if first is not None and argv[first:first + 2] == ["bench", "compare"]:
+        argv[first:first + 2] = ["bench-compare"]
+    return argv
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekit", description=DESCRIPTION, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"edgekit {__version__}")
@@ -721,7 +819,7 @@ def _raise_stopped(signum: int, _frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_route(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -41,6 +41,7 @@ class Settings:
     use_mmap: bool = True
     use_mlock: bool = False
     seed: int = 0
+    prompt_cache_mb: int = 0  # RAM the engine's prompt cache may hold saved KV states in (part of the plan)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ class Plan:
             f"settings: n_ctx {s.n_ctx}, threads {s.n_threads}/{s.n_threads_batch}, gpu layers {layers}, "
             f"batch {s.n_batch}/{s.n_ubatch}, flash_attn {s.flash_attn}, kv {s.type_k}/{s.type_v}, mmap {s.use_mmap}",
             f"memory:   weights {_mb(e.weights_ram + e.repacked)} MB + kv {_mb(e.kv_ram)} + compute {_mb(e.compute_ram)}"
-            f" + runtime {_mb(e.runtime)} = {_mb(e.ram)} MB RAM"
+            f" + runtime {_mb(e.runtime)}" + (f" + prompt cache {_mb(e.prompt_cache)}" if e.prompt_cache else "")
+            + f" = {_mb(e.ram)} MB RAM"
             + (f" ({_mb(e.reclaimable)} MB of it reclaimable page cache)" if e.reclaimable else ""),
             *([f"vram:     weights {_mb(e.weights_vram)} MB + kv {_mb(e.kv_vram)} + compute {_mb(e.compute_vram)}"
                f" = {_mb(e.vram)} MB"] if e.vram else []),
@@ -118,12 +120,13 @@ def settings_for(
     this_box: bool = False,
     root: Path | None = None,
     target: Target | None = None,
+    prompt_cache_mb: int = 0,
 ) -> Plan:
     """The one way every command (plan, run, chat, serve, bench, recommend) resolves its settings:
     the plan for ``profile``'s box (this machine without a profile, or with ``this_box``).
     ``target`` (from target_for) saves detecting the box again when planning several files."""
     target = target or target_for(profile, this_box=this_box, root=root)
-    plan = plan_for(models, target.profile, target.hardware, ctx=ctx)
+    plan = plan_for(models, target.profile, target.hardware, ctx=ctx, prompt_cache_mb=prompt_cache_mb)
     return replace(plan, box=target.box, profile_reason=target.profile_reason)
 
 
@@ -177,13 +180,18 @@ def plan_for(
     profile: Profile,
     hardware: Hardware,
     ctx: int | None = None,
+    prompt_cache_mb: int = 0,
 ) -> Plan:
-    """Choose the file and settings that fit ``hardware``; DoesNotFit says by how much none did."""
+    """Choose the file and settings that fit ``hardware``; DoesNotFit says by how much none did.
+
+    ``prompt_cache_mb`` is the RAM the engine's prompt cache may hold: counted like the KV cache.
+    """
     if ctx is not None and ctx < MIN_CTX:
         raise UsageError(f"--ctx {ctx} is too small: give at least {MIN_CTX} tokens")
     infos = [m if isinstance(m, GGUFInfo) else validate(m) for m in (models if isinstance(models, list) else [models])]
     budget = budget_for(profile, hardware)
     base, reasons = _base_settings(profile, hardware, infos, ctx)
+    base = replace(base, prompt_cache_mb=prompt_cache_mb)
     candidates = _by_preference(infos, profile.quant)
     attempts: list[_Attempt] = []
     for n_ctx in _context_ladder(base.n_ctx, min(profile.run.min_ctx, base.n_ctx)):

@@ -270,6 +270,15 @@ def test_plan_total_matches_resident_memory_of_tinyllama_q4_k_m(tinyllama_q4_k_m
     assert abs(plan.estimate.ram - rss) <= 0.10 * rss, f"plan {plan.estimate.ram / MiB:.0f} MiB, VmRSS {rss / MiB:.0f}"
 
 
+def test_the_prompt_cache_budget_is_counted_in_the_plan(small3b):
+    profile, hw = load_profile("rpi4-4gb"), board("rpi4-4gb")
+    without = plan_for(small3b["Q4_K_M"], profile, hw)
+    with_cache = plan_for(small3b["Q4_K_M"], profile, hw, prompt_cache_mb=256)
+    assert with_cache.settings.prompt_cache_mb == 256
+    assert with_cache.estimate.ram - without.estimate.ram == 256 * MiB
+    assert "prompt cache 256" in "\n".join(with_cache.describe())
+
+
 # --- the box a plan is for: --profile P plans for P's box unless --this-box ----------------------
 
 
