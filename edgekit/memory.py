@@ -86,11 +86,12 @@ class MemoryEstimate:
     compute_reserved: int  # llama.cpp's CPU compute buffer; resident only if every logit is kept
     runtime: int  # process baseline: Python, libllama, vocabulary, CUDA runtime
     n_gpu_layers: int  # resolved: 0..n_layer+1 (n_layer+1 = every layer and the output)
+    prompt_cache: int = 0  # saved KV states the prompt cache may hold in RAM (Settings.prompt_cache_mb)
 
     @property
     def ram(self) -> int:
         """Expected resident size (VmRSS) of the serving process."""
-        return self.weights_ram + self.repacked + self.kv_ram + self.compute_ram + self.runtime
+        return self.weights_ram + self.repacked + self.kv_ram + self.compute_ram + self.runtime + self.prompt_cache
 
     @property
     def ram_required(self) -> int:
@@ -108,7 +109,7 @@ class MemoryEstimate:
     def to_dict(self) -> dict[str, float | int]:
         """MiB figures for JSON and humans."""
         names = ("weights_ram", "weights_vram", "repacked", "reclaimable", "kv_ram", "kv_vram", "compute_ram", "compute_vram",
-                 "compute_reserved", "runtime", "ram", "ram_required", "vram", "total")
+                 "compute_reserved", "runtime", "prompt_cache", "ram", "ram_required", "vram", "total")
         data: dict[str, float | int] = {f"{n}_mb": round(getattr(self, n) / MiB, 1) for n in names}
         data["n_gpu_layers"] = self.n_gpu_layers
         return data
@@ -167,6 +168,7 @@ def estimate_memory(
         compute_reserved=compute_reserved_bytes(shape, settings),
         runtime=runtime_bytes(shape, gpu=on_gpu > 0),
         n_gpu_layers=on_gpu,
+        prompt_cache=settings.prompt_cache_mb * MiB,
     )
 
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +146,11 @@ def daemon_toml(state_dir: Path, device_id: str, **sections: dict[str, Any]) -> 
 class DaemonProcess:
     """`edgekit serve` as a subprocess, with its own config file and state folder."""
 
-    def __init__(self, folder: Path, gguf: Path, broker_url: str, device_id: str, **sections: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, gguf: Path, broker_url: str, device_id: str, *, http_port: int | None = None,
+                 **sections: dict[str, Any]) -> None:
+        """broker_url "none": HTTP only; http_port: also serve HTTP on 127.0.0.1:<port> (--http)."""
         folder.mkdir(parents=True, exist_ok=True)
+        self.http_port = http_port
         self.folder, self.model, self.broker_url, self.device_id = folder, gguf, broker_url, device_id
         self.config = folder / "edgekit.toml"
         self.config.write_text(daemon_toml(folder / "state", device_id, **sections))
@@ -156,21 +161,41 @@ class DaemonProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True, env: dict[str, str] | None = None) -> DaemonProcess:
-        """Start it; with wait, return once it says online on its status topic."""
-        listener = Listener(self.broker_url, f"{self.node}/status") if wait else None
+        """Start it; with wait, return once it says online on its status topic (HTTP only: answers /api/version)."""
+        mqtt_wait = wait and self.broker_url != "none"
+        listener = Listener(self.broker_url, f"{self.node}/status") if mqtt_wait else None
+        http_args = ["--http", f"127.0.0.1:{self.http_port}"] if self.http_port else []
         started = time.time()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "edgekit.cli", "-v", "serve", "--model", str(self.model),
-                 "--broker", self.broker_url, "--config", str(self.config)],
+                 "--broker", self.broker_url, "--config", str(self.config), *http_args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         if listener is not None:
             try:
                 self._wait_online(listener, started)
             finally:
                 listener.close()
+        elif wait:
+            self._wait_http()
         return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _wait_http(self) -> None:
+        end = time.monotonic() + 120
+        while time.monotonic() < end and self.process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/version", timeout=1):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers (401 without the key)
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"daemon {self.device_id} did not answer HTTP:\n{self.output()}")
 
     def _wait_online(self, listener: Listener, started: float) -> None:
         end = time.monotonic() + 120

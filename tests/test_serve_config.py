@@ -97,3 +97,33 @@ def test_a_missing_password_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_there_is_no_password_setting_to_leak_on_a_command_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'broker.password'"):
         load_config(write(tmp_path, '[broker]\npassword = "x"\n'), env={})
+
+
+def test_http_listen_defaults_to_loopback_and_ollamas_port() -> None:
+    from edgekit.serve.config import HTTP_DEFAULT_PORT, http_address
+
+    assert http_address("11434") == ("127.0.0.1", HTTP_DEFAULT_PORT)
+    assert http_address("0.0.0.0:8080") == ("0.0.0.0", 8080)
+    assert http_address("[::1]:8080") == ("::1", 8080)
+    with pytest.raises(ConfigError, match=r"\[HOST:\]PORT"):
+        http_address("localhost:http")
+
+
+def test_http_only_needs_a_listener(tmp_path: Path) -> None:
+    config = load_config(None, env={}, flags={"broker": "none", "http": "11434"})
+    assert config.broker.url == "none" and config.http.listen == "11434"
+    with pytest.raises(ConfigError, match="nothing to serve"):
+        load_config(None, env={}, flags={"broker": "none"})
+
+
+def test_http_api_key_comes_from_its_file_or_systemds_credentials(tmp_path: Path) -> None:
+    from edgekit.serve.config import HttpConfig, http_api_key
+
+    (tmp_path / "key").write_text("abc123\n")
+    assert http_api_key(HttpConfig(api_key_file=tmp_path / "key"), env={}) == "abc123"
+    (tmp_path / "http_api_key").write_text("from-systemd\n")
+    assert http_api_key(HttpConfig(), env={"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "from-systemd"
+    assert http_api_key(HttpConfig(), env={}) is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        http_api_key(HttpConfig(api_key_file=tmp_path / "empty"), env={})

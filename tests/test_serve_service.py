@@ -155,6 +155,17 @@ def test_password_file_becomes_a_credential(tmp_path: Path, model: Path) -> None
     assert "hunter2" not in (env_dir / "edgekit.toml").read_text() + (env_dir / "edgekit.env").read_text()
 
 
+def test_http_is_written_to_the_config_and_its_api_key_becomes_a_credential(tmp_path: Path, model: Path) -> None:
+    key = tmp_path / "http-key"
+    key.write_text("k3y-not-in-files\n")
+    dest, env_dir, _ = install(tmp_path, model, profile="cpu-generic", http="0.0.0.0:11434", api_key_file=key)
+    unit = (dest / "edgekit.service").read_text()
+    assert f"LoadCredential=http_api_key:{key}" in unit and "k3y" not in unit
+    config = load_config(env_dir / "edgekit.toml", env={})
+    assert config.http.listen == "0.0.0.0:11434" and config.http.api_key_file is None  # read from the credential
+    verify(dest / "edgekit.service")
+
+
 def test_paths_the_sandbox_hides_are_warned_about(tmp_path: Path, model: Path) -> None:
     installation = plan_installation(BoxSettings(model=model, profile="cpu-generic"), dest=tmp_path / "d",
                                      env_dir=tmp_path / "e", executable=EDGEKIT)
@@ -223,3 +234,12 @@ def test_paths_with_spaces_are_quoted_in_the_unit(tmp_path: Path) -> None:
     unit.write_text(render_unit(UnitSpec(executable=folder / "edgekit", env_dir=tmp_path / "etc dir")))
     assert f'ExecStart="{folder / "edgekit"}" serve --config "{tmp_path / "etc dir"}/edgekit.toml"' in unit.read_text()
     verify(unit)
+
+
+def test_a_relative_env_dir_is_made_absolute(tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    installation = plan_installation(BoxSettings(model=model, profile="cpu-generic"), dest=tmp_path / "d",
+                                     env_dir=Path("etc-edgekit"), executable=EDGEKIT)
+    unit = installation.files[0].text
+    assert f"EnvironmentFile=-{tmp_path}/etc-edgekit/edgekit.env" in unit
+    assert all(f.path.is_absolute() for f in installation.files)

@@ -61,6 +61,9 @@ class Request:
     # Streamed text is gathered for this long between chunks (the first goes at once); 0 sends
     # every token's text as it comes. See generate._Outbox for why.
     stream_interval_ms: float = 100.0
+    # Only put the prompt into the prompt cache (restored or evaluated) and answer with no text:
+    # MQTT's `warm` request, Ollama's load request. max_tokens and sampling are ignored.
+    warm: bool = False
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 

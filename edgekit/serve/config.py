@@ -36,6 +36,7 @@ class ModelConfig:
     path: Path | None = None  # the GGUF file (required)
     profile: str | None = None  # profile name or TOML path; None = chosen for this box
     ctx: int | None = None  # context window override; None = the profile's
+    this_box: bool = False  # plan for this machine even when it is not one of the profile's boxes
     warm_up: bool = True  # run one tiny request before announcing READY/online
 
 
@@ -43,7 +44,7 @@ class ModelConfig:
 class BrokerConfig:
     """How to reach the MQTT broker."""
 
-    url: str = "mqtt://127.0.0.1:1883"  # mqtt://host:port, or mqtts://host:port for TLS
+    url: str = "mqtt://127.0.0.1:1883"  # mqtt://host:port, or mqtts://host:port for TLS; "none" = HTTP only
     username: str | None = None
     password_file: Path | None = None  # a file holding the password (first line)
     password_credential: str = "mqtt_password"  # name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
@@ -98,6 +99,30 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP front end (Ollama- and OpenAI-compatible APIs): off unless ``listen`` is set."""
+
+    listen: str | None = None  # "[HOST:]PORT", e.g. "11434" or "0.0.0.0:11434"; None = no HTTP front end
+    api_key_file: Path | None = None  # a file holding the API key (first line); None = no key asked
+    api_key_credential: str = "http_api_key"  # name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
+    max_body_bytes: int = 1_048_576  # larger request bodies: 413
+    model_name: str | None = None  # the name the APIs list and accept; None = the GGUF file's stem
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The prompt cache: saved KV states of long prompt prefixes, kept across restarts."""
+
+    enabled: bool = True
+    dir: Path | None = None  # None = <daemon state_dir>/prompt-cache
+    ram_mb: int = 256  # states held in RAM (the memory plan counts it); more wait on disk
+    disk_mb: int = 2048  # cap on the folder; least recently used states are deleted first
+    min_tokens: int = 64  # prefixes shorter than this are neither saved nor restored
+    warm_recent: int = 4  # at start, before READY/online: restore this many most recently used states
+    warm_prompts: tuple[str, ...] = ()  # system prompts evaluated at start (as a system message) unless cached
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Everything `edgekit serve` needs."""
 
@@ -106,6 +131,8 @@ class ServeConfig:
     topics: TopicConfig = field(default_factory=TopicConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     @property
     def device_id(self) -> str:
@@ -126,6 +153,10 @@ class ServeConfig:
         base = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
         return Path(base) if base else Path.home() / ".local" / "state" / "edgekit" / self.device_id
 
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache.dir or self.state_dir / "prompt-cache"
+
 
 # Short environment names (what the systemd env file uses); every field also has
 # EDGEKIT_<SECTION>_<FIELD>, e.g. EDGEKIT_LIMITS_QUEUE_SIZE.
@@ -137,17 +168,23 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "EDGEKIT_DEVICE_ID": ("topics", "device_id"),
     "EDGEKIT_SHARE_GROUP": ("topics", "share_group"),
     "EDGEKIT_STATE_DIR": ("daemon", "state_dir"),
+    "EDGEKIT_HTTP": ("http", "listen"),
 }
 
 # `edgekit serve` flags (argparse dest) -> field.
 FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "model": ("model", "path"),
     "profile": ("model", "profile"),
+    "this_box": ("model", "this_box"),
+    "ctx": ("model", "ctx"),
     "broker": ("broker", "url"),
     "prefix": ("topics", "prefix"),
     "device_id": ("topics", "device_id"),
+    "http": ("http", "listen"),
 }
 
+HTTP_DEFAULT_HOST = "127.0.0.1"  # loopback unless told otherwise: the API key is optional
+HTTP_DEFAULT_PORT = 11434  # Ollama's port: clients (Home Assistant's Ollama integration) expect it
 BROKER_SCHEMES = {"mqtt": (False, 1883), "tcp": (False, 1883), "mqtts": (True, 8883), "ssl": (True, 8883)}
 HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?)*\.?")
 # Settings that existed once: a config naming them gets the reason, not just "unknown setting".
@@ -207,22 +244,44 @@ def _valid_host(host: str) -> bool:
 
 def broker_password(broker: BrokerConfig, env: Mapping[str, str] | None = None) -> str | None:
     """The password from password_file, else from $CREDENTIALS_DIRECTORY/<password_credential>, else None."""
+    return read_secret(broker.password_file, broker.password_credential, "broker password", env)
+
+
+def http_api_key(http: HttpConfig, env: Mapping[str, str] | None = None) -> str | None:
+    """The HTTP API key from api_key_file, else from $CREDENTIALS_DIRECTORY/<api_key_credential>, else None."""
+    key = read_secret(http.api_key_file, http.api_key_credential, "HTTP API key", env)
+    if key is not None and not key.strip():
+        raise ConfigError("the HTTP API key file is empty: write the key on its first line, or remove http.api_key_file")
+    return key.strip() if key is not None else None
+
+
+def http_address(listen: str) -> tuple[str, int]:
+    """'[HOST:]PORT' -> (host, port); the host is loopback when not given."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or HTTP_DEFAULT_HOST
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"http listen {listen!r}: give [HOST:]PORT, e.g. 11434 or 0.0.0.0:11434")
+    return host, int(port)
+
+
+def read_secret(path: Path | None, credential: str, what: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A secret's first line from ``path``, else from systemd's $CREDENTIALS_DIRECTORY/<credential>, else None."""
     env = os.environ if env is None else env
-    if broker.password_file is not None:
-        return _first_line(broker.password_file)
-    credential = Path(env.get("CREDENTIALS_DIRECTORY", "")) / broker.password_credential
-    if env.get("CREDENTIALS_DIRECTORY") and credential.is_file():
-        return _first_line(credential)
+    if path is not None:
+        return _first_line(path, what)
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if directory and (Path(directory) / credential).is_file():
+        return _first_line(Path(directory) / credential, what)
     return None
 
 
-def _first_line(path: Path) -> str:
+def _first_line(path: Path, what: str) -> str:
     try:
         if path.stat().st_mode & 0o077:
             log.warning("broker password file %s can be read by other users: chmod 600 %s", path, path)
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise ConfigError(f"broker password file {path}: {exc.strerror} (check the path and its permissions)") from None
+        raise ConfigError(f"{what} file {path}: {exc.strerror} (check the path and its permissions)") from None
     return lines[0] if lines else ""
 
 
@@ -308,20 +367,33 @@ def _convert(value: Any, kind: type) -> Any:
         return value
     if kind is Path and isinstance(value, (str, Path)):
         return Path(value).expanduser()
+    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a TOML list, or one string from the environment
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list) and all(isinstance(v, str) for v in items):
+            return tuple(items)
     return None
 
 
 def _check(config: ServeConfig) -> None:
     """Cross-field rules a type cannot say."""
-    broker_address(config.broker.url)
+    if config.broker.url != "none":
+        broker_address(config.broker.url)
+    if config.http.listen is not None:
+        http_address(config.http.listen)
+    elif config.broker.url == "none":
+        raise ConfigError("broker none and no HTTP listener: nothing to serve (give --http [HOST:]PORT or a broker)")
     limits = config.limits
     positive = {"limits.max_payload_bytes": limits.max_payload_bytes, "limits.max_tokens": limits.max_tokens,
-                "limits.queue_size": limits.queue_size, "broker.keepalive_s": config.broker.keepalive_s}
+                "limits.queue_size": limits.queue_size, "broker.keepalive_s": config.broker.keepalive_s,
+                "http.max_body_bytes": config.http.max_body_bytes,
+                "cache.disk_mb": config.cache.disk_mb}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"setting {key} = {value}: must be at least 1")
     if limits.max_request_s is not None and limits.max_request_s <= 0:
         raise ConfigError(f"setting limits.max_request_s = {limits.max_request_s}: must be above 0 (seconds)")
+    if config.cache.ram_mb < 0 or config.cache.min_tokens < 1 or config.cache.warm_recent < 0:
+        raise ConfigError("cache.ram_mb and cache.warm_recent must be >= 0 and cache.min_tokens >= 1")
     if not 1 <= limits.default_max_tokens <= limits.max_tokens:
         raise ConfigError("setting limits.default_max_tokens must be between 1 and limits.max_tokens")
     if any(c in config.prefix for c in "#+$") or config.prefix.endswith("/"):

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import EdgekitError, EngineError
@@ -95,6 +95,8 @@ class Core:
         self._wake = threading.Event()
         self._reload_requested = False
         self.draining = False
+        self.unloaded = False  # keep_alive 0 freed the model; the next request loads it again
+        self._unload_requested = False
         self._worker: threading.Thread | None = None
         self._per_token_s = 0.0  # measured at start, for the default time limit
         self.failure: str | None = None  # why the core gave up (a dead thread): run() raises it
@@ -112,7 +114,7 @@ class Core:
         job.cancelled = True
         with self._lock:
             running = self._running is job
-        if running:
+        if running and self.engine is not None:  # None: still loading after keep_alive 0; the flag stops it
             self.engine.cancel(job.request_id)
         elif self.queue.remove(job):
             self._finish(job, Outcome("cancelled", message="cancelled while queued"))
@@ -123,9 +125,45 @@ class Core:
             running = [self._running] if self._running is not None else []
         return [j for j in running + self.queue.snapshot() if j.owner == owner and j.request_id == request_id]
 
+    def cache_stats(self) -> Any:
+        """The engine's prompt-cache counters (CacheStats), None without a cache; never waits."""
+        engine = self.engine
+        return engine.cache_stats() if engine is not None else None
+
     @property
     def busy(self) -> bool:
         return self._running is not None
+
+    def unload(self) -> None:
+        """Free the model's memory once nothing runs or waits (Ollama's keep_alive 0); the next request loads it.
+
+        Asked while a request runs, the worker unloads after it (unless more work is queued by then).
+        """
+        self._unload_requested = True
+        if not self.busy:
+            self._unload_if_idle()
+
+    def _unload_if_idle(self) -> None:
+        with self._engine_lock:
+            if not self._unload_requested or self.engine is None or self.busy or len(self.queue) or self.draining:
+                return
+            engine, self.engine, self.unloaded, self._unload_requested = self.engine, None, True, False
+        engine.close()
+        log.info("model unloaded (keep_alive 0); the next request loads it again")
+
+    def load(self) -> None:
+        """Load the model again after unload() (the next request does this itself)."""
+        with self._engine_lock:
+            self._ensure_engine()
+
+    def _ensure_engine(self) -> EngineLike:
+        """The engine, opened again if keep_alive 0 unloaded it (caller holds the engine lock)."""
+        self._unload_requested = False  # a request came first: it keeps the model
+        if self.engine is None:
+            self.engine = open_engine(self.config.model, self.config.cache, self.config.cache_dir)
+            self.unloaded = False
+            log.info("model loaded again after keep_alive 0")
+        return self.engine
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -147,7 +185,7 @@ class Core:
     def start(self) -> None:
         """Model first (READY means warm), then the front ends."""
         self.notifier.status("loading the model")
-        self.engine = open_engine(self.config.model)
+        self.engine = open_engine(self.config.model, self.config.cache, self.config.cache_dir)
         if self.config.limits.max_request_s is None:
             self._per_token_s = seconds_per_token(self.engine)
             log.info("time limit per request: 30 s + 3 x %.0f ms per token of max_tokens and a quarter of the "
@@ -190,7 +228,7 @@ class Core:
     def healthy(self) -> bool:
         """Worth a watchdog ping: the engine answers, the worker lives, every front end is well."""
         worker_ok = self._worker is not None and self._worker.is_alive()
-        engine_ok = self.engine is not None and self.engine.alive()
+        engine_ok = self.unloaded if self.engine is None else self.engine.alive()
         return worker_ok and engine_ok and all(front_end.healthy() for front_end in self.front_ends)
 
     def _serve(self) -> None:
@@ -243,7 +281,7 @@ class Core:
         self.notifier.reloading("reloading the model")
         try:
             model = self._reread().model if self._reread else self.config.model
-            new = open_engine(model)
+            new = open_engine(model, self.config.cache, self.config.cache_dir)
         except EdgekitError as exc:
             log.error("reload failed, still serving %s: %s", model_name(self.config), exc)
             self.notifier.ready(f"reload failed: {exc}")
@@ -272,6 +310,8 @@ class Core:
             finally:
                 with self._lock:
                     self._running = None
+            if self._unload_requested:
+                self._unload_if_idle()
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         """Count it and hand it to its sink; a sink's failure is logged, never the worker's death."""
@@ -315,6 +355,7 @@ class Core:
     def _generate(self, job: Job) -> Result:
         """Run the engine; hand chunks to the sink as they come when the job streams."""
         request = job.request
+        self._ensure_engine()
         job.time_limit_s = time_limit_s(request, self.engine.info.n_ctx, self._per_token_s,
                                         self.config.limits.max_request_s)
         job.started = time.monotonic()
@@ -331,6 +372,20 @@ class Core:
                 job.sink.chunk(job, seq, item)
                 seq += 1
         raise EngineError("the engine's stream ended without a result (a bug in the engine)")
+
+
+def front_ends_for(config: ServeConfig) -> list[FrontEnd]:
+    """The front ends the config enables: MQTT unless the broker is "none", HTTP when it listens."""
+    front_ends: list[FrontEnd] = []
+    if config.broker.url != "none":
+        from edgekit.serve.mqtt.front import MqttFrontEnd
+
+        front_ends.append(MqttFrontEnd(config))
+    if config.http.listen is not None:
+        from edgekit.serve.http import HttpFrontEnd
+
+        front_ends.append(HttpFrontEnd(config))
+    return front_ends
 
 
 def model_name(config: ServeConfig) -> str:

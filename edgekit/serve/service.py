@@ -21,7 +21,7 @@ from pathlib import Path
 from edgekit.atomic import atomic_path
 from edgekit.errors import ConfigError
 from edgekit.profiles import Profile, choose_profile, load_profile
-from edgekit.serve.config import BrokerConfig, broker_address, load_config, sanitise_device_id
+from edgekit.serve.config import BrokerConfig, HttpConfig, broker_address, load_config, sanitise_device_id
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ DEFAULT_EXECUTABLE = Path("/opt/edgekit/.venv/bin/edgekit")
 DEFAULT_ENV_DIR = Path("/etc/edgekit")
 # The daemon reads $CREDENTIALS_DIRECTORY/<this>: the name is the config's, one source.
 PASSWORD_CREDENTIAL = BrokerConfig().password_credential
+API_KEY_CREDENTIAL = HttpConfig().api_key_credential
 
 # Sandboxing; each line is (setting, value, why). systemd-analyze security scores this 1.1.
 HARDENING: tuple[tuple[str, str, str], ...] = (
@@ -98,6 +99,7 @@ class UnitSpec:
     env_dir: Path = DEFAULT_ENV_DIR
     template: bool = False  # edgekit@.service: instance NAME reads NAME.toml and NAME.env
     password_file: Path | None = DEFAULT_ENV_DIR / "mqtt-password"
+    api_key_file: Path | None = None  # the HTTP API key, loaded as a credential (never in the unit or argv)
     watchdog_s: int = 30
     start_timeout_s: int = 600  # a large model on an SD card takes minutes to load
     stop_timeout_s: int = 120  # time to drain the queue (the daemon's drain deadline plus a margin)
@@ -132,6 +134,8 @@ def _service_lines(spec: UnitSpec) -> list[str]:
     if spec.template:
         env_files.append(f"EnvironmentFile=-{spec.env_dir}/%i.env")
     credential = [f"LoadCredential={PASSWORD_CREDENTIAL}:{spec.password_file}"] if spec.password_file else []
+    if spec.api_key_file:
+        credential.append(f"LoadCredential={API_KEY_CREDENTIAL}:{spec.api_key_file}")
     return [
         "Type=notify",
         "NotifyAccess=main",
@@ -164,7 +168,7 @@ def render_unit(spec: UnitSpec = UnitSpec()) -> str:
         "# Rendered by `edgekit install-service`; see docs/systemd.md. Local changes belong in a drop-in:",
         f"#   systemctl edit {spec.name.replace('@.', '@NAME.')}",
         "[Unit]",
-        f"Description=edgekit: {what} served over MQTT",
+        f"Description=edgekit: {what} served over MQTT and HTTP",
         "Wants=network-online.target",
         "After=network-online.target",
         "StartLimitIntervalSec=600",
@@ -222,6 +226,8 @@ class BoxSettings:
     instance: str | None = None  # render edgekit@INSTANCE: several models on one box
     device_id: str | None = None
     password_file: Path | None = None  # the broker password; None = <env_dir>/mqtt-password if it exists
+    http: str | None = None  # "[HOST:]PORT": also serve the Ollama and OpenAI APIs
+    api_key_file: Path | None = None  # the HTTP API key; None = <env_dir>/http-api-key if it exists
 
 
 @dataclass(frozen=True)
@@ -245,6 +251,7 @@ class Installation:
 def plan_installation(box: BoxSettings, *, dest: Path = Path("/etc/systemd/system"),
                       env_dir: Path = DEFAULT_ENV_DIR, executable: Path | None = None) -> Installation:
     """Render the unit, its drop-in, the box's TOML and env file; nothing is written yet."""
+    env_dir = Path(os.path.abspath(env_dir))  # systemd ignores a relative EnvironmentFile=
     _check_instance(box.instance)
     if box.broker is not None:
         broker_address(box.broker)  # a ConfigError naming the problem, before anything is rendered
@@ -254,8 +261,10 @@ def plan_installation(box: BoxSettings, *, dest: Path = Path("/etc/systemd/syste
     problems = (service_visibility_problem(model, "the model"),
                 service_visibility_problem(executable, "the edgekit executable"))
     password = box.password_file or env_dir / "mqtt-password"
+    api_key = box.api_key_file or env_dir / "http-api-key"
     spec = UnitSpec(executable=executable, env_dir=env_dir, template=box.instance is not None,
-                    password_file=password if password.is_file() else None)
+                    password_file=password if password.is_file() else None,
+                    api_key_file=api_key if box.http and api_key.is_file() else None)
     files = [RenderedFile(dest / spec.name, render_unit(spec))]
     if profile is not None and _uses_gpu(profile):
         files.append(RenderedFile(dest / f"{spec.name}.d" / "gpu.conf", render_gpu_dropin()))
@@ -268,12 +277,12 @@ def plan_installation(box: BoxSettings, *, dest: Path = Path("/etc/systemd/syste
         profile_ref = profile.name
     name = box.instance or "edgekit"
     device_id = box.device_id or (f"{_hostname()}-{box.instance}" if box.instance else None)
-    files.append(RenderedFile(env_dir / f"{name}.toml", render_config(model, profile_ref, box.broker, device_id),
+    files.append(RenderedFile(env_dir / f"{name}.toml", render_config(model, profile_ref, box.broker, device_id, box.http),
                               editable=True))
     files.append(RenderedFile(env_dir / "edgekit.env", render_env(), editable=True))
     unit = f"edgekit@{box.instance}.service" if box.instance else UNIT_NAME
     warnings = tuple(p for p in problems if p)
-    return Installation(tuple(files), unit, _next_commands(unit, spec, password), warnings)
+    return Installation(tuple(files), unit, _next_commands(unit, spec, password, box.http, api_key), warnings)
 
 
 def write_installation(installation: Installation, *, force: bool = False) -> list[Path]:
@@ -295,12 +304,14 @@ def write_installation(installation: Installation, *, force: bool = False) -> li
     return written
 
 
-def render_config(model: Path, profile: str | Path | None, broker: str | None, device_id: str | None) -> str:
+def render_config(model: Path, profile: str | Path | None, broker: str | None, device_id: str | None,
+                  http: str | None = None) -> str:
     """The box's edgekit.toml: the fields docs/protocol.md describes; the rest keep their defaults."""
     sections = {
         "model": {"path": str(model), "profile": str(profile) if profile is not None else None},
         "broker": {"url": broker},
         "topics": {"device_id": device_id},
+        "http": {"listen": http},
     }
     lines = ["# Written by `edgekit install-service`; every setting is described in docs/protocol.md."]
     for section, values in sections.items():
@@ -365,9 +376,11 @@ def _hostname() -> str:
     return sanitise_device_id(socket.gethostname())
 
 
-def _next_commands(unit: str, spec: UnitSpec, password: Path) -> tuple[str, ...]:
+def _next_commands(unit: str, spec: UnitSpec, password: Path, http: str | None, api_key: Path) -> tuple[str, ...]:
     commands = ["systemctl daemon-reload", f"systemctl enable --now {unit}",
                 f"journalctl -u {unit} -f   # watch it load and go online"]
     if spec.password_file is None:
         commands.insert(0, f"# broker needs a password? put it in {password} (chmod 600) and run install-service again")
+    if http and spec.api_key_file is None:
+        commands.insert(0, f"# HTTP API key? put it in {api_key} (chmod 600) and run install-service again")
     return tuple(commands)
