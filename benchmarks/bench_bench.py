@@ -2,8 +2,8 @@
 
 Run: .venv/bin/python -m pytest benchmarks/bench_bench.py -q -s --benchmark-enable
 Writes bench-results/bench.{json,csv,jsonl,html} and prints the table. With llama-bench
-built (benchmarks/build_llama_tools.sh; built here when missing unless
-EDGEKIT_BENCH_NO_BUILD=1) edgekit bench runs it after each of its EDGEKIT_BENCH_ROUNDS (12)
+built (by scripts/install.sh, which `make bench` runs first; or benchmarks/build_llama_tools.sh)
+edgekit bench runs it after each of its EDGEKIT_BENCH_ROUNDS (12)
 rounds, on the same files and settings, and shows the rates as paired ratios. Checks,
 given both as the median of the paired round ratios and best round against best round;
 printed, and asserted (on the paired median) only with EDGEKIT_BENCH_STRICT=1:
@@ -15,7 +15,6 @@ printed, and asserted (on the paired median) only with EDGEKIT_BENCH_STRICT=1:
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,8 +34,8 @@ STRICT = os.environ.get("EDGEKIT_BENCH_STRICT") == "1"
 
 def _llama_bench() -> Path | None:
     binary = TOOLS / "llama-bench"
-    if not binary.exists() and os.environ.get("EDGEKIT_BENCH_NO_BUILD") != "1":
-        subprocess.run([str(REPO / "benchmarks" / "build_llama_tools.sh"), str(LLAMA_TOOLS)], check=True)
+    if not binary.exists():
+        print(f"\n[bench] no {binary}: no llama-bench comparison (the install step builds it: make install)")
     return binary if binary.exists() else None
 
 

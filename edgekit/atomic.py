@@ -72,3 +72,18 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> Path:
+    """Add one line to a text file so that readers see the old file or the old file plus the
+    whole line, never half a line: under a lock, the file is rewritten beside it and renamed."""
+    import fcntl  # POSIX only, as the rest of edgekit's service side
+
+    target = Path(path)
+    check_writable_dir(target)
+    with open(target.with_name(f".{target.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = target.read_bytes() if target.exists() else b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        return write_bytes(target, old + line.rstrip("\n").encode("utf-8") + b"\n")

@@ -10,7 +10,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,21 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _status(line: str, final: bool = False) -> None:
+    """Progress on a terminal: one line redrawn in place. Nothing when stderr is a log or a pipe."""
+    if sys.stderr.isatty():
+        print(f"\r\033[K  {line}", end="\n" if final else "", file=sys.stderr, flush=True)
+
+
+def _show_quantize(p: Any) -> None:
+    """quantize's per-tensor progress; a log gets only the start and the end of each level."""
+    line = f"[{p.level_index}/{p.level_count}] {p.level:<7} tensor {p.tensor_index}/{p.tensor_count}  {p.elapsed_s:5.1f} s"
+    if sys.stderr.isatty():
+        _status(line, final=p.done)
+    elif p.tensor_index == 0 or p.done:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -67,8 +84,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from edgekit.convert import convert_checkpoint
 
     def show(name: str, done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            print(f"\r  [{done}/{total}] {name:<40}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        _status(f"[{done}/{total}] {name:<40}", final=done == total)
 
     levels = _csv(str)(args.quant) if args.quant else []
     if levels:
@@ -87,7 +103,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             return 0
         for level in levels:
             out = args.output if len(levels) == 1 else args.output.with_name(f"{args.output.stem}-{level}{args.output.suffix}")
-            quantize_file(converted, level, out)
+            quantize_file(converted, level, out, progress=_show_quantize)
             print(f"wrote {out} ({level}, {out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -118,24 +134,19 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edgekit.quantize import Progress, quantize
-
-    def show(p: Progress) -> None:
-        line = f"[{p.level_index}/{p.level_count}] {p.level:<7} tensor {p.tensor_index}/{p.tensor_count}  {p.elapsed_s:5.1f} s"
-        if sys.stderr.isatty():
-            print(f"\r  {line}", end="\n" if p.done else "", file=sys.stderr, flush=True)
-        elif p.tensor_index == 0 or p.done:  # a log, not a terminal: start and end of each level
-            print(line, file=sys.stderr, flush=True)
+    from edgekit.quantize import quantize
 
     results = quantize(args.input, args.levels, out_dir=args.out_dir, output=args.output, threads=args.threads,
-                       allow_requantize=args.allow_requantize, progress=show)
+                       allow_requantize=args.allow_requantize, progress=_show_quantize)
     for r in results:
         print(f"wrote {r.path} ({r.level}, {r.size / 1e6:.1f} MB, {r.bits_per_weight:.2f} bits/weight, {r.seconds:.1f} s)")
     if args.report:
         from edgekit.bench.output import format_table
         from edgekit.bench.quality import compare_quality, quality_table
 
-        print(format_table(quality_table(compare_quality(args.input, [r.path for r in results], threads=args.threads))), end="")
+        results = compare_quality(args.input, [r.path for r in results], threads=args.threads, progress=_status)
+        _status("quality measured", final=True)
+        print(format_table(quality_table(results)), end="")
     return 0
 
 
@@ -202,17 +213,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from edgekit.hardware import detect
-    from edgekit.plan import plan_for
-    from edgekit.profiles import resolve_profile
+    from edgekit.plan import settings_for
 
-    hardware = detect(args.root)
-    profile, reason = resolve_profile(args.profile, hardware)
-    plan = plan_for(list(args.model), profile, hardware, ctx=args.ctx)
+    plan = settings_for(list(args.model), args.profile, ctx=args.ctx, this_box=args.this_box, root=args.root)
     if args.json:
-        _print_json({**plan.to_dict(), "profile_reason": reason})
+        _print_json(plan.to_dict())
         return 0
-    print(f"profile:  {reason}")
     for line in plan.describe():
         print(line)
     return 0
@@ -223,7 +229,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from edgekit.profiles import resolve_profile
     from edgekit.tune import Sweep, check_output, tune, write_profile
 
-    output = args.output or Path("profiles") / "local.toml"
+    from edgekit.profiles import user_profiles
+
+    output = args.output
+    if output is None:  # the user's own folder, on the profile search path: --profile local finds it
+        output = user_profiles() / "local.toml"
+        output.parent.mkdir(parents=True, exist_ok=True)
     check_output(output)
     hardware = detect()
     base, reason = resolve_profile(args.profile, hardware)
@@ -234,8 +245,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   progress=lambda line: print(f"edgekit: {line}", file=sys.stderr))
     write_profile(result, output)
     s = result.settings
+    use = output.stem if output.parent.resolve() == user_profiles().resolve() else output
     print(f"{output}: threads {s.n_threads}/{s.n_threads_batch}, batch {s.n_batch}/{s.n_ubatch}, "
-          f"gpu layers {s.n_gpu_layers} (use it with --profile {output})")
+          f"gpu layers {s.n_gpu_layers} (use it with --profile {use})")
     return 0
 
 
@@ -243,14 +255,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _run_settings(args: argparse.Namespace) -> Any:
-    """Settings for `run`/`chat`: the plan for this box (or --profile), with --ctx if given."""
-    from edgekit.hardware import detect
-    from edgekit.plan import plan_for
-    from edgekit.profiles import choose_profile, load_profile
+    """Settings for `run`/`chat`: the plan for --profile's box (or this one), with --ctx if given;
+    one line on stderr says which box and how many threads, and why."""
+    from edgekit.plan import settings_for
 
-    hardware = detect()
-    profile = load_profile(args.profile) if args.profile else choose_profile(hardware)[0]
-    return plan_for(args.model, profile, hardware, ctx=args.ctx, lora=_adapters(getattr(args, "lora", None))).settings
+    plan = settings_for(args.model, args.profile, ctx=args.ctx, this_box=args.this_box,
+                        lora=_adapters(getattr(args, "lora", None)))
+    s = plan.settings
+    threads = "; ".join(r for r in plan.reasons if " threads: " in r) or f"{s.n_threads} threads from the profile"
+    print(f"edgekit: profile {plan.profile} for {plan.box}: n_ctx {s.n_ctx}, {threads}", file=sys.stderr)
+    return s
 
 
 def _adapters(specs: list[str] | None) -> tuple[Any, ...]:
@@ -379,6 +393,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_dir(args: argparse.Namespace) -> Path:
+    """--dir, else the daemon's: [cache] dir or <state_dir>/prompt-cache from its config."""
+    from edgekit.serve.config import load_config
+
+    return args.dir or load_config(args.config).cache_dir
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from edgekit.engine.prompt_cache import clear, disk_files
+
+    folder = _cache_dir(args)
+    if args.action == "clear":
+        count, size = clear(folder)
+        print(f"removed {count} saved states ({size / 2**20:.1f} MB) from {folder}")
+        return 0
+    files = disk_files(folder)
+    if args.json:
+        _print_json([{"file": str(f.path), "bytes": f.size, "tokens": f.tokens, "last_used": f.mtime,
+                      "model": f.label} for f in files])
+        return 0
+    print(f"{folder}: {len(files)} saved states, {sum(f.size for f in files) / 2**20:.1f} MB")
+    for f in files:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(f.mtime))
+        print(f"  {f.path.name}  {f.tokens if f.tokens is not None else '?':>6} tokens  "
+              f"{f.size / 2**20:8.1f} MB  used {used}  {f.label}")
+    return 0
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     from edgekit.serve.mqtt.client import RequestClient, chat_body, raise_for_error, read_schema, timings_line
     from edgekit.serve.config import load_config
@@ -435,7 +479,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = BenchConfig(
         models=tuple(args.models), prompt_tokens=tuple(args.prompt_tokens), gen_tokens=args.gen_tokens,
         repeat=args.repeat, concurrency=tuple(args.concurrency), threads=args.threads, profile=args.profile,
-        via=args.via, prefix=args.prefix, llama_bench=args.compare_llama_bench,
+        this_box=args.this_box, via=args.via, prefix=args.prefix, llama_bench=args.compare_llama_bench,
+        **_profiling_options(args),
     )
     run = run_bench(config, progress=lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True))
     fmt = output_format(args.json, args.csv, args.jsonl, str(args.output) if args.output else None)
@@ -446,7 +491,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.report:
         write_report(args.report, run)
         print(f"[bench] wrote {args.report}", file=sys.stderr)
+    if args.save:
+        from edgekit.bench.history import save
+
+        print(f"[bench] saved to {save(run, args.save)}", file=sys.stderr)
     return 0
+
+
+def _profiling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Sensors, steady load and the workload: BenchConfig's fields from issue 17's options."""
+    return {"sensors": not args.no_sensors, "sensors_root": args.sensors_root, "duration_s": args.duration,
+            "workload": args.workload, "entities": args.entities}
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    from edgekit.bench.history import compare, comparison_rows, load
+    from edgekit.bench.output import format_table
+
+    result = compare(load(args.old), load(args.new), args.threshold)
+    print(format_table(comparison_rows(result)), end="")
+    for label in result.unmatched:
+        print(f"not compared (in one run only): {label}")
+    bad = result.regressions
+    print(f"{len(bad)} regression(s) beyond {result.threshold:.0%}" if bad
+          else f"no regression beyond {result.threshold:.0%}")
+    return 1 if bad else 0
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
@@ -454,7 +523,10 @@ def cmd_quality(args: argparse.Namespace) -> int:
     from edgekit.bench.quality import compare_quality, quality_table, read_text
 
     text = read_text(args.text) if args.text else None
-    results = compare_quality(args.reference, args.candidates, text=text, ctx=args.ctx, chunks=args.chunks)
+    results = compare_quality(args.reference, args.candidates, text=text, ctx=args.ctx, chunks=args.chunks,
+                              progress=lambda line: None if args.json else _status(line))
+    if not args.json:
+        _status("quality measured", final=True)
     if args.json:
         _print_json([r.to_dict() for r in results])
     else:
@@ -469,7 +541,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     targets = Targets(args.max_ttft_ms, args.min_tokens_per_s, args.max_kl)
     rec = recommend(args.models, load_profile(args.profile), targets, reference=args.reference,
-                    bench_json=args.bench_json, quality_json=args.quality_json, root=args.root, threads=args.threads)
+                    bench_json=args.bench_json, quality_json=args.quality_json, root=args.root, threads=args.threads,
+                    this_box=args.this_box)
     if args.json:
         _print_json(rec.to_dict())
         return 0
@@ -484,29 +557,61 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 # --- the parser ---------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or "default" in text
+                or isinstance(action, argparse._VersionAction)):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def _profile_help(what: str = "plan for") -> str:
+    from edgekit.profiles import profile_names
+
+    names = ", ".join(profile_names()) or "none found"
+    return (f"profile name or .toml path: {what} that box (its memory, GPU, cores) unless --this-box; "
+            f"default: the profile that matches this machine. Known: {names}")
+
+
+def _add_box_options(p: argparse.ArgumentParser, what: str = "plan for", required: bool = False) -> None:
+    p.add_argument("--profile", required=required, default=None, metavar="P", help=_profile_help(what))
+    p.add_argument("--this-box", action="store_true", default=None,
+                   help="with --profile: plan for this machine's memory and cores, not the profile's box")
+
+
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("make-test-model", help="write a Llama checkpoint with seeded random weights")
-    p.add_argument("dir", type=Path)
-    p.add_argument("--preset", default="tiny", help="tiny, tiny8, tinyllama, solar-mini or solar")
-    p.add_argument("--dtype", default="bf16", choices=["f32", "f16", "bf16"])
+    p = sub.add_parser("make-test-model", help="write a Llama-family checkpoint with seeded random weights",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("dir", type=Path, help="folder to write the checkpoint into (created)")
+    p.add_argument("--preset", default="tiny", help="shape: tiny, tiny8 (8 layers, for upscale), tinyllama, solar-mini, solar, tiny-llama3, "
+                   "llama3.2-1b, tiny-qwen2, qwen2.5-1.5b or tiny-smollm2")
+    p.add_argument("--dtype", default="bf16", choices=["f32", "f16", "bf16"], help="weight type")
     p.add_argument("--shard-size", default=None, help="max shard size, e.g. 500MB (default: one file)")
-    p.add_argument("--tied", action="store_true", help="tie lm_head to the embeddings")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tied", action=argparse.BooleanOptionalAction, default=None,
+                   help="tie lm_head to the embeddings (default: as the real model does)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.set_defaults(func=cmd_make_test_model)
 
-    p = sub.add_parser("pull", help="fetch a GGUF file or a checkpoint from the Hugging Face Hub")
-    p.add_argument("repo")
+    p = sub.add_parser("pull", help="fetch a GGUF file or a checkpoint from the Hugging Face Hub",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("repo", help="Hub repository, OWNER/NAME")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--file", help="one file of the repo (a .gguf)")
     g.add_argument("--quant", help="pick the repo's GGUF of this quant level, e.g. Q4_K_M")
-    p.add_argument("--revision", default=None)
+    p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     p.add_argument("--offline", action="store_true", help="use only the local cache")
     p.set_defaults(func=cmd_pull)
 
-    p = sub.add_parser("convert", help="convert a Hugging Face Llama-family checkpoint to GGUF")
-    p.add_argument("hf_dir", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
+    p = sub.add_parser("convert", help="convert a Hugging Face Llama-family checkpoint to GGUF",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("hf_dir", type=Path, help="checkpoint folder (config.json, *.safetensors, tokenizer)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="GGUF file to write (its folder must exist)")
+    p.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"], help="tensor type")
     p.add_argument("--quant", default=None,
                    help="quantize to these levels, e.g. Q4_K_M: -o is then the quantized file "
                         "(several levels: OUT-LEVEL.gguf each); the converted file is not kept")
@@ -515,74 +620,82 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", action="append", metavar="PEFT_DIR[:SCALE]",
                    help="merge this PEFT LoRA/QLoRA adapter into the weights (repeatable; SCALE defaults to 1)")
 
-    p = sub.add_parser("convert-lora", help="convert a PEFT LoRA/QLoRA adapter to a llama.cpp GGUF adapter")
-    p.add_argument("peft_dir", type=Path)
+    p = sub.add_parser("convert-lora", help="convert a PEFT LoRA/QLoRA adapter to a llama.cpp GGUF adapter",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("peft_dir", type=Path, help="PEFT's folder: adapter_config.json and adapter_model.safetensors")
     p.add_argument("--base", type=Path, required=True, help="the base model: checkpoint folder or GGUF file")
-    p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--outtype", default="f32", choices=["f32", "f16"])
+    p.add_argument("-o", "--output", type=Path, required=True, help="the adapter GGUF to write")
+    p.add_argument("--outtype", default="f32", choices=["f32", "f16"], help="type of the A/B tensors")
     p.set_defaults(func=cmd_convert_lora)
 
-    p = sub.add_parser("upscale", help="depth up-scaling (SOLAR): stack a model's layers into a deeper model")
+    p = sub.add_parser("upscale", help="depth up-scaling (SOLAR): stack a model's layers into a deeper model",
+                       formatter_class=_HelpFormatter)
     p.add_argument("source", type=Path, help="checkpoint folder (writes a folder) or GGUF file (writes a GGUF)")
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="the folder or GGUF file to write")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--drop", type=int, default=None,
                    help="layers dropped from the end of the first copy and the start of the second (default 8)")
     g.add_argument("--layers", default=None, help="explicit source layers, e.g. 0-23,8-31")
     p.set_defaults(func=cmd_upscale)
 
-    p = sub.add_parser("quantize", help="quantize a GGUF to one or more llama.cpp levels")
-    p.add_argument("input", type=Path)
-    p.add_argument("levels", type=_csv(str), help="e.g. Q4_K_M or Q8_0,Q4_K_M,Q2_K")
+    p = sub.add_parser("quantize", help="quantize a GGUF to one or more llama.cpp levels",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("input", type=Path, help="an f16/f32/bf16 GGUF")
+    p.add_argument("levels", type=_csv(str), help="e.g. Q4_K_M or Q8_0,Q4_K_M,Q2_K (llama.cpp's names)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-o", "--output", type=Path, help="output file (one level only)")
-    g.add_argument("--out-dir", type=Path, help="folder for the outputs (default: beside the input)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--allow-requantize", action="store_true")
+    g.add_argument("-o", "--output", type=Path, help="output file, one level only (its folder must exist)")
+    g.add_argument("--out-dir", type=Path, help="folder for the outputs, NAME-LEVEL.gguf (default: beside the input)")
+    p.add_argument("--threads", type=int, default=None, help="quantizer threads (default: all CPUs)")
+    p.add_argument("--allow-requantize", action="store_true", help="accept an already quantized input")
     p.add_argument("--report", action="store_true", help="measure quality of each level (edgekit quality)")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("inspect", help="validate a GGUF file and describe it")
-    p.add_argument("file", type=Path)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("inspect", help="validate a GGUF file and describe it", formatter_class=_HelpFormatter)
+    p.add_argument("file", type=Path, help="a .gguf file")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--tensors", action="store_true", help="include the tensor table")
     p.set_defaults(func=cmd_inspect)
 
 
 def _add_hardware(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("detect", help="describe this box and the profile edgekit would use")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("detect", help="describe this box and the profile edgekit would use",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("plan", help="estimate memory and resolve settings for a model on this box")
+    p = sub.add_parser("plan", help="estimate memory and resolve settings for a model on a box",
+                       formatter_class=_HelpFormatter)
     p.add_argument("model", type=Path, nargs="+", help="GGUF file(s); with several, pick the best that fits")
-    p.add_argument("--profile", default=None)
-    p.add_argument("--ctx", type=int, default=None)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
+    _add_box_options(p)
+    p.add_argument("--ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)  # a captured board's files
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("tune", help="measure the fastest threads/batch settings on this box")
-    p.add_argument("model", type=Path)
-    p.add_argument("--profile", default=None)
-    p.add_argument("-o", "--output", type=Path, default=None, help="profile to write (default: profiles/local.toml)")
-    p.add_argument("--threads", type=_csv(int), default=None, help="thread counts to try, e.g. 2,4")
+    p = sub.add_parser("tune", help="measure the fastest threads/batch settings on this box",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("model", type=Path, help="the GGUF to measure with")
+    p.add_argument("--profile", default=None, metavar="P", help=_profile_help("start from"))
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="profile to write (default: ~/.config/edgekit/profiles/local.toml, then --profile local)")
+    p.add_argument("--threads", type=_csv(int), default=None,
+                   help="thread counts to try, e.g. 2,4 (default: 1, 2, 4, ... the big cores and all cores)")
     p.add_argument("--batch", type=_csv(int), default=None, help="n_batch=n_ubatch sizes to try, e.g. 128,512")
     p.set_defaults(func=cmd_tune)
 
 
 def _add_engine(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run one prompt and stream the answer")
-    p.add_argument("model", type=Path)
-    p.add_argument("-p", "--prompt", required=True)
-    p.add_argument("--system", default=None)
-    p.add_argument("--json-schema", type=Path, default=None)
-    p.add_argument("--profile", default=None)
-    p.add_argument("--ctx", type=int, default=None)
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
+    p = sub.add_parser("run", help="run one prompt and stream the answer", formatter_class=_HelpFormatter)
+    p.add_argument("model", type=Path, help="a GGUF file")
+    p.add_argument("-p", "--prompt", required=True, help="the user message (with --raw: the whole text)")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--json-schema", type=Path, default=None, help="JSON Schema file the answer must follow")
+    _add_box_options(p)
+    p.add_argument("--ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     p.add_argument("--raw", action="store_true", help="no chat template: the prompt is the text")
     p.add_argument("--lora", action="append", metavar="NAME=ADAPTER.gguf[:SCALE]",
                    help="load a GGUF LoRA adapter beside the model (repeatable; edgekit convert-lora makes one)")
@@ -590,47 +703,62 @@ def _add_engine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter-scale", type=float, default=None, help="scale for the adapter (default: its --lora scale)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("chat", help="interactive chat in the terminal")
-    p.add_argument("model", type=Path)
-    p.add_argument("--system", default=None)
-    p.add_argument("--profile", default=None)
-    p.add_argument("--ctx", type=int, default=None)
-    p.add_argument("--max-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.7)
+    p = sub.add_parser("chat", help="interactive chat in the terminal", formatter_class=_HelpFormatter)
+    p.add_argument("model", type=Path, help="a GGUF file")
+    p.add_argument("--system", default=None, help="system message")
+    _add_box_options(p)
+    p.add_argument("--ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
+    p.add_argument("--max-tokens", type=int, default=512, help="most tokens per answer")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy")
     p.set_defaults(func=cmd_chat)
 
 
 def _add_daemon(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="answer requests over MQTT and/or HTTP (run by systemd)")
-    p.add_argument("--model", type=Path, default=None)
-    p.add_argument("--profile", default=None)
-    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port; none = HTTP only")
+    p = sub.add_parser("serve", help="answer requests over MQTT and/or HTTP (run by systemd)",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("--model", type=Path, default=None, help="GGUF file to serve (or EDGEKIT_MODEL, [model] path)")
+    _add_box_options(p)
+    p.add_argument("--ctx", type=int, default=None,
+                   help="context window in tokens, [model] ctx in edgekit.toml (default: the profile's)")
+    p.add_argument("--broker", default=None,
+                   help="mqtt://host:port or mqtts://host:port; none = HTTP only (default: mqtt://127.0.0.1:1883)")
     p.add_argument("--http", nargs="?", const=str(HTTP_DEFAULT_PORT), default=None, metavar="[HOST:]PORT",
                    help=f"also serve the Ollama and OpenAI APIs (default port {HTTP_DEFAULT_PORT}, host 127.0.0.1)")
-    p.add_argument("--config", type=Path, default=None, help="edgekit.toml")
-    p.add_argument("--prefix", default=None)
-    p.add_argument("--device-id", default=None)
+    p.add_argument("--config", type=Path, default=None, help="edgekit.toml (or EDGEKIT_CONFIG); docs/protocol.md")
+    p.add_argument("--prefix", default=None, help="topic prefix (default: edgekit/DEVICE_ID)")
+    p.add_argument("--device-id", default=None, help="this box's id in topics (default: the hostname)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("request", help="send a request to a running daemon and print the answer")
-    p.add_argument("prompt")
-    p.add_argument("--broker", default=None)
-    p.add_argument("--prefix", default=None)
-    p.add_argument("--system", default=None)
-    p.add_argument("--stream", action="store_true")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--json-schema", type=Path, default=None)
-    p.add_argument("--timeout", type=float, default=120.0)
+    p = sub.add_parser("cache", help="list or clear the daemon's saved prompt states (the prompt cache)",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("action", choices=["list", "clear"], help="list the saved states, or remove them")
+    p.add_argument("--config", type=Path, default=None, help="edgekit.toml (finds [cache] dir / the state folder)")
+    p.add_argument("--dir", type=Path, default=None, help="the cache folder itself")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("request", help="send a request to a running daemon and print the answer",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("prompt", help="the user message")
+    p.add_argument("--broker", default=None, help="mqtt://host:port (default: mqtt://127.0.0.1:1883)")
+    p.add_argument("--prefix", default=None, help="the daemon's topic prefix (default: edgekit/HOSTNAME)")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--stream", action="store_true", help="print the answer as it comes")
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate")
+    p.add_argument("--json-schema", type=Path, default=None, help="JSON Schema file the answer must follow")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer")
     p.add_argument("--json", action="store_true", help="print the final message as JSON")
     p.set_defaults(func=cmd_request)
 
-    p = sub.add_parser("install-service", help="render the systemd unit and env file for this box")
-    p.add_argument("--profile", default=None)
-    p.add_argument("--model", type=Path, default=None)
-    p.add_argument("--broker", default=None)
+    p = sub.add_parser("install-service", help="render the systemd unit and env file for this box",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("--profile", default=None, metavar="P", help=_profile_help("run as"))
+    p.add_argument("--model", type=Path, default=None, help="GGUF file the service serves")
+    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port")
     p.add_argument("--instance", default=None, help="render the template unit edgekit@INSTANCE")
-    p.add_argument("--dest", type=Path, default=Path("/etc/systemd/system"))
-    p.add_argument("--env-dir", type=Path, default=Path("/etc/edgekit"))
+    p.add_argument("--dest", type=Path, default=Path("/etc/systemd/system"), help="folder for the unit")
+    p.add_argument("--env-dir", type=Path, default=Path("/etc/edgekit"),
+                   help="folder for edgekit.toml and the env file (made absolute)")
     p.add_argument("--device-id", default=None, help="default: the hostname (plus -INSTANCE with --instance)")
     p.add_argument("--password-file", type=Path, default=None,
                    help="broker password, loaded as a systemd credential (default: ENV_DIR/mqtt-password if present)")
@@ -644,55 +772,98 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_measurement(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure latency and throughput")
-    p.add_argument("models", type=Path, nargs="+")
-    p.add_argument("--profile", default=None)
-    p.add_argument("--prompt-tokens", type=_csv(int), default=[32, 256])
-    p.add_argument("--gen-tokens", type=int, default=128)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--concurrency", type=_csv(int), default=[1])
-    p.add_argument("--threads", type=int, default=None)
+    p = sub.add_parser("bench", help="measure latency and throughput", formatter_class=_HelpFormatter)
+    p.add_argument("models", type=Path, nargs="+", help="GGUF files")
+    _add_box_options(p, "use the settings planned for")
+    p.add_argument("--prompt-tokens", type=_csv(int), default=[32, 256], help="prompt sizes, e.g. 32,256")
+    p.add_argument("--gen-tokens", type=int, default=128, help="tokens generated per request")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of each setting")
+    p.add_argument("--concurrency", type=_csv(int), default=[1], help="requests at once, e.g. 1,4")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the plan's, else all CPUs)")
     p.add_argument("--via", default=None,
                    help="mqtt://host:port or http://host:port: also measure end to end through a daemon")
     p.add_argument("--prefix", default=None, help="daemon topic prefix, with --via")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true")
-    out.add_argument("--csv", action="store_true")
-    out.add_argument("--jsonl", action="store_true")
+    out.add_argument("--json", action="store_true", help="print JSON")
+    out.add_argument("--csv", action="store_true", help="print CSV")
+    out.add_argument("--jsonl", action="store_true", help="print one JSON record a line")
     p.add_argument("--output", type=Path, default=None, help="write JSON/CSV/JSONL here instead of stdout")
     p.add_argument("--report", type=Path, default=None, help="write an HTML report")
     p.add_argument("--compare-llama-bench", type=Path, default=None, metavar="PATH",
                    help="llama.cpp's llama-bench binary: run it on the same file and settings after each round "
-                        "and show our rates as paired ratios to its (benchmarks/build_llama_tools.sh builds it)")
+                        "and show our rates as paired ratios to its (the install step builds it into "
+                        "~/.cache/edgekit/llama-tools/bin)")
+    _add_profiling_options(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("quality", help="perplexity and KL divergence of quantized files against a reference")
-    p.add_argument("reference", type=Path)
-    p.add_argument("candidates", type=Path, nargs="+")
-    p.add_argument("--text", type=Path, default=None)
-    p.add_argument("--ctx", type=int, default=256)
-    p.add_argument("--chunks", type=int, default=None)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("bench-compare", prog="edgekit bench compare", formatter_class=_HelpFormatter,
+                       description="Each figure's change from OLD to NEW with a 95% bootstrap interval; "
+                       "exits 1 on a regression beyond the threshold.")
+    p.add_argument("old", help="a bench JSON, or a --save history (FILE.jsonl: its last run, FILE.jsonl#N: run N)")
+    p.add_argument("new", help="the run to judge: a bench JSON or a history, as OLD")
+    p.add_argument("--threshold", type=float, default=0.10,
+                   help="a change counts when its whole interval lies beyond this fraction")
+    p.set_defaults(func=cmd_bench_compare)
+
+    p = sub.add_parser("quality", help="perplexity and KL divergence of quantized files against a reference",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("reference", type=Path, help="the f16/f32 GGUF")
+    p.add_argument("candidates", type=Path, nargs="+", help="quantized GGUFs of the same model")
+    p.add_argument("--text", type=Path, default=None, help="UTF-8 text to score (default: edgekit's calibration text)")
+    p.add_argument("--ctx", type=int, default=256, help="tokens per chunk")
+    p.add_argument("--chunks", type=int, default=None, help="chunks to score (default: all the text holds)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_quality)
 
-    p = sub.add_parser("recommend", help="name the quant level to deploy on a box")
+    p = sub.add_parser("recommend", help="name the quant level to deploy on a box", formatter_class=_HelpFormatter)
     p.add_argument("models", type=Path, nargs="+", help="a folder of GGUF files, or files")
-    p.add_argument("--profile", required=True)
+    _add_box_options(p, required=True)
     p.add_argument("--max-ttft-ms", type=float, default=None,
                    help="most time to first token for a 128-token prompt (measured on this machine)")
     p.add_argument("--min-tokens-per-s", type=float, default=None, help="least generation rate (this machine)")
-    p.add_argument("--reference", type=Path, default=None, help="f16/f32 file for quality")
+    p.add_argument("--reference", type=Path, default=None, help="f16/f32 file for quality (default: found among MODELS)")
     p.add_argument("--max-kl", type=float, default=0.05, help="most KL divergence vs the reference (nats/token)")
     p.add_argument("--bench-json", type=Path, default=None, help="speed from an `edgekit bench --json` file")
     p.add_argument("--quality-json", type=Path, default=None, help="quality from an `edgekit quality --json` file")
     p.add_argument("--threads", type=int, default=None, help="threads for the speed measurement")
     p.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)  # a captured board's files
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_recommend)
 
 
+DESCRIPTION = """edgekit: put open LLMs on edge boxes and serve them over MQTT.
+
+The pipeline, one command a stage: pull or make-test-model -> convert -> quantize ->
+inspect -> detect / plan / tune -> run / chat -> serve (install-service) -> bench /
+quality / recommend. `edgekit COMMAND --help` shows each command's options and defaults;
+the README and docs/ show them at work."""
+
+
+def _add_profiling_options(p: argparse.ArgumentParser) -> None:
+    from edgekit.bench.history import default_history
+
+    p.add_argument("--save", type=Path, nargs="?", const=default_history(), default=None, metavar="HISTORY",
+                   help=f"append the run to a JSONL history (default {default_history()}) for `bench compare`")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="steady load for S seconds (rounds until then) with power, temperature and clocks over time")
+    p.add_argument("--workload", choices=("prompts", "assist"), default="prompts",
+                   help="assist: Home Assistant's request (instructions, entities, intent tools, a spoken command)")
+    p.add_argument("--entities", type=int, default=50, help="exposed entities in the assist workload")
+    p.add_argument("--no-sensors", action="store_true", help="do not sample power, heat and clocks")
+    p.add_argument("--sensors-root", type=Path, default=Path("/"), help=argparse.SUPPRESS)  # a captured board
+
+
+def _route(argv: Sequence[str]) -> list[str]:
+    """`bench compare OLD NEW` is the bench-compare command (bench itself takes model paths)."""
+    argv = list(argv)
+    first = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)
+    if first is not None and argv[first:first + 2] == ["bench", "compare"]:
+        argv[first:first + 2] = ["bench-compare"]
+    return argv
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgekit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="edgekit", description=DESCRIPTION, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"edgekit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -702,15 +873,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine(sub)
     _add_daemon(sub)
     _add_measurement(sub)
+    for choice in sub._choices_actions:  # each command's --help opens with what it does
+        sub.choices[choice.dest].description = choice.help
     return parser
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so that every `with` and `finally`
+    on the way out (temporary files, engine children) cleans up as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise Stopped(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_route(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    main_thread = threading.current_thread() is threading.main_thread()  # signals can be set only there
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP) if main_thread}
+    try:
+        return _run(args)
+    finally:  # main() is also called in-process (tests): leave the handlers as they were
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with our errors as one line and an exit code."""
     try:
         return int(args.func(args) or 0)
     except EdgekitError as exc:
@@ -718,9 +915,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("edgekit: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C (130), SIGTERM (143), SIGHUP (129): cleaned up on the way here
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(f"\nedgekit: {'interrupted' if signum == signal.SIGINT else 'stopped by ' + str(exc)}", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:  # `edgekit detect --json | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0

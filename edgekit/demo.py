@@ -55,6 +55,12 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def show(line: str, final: bool = False) -> None:
+    """A long step's progress, redrawn in place on a terminal; nothing in a log."""
+    if sys.stdout.isatty():
+        print(f"\r\033[K     {line}", end="\n" if final else "", flush=True)
+
+
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """A quick TCP check, so an offline box falls back to a generated model at once."""
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
@@ -86,10 +92,12 @@ def build_model(folder: Path) -> Path:
     quantized = folder / f"tinyllama-{LEVEL}.gguf"
     if not quantized.exists():
         started = time.perf_counter()
-        convert(checkpoint, f16, "f16")
+        convert(checkpoint, f16, "f16", progress=lambda name, i, n: show(f"tensor {i}/{n} {name}", i == n))
         say(f"2. converted to {f16.name} in {time.perf_counter() - started:.1f} s")
-        result = quantize.quantize_file(f16, LEVEL, quantized)
-        say(f"3. quantized to {LEVEL}: {result.size / 1e6:.0f} MB, {result.bits_per_weight:.2f} bits/weight, "
+        say(f"3. quantizing to {LEVEL} (about a minute on 2 cores)")
+        result = quantize.quantize_file(f16, LEVEL, quantized, progress=lambda p: show(
+            f"tensor {p.tensor_index}/{p.tensor_count}, {p.elapsed_s:.0f} s", p.done))
+        say(f"   quantized: {result.size / 1e6:.0f} MB, {result.bits_per_weight:.2f} bits/weight, "
             f"{result.seconds:.1f} s")
         f16.unlink()
     else:
@@ -152,10 +160,24 @@ def main() -> int:
                 daemon.send_signal(signal.SIGTERM)
                 daemon.wait(timeout=60)
         say(f"\n5. daemon stopped cleanly (log: {folder / 'daemon.log'})")
+        next_steps(model)
         return 0
     except EdgekitError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the daemon and the broker are stopped on the way out
+        print("\ndemo: interrupted", file=sys.stderr)
+        return 130
+
+
+def next_steps(model: Path) -> None:
+    """Where to go from here: the same model through the CLI, then the docs."""
+    cli = ".venv/bin/edgekit"
+    say("\nnext:")
+    say(f'  {cli} run {model} -p "What is MQTT?"        # one prompt, streamed, with its timings')
+    say(f"  {cli} bench {model} --report bench.html   # latency percentiles and an HTML report")
+    say(f"  {cli} plan {model} --profile rpi5-8gb     # will it fit a Raspberry Pi 5? (profiles: {cli} plan --help)")
+    say("  docs/protocol.md (MQTT requests), docs/systemd.md (run it as a service)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 import math
 import platform
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ ARM_PARTS: dict[str, str] = {
 }
 BIG_CORE_RATIO = 0.8  # a CPU at >= 80% of the fastest CPU's capacity counts as a big core
 GPU_FACTS_FILE = ".edgekit-gpus.json"
+LOAD_SAMPLE_S = 0.25  # how long detect() watches /proc/stat for other work on a live box
 NOMINAL_GB = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
@@ -88,6 +90,7 @@ class Hardware:
     l4t_release: str | None = None  # Jetson Linux release, e.g. "R36.3.0"
     gpus: tuple[GPU, ...] = ()
     unified_memory: bool = False  # CPU and GPU allocate from one pool (Jetson)
+    busy_cores: float = 0.0  # cores other work kept busy while we looked (0 for a captured board)
 
     @property
     def usable_memory_mb(self) -> int:
@@ -130,6 +133,7 @@ class Hardware:
             f"cpu:      {self.cpu_model} ({self.arch}): {self.logical_cpus} logical CPUs, "
             f"{self.physical_cores} physical cores, {self.big_cores} big",
             f"memory:   {self.memory_total_mb} MB total, {self.memory_available_mb} MB available, {cap}",
+            f"load:     {self.busy_cores:.1f} cores busy with other work",
             *(f"gpu:      {g}" for g in gpus),
         ]
         if self.unified_memory:
@@ -172,7 +176,30 @@ def detect(root: Path = Path("/"), gpus: list[GPU] | None = None) -> Hardware:
         l4t_release=l4t,
         gpus=found_gpus,
         unified_memory=jetson,
+        busy_cores=_busy_cores(root, len(cpus)),
     )
+
+
+def _busy_cores(root: Path, logical_cpus: int) -> float:
+    """Cores in use by other work, from /proc/stat over LOAD_SAMPLE_S; 0 for a captured (static) tree."""
+    if root.resolve() != Path("/"):
+        return 0.0
+    before = _cpu_ticks(root)
+    time.sleep(LOAD_SAMPLE_S)
+    after = _cpu_ticks(root)
+    if before is None or after is None or after[1] <= before[1]:
+        return 0.0
+    idle, total = after[0] - before[0], after[1] - before[1]
+    return round(max(0.0, 1 - idle / total) * logical_cpus, 1)
+
+
+def _cpu_ticks(root: Path) -> tuple[int, int] | None:
+    """(idle + iowait, all) jiffies of the "cpu" line of /proc/stat."""
+    line = (_read(root / "proc/stat") or "").partition("\n")[0].split()
+    if len(line) < 6 or line[0] != "cpu":
+        return None
+    ticks = [int(v) for v in line[1:9]]
+    return ticks[3] + ticks[4], sum(ticks)
 
 
 # --- files ----------------------------------------------------------------------------------

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import httpx2
 from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+from huggingface_hub.utils import validate_repo_id
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
@@ -52,6 +54,7 @@ def pull(
     """
     if file and quant:
         raise UsageError("give --file or --quant, not both")
+    _check_repo_id(repo)
     hub = _Hub(repo, revision, offline or constants.HF_HUB_OFFLINE, cache_dir, endpoint)
     with hub.errors(file):
         if file:
@@ -60,6 +63,15 @@ def pull(
         if quant:
             return _checked(_download_all(hub, pick_quant(files, quant, repo)))
         return _pull_default(hub, files)
+
+
+def _check_repo_id(repo: str) -> None:
+    """A malformed id is the user's typo, not a network or Hub problem: say so before asking."""
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise UsageError(f"{repo!r} is not a Hub repository id: give OWNER/NAME, "
+                         "e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0") from None
 
 
 def pick_quant(files: list[str], quant: str, repo: str = "the repo") -> list[str]:

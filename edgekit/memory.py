@@ -88,11 +88,12 @@ class MemoryEstimate:
     runtime: int  # process baseline: Python, libllama, vocabulary, CUDA runtime
     n_gpu_layers: int  # resolved: 0..n_layer+1 (n_layer+1 = every layer and the output)
     adapters: int = 0  # LoRA adapters (Settings.lora): read into buffers of their own, never mapped
+    prompt_cache: int = 0  # saved KV states the prompt cache may hold in RAM (Settings.prompt_cache_mb)
 
     @property
     def ram(self) -> int:
         """Expected resident size (VmRSS) of the serving process."""
-        return self.weights_ram + self.repacked + self.kv_ram + self.compute_ram + self.runtime + self.adapters
+        return self.weights_ram + self.repacked + self.kv_ram + self.compute_ram + self.runtime + self.adapters + self.prompt_cache
 
     @property
     def ram_required(self) -> int:
@@ -110,7 +111,7 @@ class MemoryEstimate:
     def to_dict(self) -> dict[str, float | int]:
         """MiB figures for JSON and humans."""
         names = ("weights_ram", "weights_vram", "repacked", "reclaimable", "kv_ram", "kv_vram", "compute_ram", "compute_vram",
-                 "compute_reserved", "runtime", "adapters", "ram", "ram_required", "vram", "total")
+                 "compute_reserved", "runtime", "adapters", "prompt_cache", "ram", "ram_required", "vram", "total")
         data: dict[str, float | int] = {f"{n}_mb": round(getattr(self, n) / MiB, 1) for n in names}
         data["n_gpu_layers"] = self.n_gpu_layers
         return data
@@ -171,6 +172,7 @@ def estimate_memory(
         n_gpu_layers=on_gpu,
         # Counted on the CPU: llama.cpp puts a pair beside its weight, so offloaded layers' go to VRAM.
         adapters=sum(os.path.getsize(a.path) for a in settings.lora),
+        prompt_cache=settings.prompt_cache_mb * MiB,
     )
 
 

@@ -15,13 +15,14 @@ from typing import Any
 
 from edgekit.errors import DoesNotFit, UsageError
 from edgekit.gguf_file import GGUFInfo, validate
-from edgekit.hardware import Hardware
+from edgekit.hardware import GPU, Hardware, detect
 from edgekit.memory import MiB, MemoryEstimate, estimate_memory, shape_of, smaller_level_that_fits
-from edgekit.profiles import Profile
+from edgekit.profiles import Profile, choose_profile, load_profile, matches
 
 MIN_CTX = 64
 
-__all__ = ["LoraAdapter", "Settings", "Plan", "Budget", "MemoryEstimate", "estimate_memory", "plan_for", "budget_for"]
+__all__ = ["LoraAdapter", "Settings", "Plan", "Budget", "Target", "MemoryEstimate", "estimate_memory", "plan_for",
+           "budget_for", "settings_for", "target_for", "nominal_hardware"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Settings:
     use_mlock: bool = False
     seed: int = 0
     lora: tuple[LoraAdapter, ...] = ()  # run-time adapters (llama_adapter_lora_init), none applied by default
+    prompt_cache_mb: int = 0  # RAM the engine's prompt cache may hold saved KV states in (part of the plan)
 
 
 @dataclass(frozen=True)
@@ -73,17 +75,22 @@ class Plan:
     estimate: MemoryEstimate
     budget: Budget
     reasons: tuple[str, ...]
+    box: str = ""  # the box the numbers are for, in words (settings_for fills it in)
+    profile_reason: str = ""  # why this profile: named with --profile, or matched to the box
 
     def describe(self) -> list[str]:
-        """Lines for `edgekit plan`: the choice, the settings, the memory and the reasons."""
+        """Lines for `edgekit plan`: the box, the choice, the settings, the memory and the reasons."""
         s, e = self.settings, self.estimate
         layers = "all" if s.n_gpu_layers < 0 else str(s.n_gpu_layers)
         return [
+            *([f"profile:  {self.profile_reason}"] if self.profile_reason else []),
+            *([f"box:      {self.box}"] if self.box else []),
             f"model:    {self.model}",
             f"settings: n_ctx {s.n_ctx}, threads {s.n_threads}/{s.n_threads_batch}, gpu layers {layers}, "
             f"batch {s.n_batch}/{s.n_ubatch}, flash_attn {s.flash_attn}, kv {s.type_k}/{s.type_v}, mmap {s.use_mmap}",
             f"memory:   weights {_mb(e.weights_ram + e.repacked)} MB + kv {_mb(e.kv_ram)} + compute {_mb(e.compute_ram)}"
-            f" + runtime {_mb(e.runtime)}" + (f" + adapters {_mb(e.adapters)}" if e.adapters else "")
+            f" + runtime {_mb(e.runtime)}" + (f" + prompt cache {_mb(e.prompt_cache)}" if e.prompt_cache else "")
+            + (f" + adapters {_mb(e.adapters)}" if e.adapters else "")
             + f" = {_mb(e.ram)} MB RAM"
             + (f" ({_mb(e.reclaimable)} MB of it reclaimable page cache)" if e.reclaimable else ""),
             *([f"vram:     weights {_mb(e.weights_vram)} MB + kv {_mb(e.kv_vram)} + compute {_mb(e.compute_vram)}"
@@ -96,12 +103,79 @@ class Plan:
         return {
             "model": str(self.model),
             "profile": self.profile,
+            "box": self.box,
+            "profile_reason": self.profile_reason,
             "settings": asdict(self.settings),
             "estimate": self.estimate.to_dict(),
             "budget": {k: (round(v / MiB, 1) if isinstance(v, int) and not isinstance(v, bool) else v)
                        for k, v in asdict(self.budget).items()},
             "reasons": list(self.reasons),
         }
+
+
+@dataclass(frozen=True)
+class Target:
+    """The profile a command runs with and the box it plans for, with both in words."""
+
+    profile: Profile
+    profile_reason: str
+    hardware: Hardware
+    box: str
+
+
+def settings_for(
+    models: str | os.PathLike[str] | GGUFInfo | list[Any],
+    profile: str | None = None,
+    *,
+    ctx: int | None = None,
+    this_box: bool = False,
+    root: Path | None = None,
+    target: Target | None = None,
+    prompt_cache_mb: int = 0,
+    lora: tuple[LoraAdapter, ...] = (),
+) -> Plan:
+    """The one way every command (plan, run, chat, serve, bench, recommend) resolves its settings:
+    the plan for ``profile``'s box (this machine without a profile, or with ``this_box``).
+    ``target`` (from target_for) saves detecting the box again when planning several files."""
+    target = target or target_for(profile, this_box=this_box, root=root)
+    plan = plan_for(models, target.profile, target.hardware, ctx=ctx, prompt_cache_mb=prompt_cache_mb, lora=lora)
+    return replace(plan, box=target.box, profile_reason=target.profile_reason)
+
+
+def target_for(profile: str | Profile | None = None, *, this_box: bool = False, root: Path | None = None) -> Target:
+    """Which box to plan for: a captured root, this machine when it is one of ``profile``'s boxes
+    (or when asked), else the profile's nominal box, so a Pi's plan is made with a Pi's memory."""
+    here = detect(root or Path("/"))
+    where = f"captured at {root}" if root else "this machine"
+    if profile is None:
+        chosen, reason = choose_profile(here)
+        return Target(chosen, reason, here, f"{here.summary()} ({where})")
+    named = profile if isinstance(profile, Profile) else load_profile(profile)
+    reason = f"{named.name} (chosen with --profile)"
+    if this_box or root or matches(named.match, here):
+        return Target(named, reason, here, f"{here.summary()} ({where})")
+    nominal = nominal_hardware(named)
+    return Target(named, reason, nominal, (
+        f"a {named.name} box ({nominal.memory_available_mb} MB usable, {nominal.physical_cores} cores"
+        + (f", {nominal.gpus[0].total_mb} MB GPU" if nominal.gpus else "")
+        + "): this machine is not one; --this-box plans for this machine"))
+
+
+def nominal_hardware(profile: Profile) -> Hardware:
+    """The smallest box the profile matches: its minimum memory (and VRAM), its [box] cores."""
+    rule, cores = profile.match, profile.box.cores
+    memory = rule.min_memory_mb or 4096
+    gpus: tuple[GPU, ...] = ()
+    if rule.gpu == "integrated":
+        gpus = (GPU("integrated (nominal)", memory, memory, integrated=True),)
+    elif rule.gpu == "cuda":
+        vram = rule.min_vram_mb or 8192
+        gpus = (GPU("CUDA GPU (nominal)", vram, vram),)
+    return Hardware(
+        arch=rule.arch[0] if rule.arch else "aarch64", cpu_model="nominal", logical_cpus=cores, physical_cores=cores,
+        big_cores=cores, clusters=((1024, cores),), memory_total_mb=memory, memory_available_mb=memory,
+        board=rule.boards[0] if rule.boards else None, gpus=gpus, unified_memory=rule.gpu == "integrated",
+    )
 
 
 @dataclass(frozen=True)
@@ -118,16 +192,20 @@ def plan_for(
     profile: Profile,
     hardware: Hardware,
     ctx: int | None = None,
+    prompt_cache_mb: int = 0,
     lora: tuple[LoraAdapter, ...] = (),
 ) -> Plan:
     """Choose the file and settings that fit ``hardware``; DoesNotFit says by how much none did.
 
-    ``lora`` adapters are loaded with the model, so their memory counts against the budget too."""
+    ``prompt_cache_mb`` is the RAM the engine's prompt cache may hold: counted like the KV cache.
+    ``lora`` adapters are loaded with the model, so their memory counts against the budget too.
+    """
     if ctx is not None and ctx < MIN_CTX:
         raise UsageError(f"--ctx {ctx} is too small: give at least {MIN_CTX} tokens")
     infos = [m if isinstance(m, GGUFInfo) else validate(m) for m in (models if isinstance(models, list) else [models])]
     budget = budget_for(profile, hardware)
     base, reasons = _base_settings(profile, hardware, infos, ctx)
+    base = replace(base, prompt_cache_mb=prompt_cache_mb)
     if lora:
         base = replace(base, lora=tuple(lora))
         reasons = [*reasons, f"{len(lora)} LoRA adapter(s) loaded beside the model: {', '.join(a.name for a in lora)}"]
@@ -162,12 +240,15 @@ def _main_gpu(hw: Hardware) -> Any:
 
 def _base_settings(profile: Profile, hw: Hardware, infos: list[GGUFInfo], ctx: int | None) -> tuple[Settings, list[str]]:
     run, reasons = profile.run, []
-    threads = hw.big_cores if run.threads == "auto" else run.threads
-    threads_batch = hw.physical_cores if run.threads_batch == "auto" else run.threads_batch
+    threads, threads_batch = auto_threads(hw)
     if run.threads == "auto":
-        reasons.append(f"{threads} generation threads: the big cores ({_cores(hw)})")
+        reasons.append(f"{threads} generation threads: the big cores ({_cores(hw)}){_room(hw, threads < hw.big_cores)}")
+    else:
+        threads = run.threads
     if run.threads_batch == "auto":
-        reasons.append(f"{threads_batch} prompt threads: all physical cores")
+        reasons.append(f"{threads_batch} prompt threads: all physical cores{_room(hw, threads_batch < hw.physical_cores)}")
+    else:
+        threads_batch = run.threads_batch
     n_ctx = ctx or run.n_ctx
     reasons.append(f"n_ctx {n_ctx} from {'--ctx' if ctx else 'profile ' + profile.name}")
     trained = min((shape_of(i).n_ctx_train for i in infos if shape_of(i).n_ctx_train), default=0)
@@ -180,6 +261,19 @@ def _base_settings(profile: Profile, hw: Hardware, infos: list[GGUFInfo], ctx: i
         type_k=run.type_k, type_v=run.type_v, use_mmap=run.use_mmap, use_mlock=run.use_mlock,
     )
     return settings, reasons
+
+
+def auto_threads(hw: Hardware) -> tuple[int, int]:
+    """Generation and prompt threads for "auto": the big cores and all physical cores, less the
+    cores other work keeps busy. llama.cpp's threads wait for each other at every step, so one
+    thread sharing its core with a busy process slows them all (25 -> 9 tok/s beside `yes`)."""
+    busy = round(hw.busy_cores)
+    free = max(1, hw.physical_cores - busy)
+    return max(1, min(hw.big_cores, free)), free
+
+
+def _room(hw: Hardware, reduced: bool) -> str:
+    return f", less {round(hw.busy_cores)} busy with other work (a profile's run.threads fixes the count)" if reduced else ""
 
 
 def _cores(hw: Hardware) -> str:

@@ -28,6 +28,7 @@ GpuRule = Literal["any", "none", "cuda", "integrated"]
 # llama.cpp's accepted KV-cache types (common/arg.cpp kv_cache_types), lower-case as it names them.
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 PACKAGE_PROFILES = Path(__file__).resolve().parent / "data" / "profiles"
+SECTIONS = ("match", "run", "memory", "build", "box")
 REPO_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 
 
@@ -80,6 +81,13 @@ class Build:
 
 
 @dataclass(frozen=True)
+class Box:
+    """The box itself, for planning from another machine: memory comes from [match]'s minimums."""
+
+    cores: int = field(default=4, metadata={"range": (1, 1024)})  # physical cores, all taken as big
+
+
+@dataclass(frozen=True)
 class Profile:
     """One kind of box: its settings, memory rules, build flags and matching rules."""
 
@@ -90,13 +98,19 @@ class Profile:
     run: Run = Run()
     memory: Memory = Memory()
     build: Build = Build()
+    box: Box = Box()
     source: Path | None = field(default=None, metadata={"internal": True})
 
 
+def user_profiles() -> Path:
+    """The user's own profiles (`edgekit tune` writes here): $XDG_CONFIG_HOME/edgekit/profiles."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "edgekit" / "profiles"
+
+
 def search_path() -> list[Path]:
-    """Folders searched for NAME.toml, first hit wins: $EDGEKIT_PROFILES, /etc, the repo, the package."""
+    """Folders searched for NAME.toml, first hit wins: $EDGEKIT_PROFILES, the user's, /etc, the repo, the package."""
     env = [Path(p) for p in os.environ.get("EDGEKIT_PROFILES", "").split(os.pathsep) if p]
-    return [*env, Path("/etc/edgekit/profiles"), REPO_PROFILES, PACKAGE_PROFILES]
+    return [*env, user_profiles(), Path("/etc/edgekit/profiles"), REPO_PROFILES, PACKAGE_PROFILES]
 
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
@@ -114,12 +128,21 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
 
 def list_profiles() -> list[Profile]:
     """Every profile on the search path, earlier folders shadowing later ones, sorted by name."""
+    return [_load_file(path) for _, path in sorted(_profile_files().items())]
+
+
+def profile_names() -> list[str]:
+    """The names --profile accepts, without loading the files (for help text)."""
+    return sorted(_profile_files())
+
+
+def _profile_files() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for folder in search_path():
         if folder.is_dir():
             for path in sorted(folder.glob("*.toml")):
                 found.setdefault(path.stem, path)
-    return [_load_file(path) for _, path in sorted(found.items())]
+    return found
 
 
 def choose_profile(hardware: Hardware, profiles: list[Profile] | None = None) -> tuple[Profile, str]:
@@ -175,7 +198,7 @@ def _specificity(rule: Match) -> int:
 def profile_to_toml(profile: Profile) -> str:
     """TOML text that load_profile reads back to an equal profile (less ``source``)."""
     lines = [f"{f.name} = {_toml_value(getattr(profile, f.name))}" for f in _plain_fields(Profile)]
-    for section in ("match", "run", "memory", "build"):
+    for section in SECTIONS:
         table = getattr(profile, section)
         lines += ["", f"[{section}]"]
         lines += [f"{f.name} = {_toml_value(getattr(table, f.name))}" for f in _plain_fields(type(table))
@@ -184,7 +207,7 @@ def profile_to_toml(profile: Profile) -> str:
 
 
 def _plain_fields(cls: type) -> list[Any]:
-    return [f for f in fields(cls) if not f.metadata.get("internal") and f.name not in ("match", "run", "memory", "build")]
+    return [f for f in fields(cls) if not f.metadata.get("internal") and f.name not in SECTIONS]
 
 
 def _toml_value(value: Any) -> str:

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 from gguf import LlamaFileType
@@ -118,6 +124,8 @@ def quantize(
         raise UsageError("-o/--output takes one level; for several use --out-dir")
     src = Path(src)
     info = _check_input(src, allow_requantize)
+    if out_dir is not None and output is None:
+        _make_out_dir(Path(out_dir))
     targets = [Path(output) if output else default_output(src, name, out_dir) for name in names]
     for target in targets:
         _check_output(src, target)
@@ -150,12 +158,15 @@ def _check_input(src: Path, allow_requantize: bool) -> gguf_file.GGUFInfo:
     return info
 
 
+def _make_out_dir(out_dir: Path) -> None:
+    """--out-dir names a folder: create it. -o names a file whose folder must exist, as convert's -o."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {out_dir}: {exc.strerror}") from None
+
+
 def _check_output(src: Path, target: Path) -> None:
-    if target.parent and not target.parent.exists():
-        try:
-            target.parent.mkdir(parents=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the output folder {target.parent}: {exc.strerror}") from None
     check_writable_dir(target)
     if target.exists() and target.resolve() == src.resolve():
         raise OutputError(f"the output {target} is the input; choose another name with -o")
@@ -178,22 +189,71 @@ def _quantize_one(
     allow_requantize: bool,
     report: Callable[..., None],
 ) -> QuantResult:
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = threads or os.cpu_count() or 1
-    params.ftype = LEVELS[level]
-    params.allow_requantize = allow_requantize
+    job = {"src": os.fspath(src), "ftype": LEVELS[level], "nthread": threads or os.cpu_count() or 1,
+           "allow_requantize": allow_requantize}
     start = time.perf_counter()
     report(level, 0, len(info.tensors), 0.0)
-    log.info("quantizing %s to %s with %d threads", src, level, params.nthread)
-    with atomic_path(dst) as tmp:
-        with _llama_log(lambda i, n: report(level, i, n, time.perf_counter() - start)) as errors:
-            status = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
+    log.info("quantizing %s to %s with %d threads", src, level, job["nthread"])
+    with atomic_path(dst) as tmp:  # removed on any error, Ctrl-C and the CLI's SIGTERM/SIGHUP included
+        status, errors = _in_child({**job, "dst": os.fspath(tmp)},
+                                   lambda i, n: report(level, i, n, time.perf_counter() - start))
         if status != 0:
             _raise_failure(src, level, status, errors)
         out = gguf_file.validate(tmp)
     seconds = time.perf_counter() - start
     report(level, len(info.tensors), len(info.tensors), seconds, done=True)
     return QuantResult(level, dst, out.size, out.bits_per_weight, out.parameter_count, seconds)
+
+
+def _in_child(job: dict[str, Any], on_tensor: Callable[[int, int], None]) -> tuple[int, list[str]]:
+    """Run llama_model_quantize in a child interpreter and relay its tensor count.
+
+    llama.cpp's quantizer has no abort hook, and a KeyboardInterrupt raised in its log
+    callback is swallowed by ctypes ("Exception ignored on calling ctypes callback"), so in
+    our own process Ctrl-C would not stop it. A child we can kill stops at once.
+    """
+    conn, child_conn = Pipe(duplex=False)
+    child = subprocess.Popen([sys.executable, "-m", "edgekit.quantize", str(child_conn.fileno()), json.dumps(job)],
+                             pass_fds=(child_conn.fileno(),), stdin=subprocess.DEVNULL)
+    child_conn.close()  # so that recv() sees EOF when the child dies
+    try:
+        return _relay(conn, child, on_tensor)
+    finally:
+        if child.poll() is None:  # interrupted: stop llama.cpp now; atomic_path removes the file
+            child.kill()
+        child.wait()
+        conn.close()
+
+
+def _relay(conn: Connection, child: subprocess.Popen, on_tensor: Callable[[int, int], None]) -> tuple[int, list[str]]:
+    """Pass the child's ("tensor", i, n) messages on until its ("done", status, errors)."""
+    while True:
+        try:
+            message = conn.recv()  # wakes for each message, and with EOFError when the child dies
+        except EOFError:
+            break
+        if message[0] == "tensor":
+            on_tensor(message[1], message[2])
+        else:
+            return message[1], message[2]
+    code = child.wait()
+    raise QuantizeError(f"llama.cpp's quantizer ended without a result ({_how_it_ended(code)}); "
+                        "if memory ran out, retry with fewer --threads")
+
+
+def _how_it_ended(code: int) -> str:
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+
+
+def _child_main(fd: int, job: dict[str, Any]) -> None:
+    """The child's side: quantize, sending tensor counts and then the result down ``fd``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    conn = Connection(fd, readable=False)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread, params.ftype, params.allow_requantize = job["nthread"], job["ftype"], job["allow_requantize"]
+    with _llama_log(lambda i, n: conn.send(("tensor", i, n))) as errors:
+        status = llama_cpp.llama_model_quantize(os.fsencode(job["src"]), os.fsencode(job["dst"]), ctypes.byref(params))
+    conn.send(("done", status, errors))
 
 
 def _raise_failure(src: Path, level: str, status: int, errors: list[str]) -> None:
@@ -244,3 +304,7 @@ def _safe(handle: Callable[[int, bytes, ctypes.c_void_p], None]) -> Callable[[in
             log.exception("error in the llama.cpp log hook")
 
     return call
+
+
+if __name__ == "__main__":  # the child of _in_child: python -m edgekit.quantize FD JOB_JSON
+    _child_main(int(sys.argv[1]), json.loads(sys.argv[2]))

@@ -7,6 +7,11 @@
 # every quantized model. We build with AMX off on x86, CUDA on when nvcc is
 # present (or EDGEKIT_CUDA=1), and keep our own wheel cache keyed by the exact
 # flags so that pip's cache can never hand back a wheel built otherwise.
+#
+# It also builds llama.cpp's own llama-bench, llama-perplexity and llama-quantize
+# (benchmarks/build_llama_tools.sh, cached in ~/.cache/edgekit/llama-tools) that the tests
+# and benchmarks compare against: here, once, never inside a test's time limit.
+# EDGEKIT_SKIP_LLAMA_TOOLS=1 skips them (the tests that need them then fail and say so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,6 +83,9 @@ main() {
   install_llama_cpp
   log "installing edgekit and its dependencies"
   "$VENV/bin/pip" install -q -e ".[test]"
+  if [ "${EDGEKIT_SKIP_LLAMA_TOOLS:-0}" != 1 ]; then
+    PIP="$VENV/bin/pip" benchmarks/build_llama_tools.sh
+  fi
   log "done: $VENV/bin/edgekit"
 }
 main "$@"

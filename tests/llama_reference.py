@@ -1,8 +1,9 @@
 """A plain numpy forward pass of a Hugging Face Llama checkpoint: the ground truth for the converter.
 
 Reads the safetensors files itself (not through edgekit.convert) and follows Hugging Face's
-LlamaForCausalLM: RMSNorm, rotary embeddings with rotate_half on the HF weight layout,
-grouped-query attention, SwiGLU. Everything in float64. T = tokens, D = hidden size,
+LlamaForCausalLM and Qwen2ForCausalLM: RMSNorm, rotary embeddings with rotate_half on the HF
+weight layout (with Llama 3's frequency scaling), grouped-query attention, projection biases
+when the checkpoint has them, SwiGLU. Everything in float64. T = tokens, D = hidden size,
 H = query heads, K = key/value heads, d = head dim, F = feed-forward size, V = vocab.
 """
 
@@ -47,9 +48,24 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def rotary(n_tokens: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+def llama3_inv_freq(inv_freq: np.ndarray, scaling: dict) -> np.ndarray:
+    """transformers' _compute_llama3_parameters: slow rotations stretched by `factor`, fast ones kept,
+    the band between blended. inv_freq: (d/2,) -> (d/2,)."""
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_ctx = scaling["original_max_position_embeddings"]
+    wavelen = 2 * np.pi / inv_freq
+    scaled = np.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+    return np.where(medium, blended, scaled)
+
+
+def rotary(n_tokens: int, head_dim: int, theta: float, scaling: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin: (T, d), HF's layout: the d/2 frequencies repeated twice (halves, not pairs)."""
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)  # (d/2,)
+    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
+        inv_freq = llama3_inv_freq(inv_freq, scaling)
     angles = np.outer(np.arange(n_tokens), inv_freq)  # (T, d/2)
     angles = np.concatenate([angles, angles], axis=-1)  # (T, d)
     return np.cos(angles), np.sin(angles)
@@ -94,9 +110,10 @@ def mlp(h: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
     return (gate / (1 + np.exp(-gate)) * up) @ w["mlp.down_proj.weight"].T  # (T, D)
 
 
-def forward(folder: Path, tokens: list[int]) -> np.ndarray:
-    """Logits (T, V) of the checkpoint in ``folder`` for ``tokens``."""
-    return forward_weights(json.loads((folder / "config.json").read_text()), load_weights(folder), tokens)
+def forward(folder: Path, tokens: list[int], weights: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Logits (T, V) of the checkpoint in ``folder`` (or of ``weights`` with its config) for ``tokens``."""
+    cfg = json.loads((folder / "config.json").read_text())
+    return forward_weights(cfg, load_weights(folder) if weights is None else weights, tokens)
 
 
 def forward_weights(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
@@ -104,7 +121,8 @@ def forward_weights(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]
     eps = cfg.get("rms_norm_eps", 1e-6)
     theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    cos, sin = rotary(len(tokens), head_dim, theta)  # (T, d) each
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    cos, sin = rotary(len(tokens), head_dim, theta, scaling)  # (T, d) each
     x = weights["model.embed_tokens.weight"][tokens]  # (T, D)
     for i in range(cfg["num_hidden_layers"]):
         prefix = f"model.layers.{i}."

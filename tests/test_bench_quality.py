@@ -3,33 +3,23 @@
 import json
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from edgekit.bench.llama_bench import LLAMA_TOOLS
 from edgekit.bench.quality import calibration_text, compare_quality
 from edgekit.cli import main
 from edgekit.errors import UsageError
+from tests.fixtures.models import announce
 
-REPO = Path(__file__).resolve().parents[1]
-TOOLS = LLAMA_TOOLS
 CTX, CHUNKS = 256, 4  # 4 chunks x 127 scored tokens: enough to order the levels, seconds to run
 
 
 @pytest.fixture(scope="session")
 def tiny_quality(tiny_gguf_f32, tiny_q8_0, tiny_q4_k_m, tiny_q2_k):
     """The f32 file as reference, itself and the three levels as candidates: measured once."""
+    announce(f"measuring quality of Q8_0, Q4_K_M, Q2_K against f32 ({CHUNKS} chunks of {CTX} tokens each)")
     results = compare_quality(tiny_gguf_f32, [tiny_gguf_f32, tiny_q8_0, tiny_q4_k_m, tiny_q2_k], ctx=CTX, chunks=CHUNKS)
     return dict(zip(["ref", "self", "Q8_0", "Q4_K_M", "Q2_K"], results))
-
-
-@pytest.fixture(scope="session")
-def llama_tools() -> Path:
-    """llama.cpp's own tools from the vendored source, built once into LLAMA_TOOLS/bin."""
-    if not (TOOLS / "bin" / "llama-perplexity").exists():
-        subprocess.run([str(REPO / "benchmarks" / "build_llama_tools.sh"), str(TOOLS)], check=True)
-    return TOOLS / "bin"
 
 
 def test_kl_divergence_grows_as_bits_shrink(tiny_quality):
@@ -56,7 +46,7 @@ def test_scores_the_second_half_of_each_chunk(tiny_quality):
     assert ref.is_reference and ref.file_type == "F32"
 
 
-@pytest.mark.slow  # builds llama.cpp's tools once (minutes of CPU) when .cache/llama-tools lacks them
+@pytest.mark.slow  # llama.cpp's llama-perplexity, built by the install step (tests/fixtures/llama_tools.py)
 def test_perplexity_matches_llama_perplexity(tiny_quality, tiny_gguf_f32, llama_tools, tmp_path):
     text = tmp_path / "calibration.txt"
     text.write_text(calibration_text(), encoding="utf-8")

@@ -27,10 +27,10 @@ def report(tiny_gguf_f16, tiny_q8_0, tiny_q4_k_m, tmp_path_factory) -> Path:
     return write_report(tmp_path_factory.mktemp("report") / "report.html", run, quality)
 
 
-def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+def _chromium(*args: str, profile: Path, window: tuple[int, int] = WINDOW) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"]
+             f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}"]
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=False, timeout=120, check=True)
 
 
@@ -106,3 +106,44 @@ def test_report_without_quality_has_no_scatter(report):
     from edgekit.bench.results import BenchRun
 
     assert 'class="chart scatter"' not in render_report(BenchRun("0", "0", {}, ()), ())
+
+
+# --- a steady-load run (--duration) with a captured board's sensors: the time-series charts -------------
+
+TALL = (1280, 4200)  # the time series come after the throughput and latency charts
+
+
+@pytest.fixture(scope="module")
+def steady_report(tiny_q4_k_m, tmp_path_factory) -> Path:
+    """Five seconds of steady load on the tiny model (a reading a second), with the captured Jetson Orin Nano's sensors
+    (INA3221 power, thermal zones, CPU clock): tokens/s, W, °C and MHz over time."""
+    boards = Path(__file__).parent / "boards"
+    config = BenchConfig(models=(tiny_q4_k_m,), prompt_tokens=(16,), gen_tokens=16, threads=1, duration_s=5.0,
+                         sensors_root=boards / "jetson-orin-nano-8gb")
+    run = run_bench(config, progress=lambda _: None)
+    assert len(run.measurements[0].timeline) >= 3
+    return write_report(tmp_path_factory.mktemp("steady") / "steady.html", run)
+
+
+def test_steady_load_report_has_the_four_time_series_and_energy_columns(steady_report, tmp_path):
+    dom = _chromium("--dump-dom", steady_report.as_uri(), profile=tmp_path / "profile").stdout.decode()
+    assert dom.count('class="chart line"') == 4  # tokens/s, power, temperature, clock
+    assert dom.count('class="line"') == 4 and 'class="throttled"' not in dom
+    assert "<th>J/token</th>" in dom and "<th>W</th>" in dom and "No throttling was seen." in dom
+
+
+def test_chromium_draws_the_time_series_lines(steady_report, tmp_path):
+    png = tmp_path / "steady.png"
+    _chromium(f"--screenshot={png}", steady_report.as_uri(), profile=tmp_path / "profile", window=TALL)
+    width, height, pixels = _png_pixels(png.read_bytes())
+    assert (width, height) == TALL
+    target, first = _rgb(PALETTE[0]), int(0.36 * height) * width  # the line charts start below 36 % of the page
+    drawn = sum(1 for p in pixels[first:] if all(abs(p[k] - target[k]) <= 12 for k in range(3)))
+    assert drawn > 4 * 600, f"{drawn} pixels in the line colour"  # four lines across ~750 px of plot
+
+
+def test_throttled_moments_are_marked():
+    from edgekit.bench.charts import Series, line_chart
+
+    svg = line_chart([Series("x", ((0, 1.0), (1, None), (2, 3.0), (3, 2.0)), PALETTE[0])], "t", "W", marks=(2, 3))
+    assert svg.count('class="throttled"') == 2 and svg.count("<polyline") == 2  # the None is a gap

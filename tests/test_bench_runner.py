@@ -23,7 +23,7 @@ from edgekit.engine import Engine
 from edgekit import gguf_file, hardware
 from edgekit.memory import KV_PAD, MiB, kv_bytes_per_layer, shape_of
 from edgekit.plan import Settings
-from tests.test_bench_quality import llama_tools  # noqa: F401  (shared session fixture)
+from tests.fixtures.models import announce
 
 PROMPTS, GEN, REPEAT, CONCURRENCY = (16, 48), 40, 2, (1, 2)  # 40 tokens: long enough that a thread start is noise
 LLAMA_BENCH_FIELDS = {
@@ -41,6 +41,7 @@ def bench_json(tiny_q4_k_m, tmp_path_factory):
     argv = ["bench", str(tiny_q4_k_m), "--prompt-tokens", ",".join(map(str, PROMPTS)), "--gen-tokens", str(GEN),
             "--repeat", str(REPEAT), "--concurrency", ",".join(map(str, CONCURRENCY)), "--threads", "2",
             "--json", "--output", str(folder / "bench.json")]
+    announce(f"running `edgekit {' '.join(argv[:1])}` on the tiny model ({REPEAT} rounds) for the bench tests")
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert main(argv) == 0, err.getvalue()
     return folder / "bench.json", out.getvalue(), err.getvalue()
@@ -179,7 +180,7 @@ def test_unwritable_output_fails_before_measuring(tiny_q4_k_m, capsys):
     assert "does not exist" in captured.err and "[bench]" not in captured.err
 
 
-@pytest.mark.slow  # needs llama-bench, built once into .cache/llama-tools by benchmarks/build_llama_tools.sh
+@pytest.mark.slow  # llama-bench, built by the install step (tests/fixtures/llama_tools.py)
 def test_compare_llama_bench_runs_it_after_each_round_and_pairs_the_rates(tiny_q4_k_m, llama_tools, tmp_path):
     out = tmp_path / "b.json"
     argv = ["bench", str(tiny_q4_k_m), "--prompt-tokens", "32", "--gen-tokens", "16", "--repeat", "3",
@@ -254,6 +255,15 @@ def test_via_mqtt_measures_end_to_end_and_shows_the_transport_apart(tiny_q4_k_m,
         assert s.e2e_ms > s.total_ms > 0 and s.transport_ms > 0
         assert s.ttft_ms > 0 and s.gen_tps > 0 and s.prompt_tokens == 16 and len(s.itl_ms) >= 1
     assert "MQTT ms" in output.format_table(output.table_rows(run))
+
+
+def test_chart_labels_name_the_file_not_only_the_level(bench_run):
+    from edgekit.bench.results import file_label
+
+    assert file_label("tinyllama-Q4_K_M.gguf", "Q4_K_M") == "tinyllama-Q4_K_M"
+    assert file_label("/models/solar.gguf", "Q4_K_M") == "solar Q4_K_M"  # two models, one level: still apart
+    m = bench_run.measurements[0]
+    assert m.label.startswith(Path(m.model.file_name).stem)
 
 
 def test_via_http_measures_ttft_and_inter_token_latency_end_to_end(tiny_q4_k_m, tmp_path):

@@ -164,3 +164,10 @@ def test_cli_pull_error_is_one_line(hub: HubServer, tmp_path: Path) -> None:
     done = _edgekit(["pull", "org/missing", "--file", "x.gguf"], hub.url, tmp_path)
     assert done.returncode == HubError.exit_code and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "repository org/missing not found" in done.stderr
+
+
+def test_cli_pull_of_a_malformed_repo_id_is_a_usage_error(hub: HubServer, tmp_path: Path) -> None:
+    done = _edgekit(["pull", "not/a/repo"], hub.url, tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "'not/a/repo' is not a Hub repository id: give OWNER/NAME" in done.stderr
+    assert "internal" not in done.stderr

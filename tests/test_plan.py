@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -109,23 +110,14 @@ def test_24gb_card_takes_every_layer_of_the_same_model(llama7b):
     assert plan.settings.n_ctx == 4096  # the model's trained context caps the profile's 8192
 
 
-def test_offload_counts_layers_from_the_end():
-    info = validate(sized_gguf_tmp("Q8_0"))
+def test_offload_counts_layers_from_the_end(tmp_path):
+    info = validate(sized_gguf(tmp_path / "m.Q8_0.gguf", "Q8_0", **{**LLAMA2_7B, "n_layer": 4}))
     s = Settings(n_ctx=512)
     one, none = estimate_memory(info, s, 1), estimate_memory(info, s, 0)
     assert one.weights_vram == info.layer_bytes[max(info.layer_bytes)]
     assert none.vram == 0 and none.weights_ram == info.tensor_bytes
     everything = estimate_memory(info, s, -1)
     assert everything.weights_vram == info.tensor_bytes - info.token_embd_bytes
-
-
-def sized_gguf_tmp(level: str, _cache: dict = {}) -> Path:
-    if level not in _cache:
-        import tempfile
-
-        folder = Path(tempfile.mkdtemp(prefix="edgekit-plan-"))
-        _cache[level] = sized_gguf(folder / f"m.{level}.gguf", level, **{**LLAMA2_7B, "n_layer": 4})
-    return _cache[level]
 
 
 def test_jetson_counts_one_pool_and_shrinks_context_to_fit(llama7b):
@@ -276,3 +268,72 @@ def test_plan_total_matches_resident_memory_of_tinyllama_q4_k_m(tinyllama_q4_k_m
     plan = cpu_plan(tinyllama_q4_k_m)
     rss = measured_rss(tinyllama_q4_k_m, plan.settings)
     assert abs(plan.estimate.ram - rss) <= 0.10 * rss, f"plan {plan.estimate.ram / MiB:.0f} MiB, VmRSS {rss / MiB:.0f}"
+
+
+def test_the_prompt_cache_budget_is_counted_in_the_plan(small3b):
+    profile, hw = load_profile("rpi4-4gb"), board("rpi4-4gb")
+    without = plan_for(small3b["Q4_K_M"], profile, hw)
+    with_cache = plan_for(small3b["Q4_K_M"], profile, hw, prompt_cache_mb=256)
+    assert with_cache.settings.prompt_cache_mb == 256
+    assert with_cache.estimate.ram - without.estimate.ram == 256 * MiB
+    assert "prompt cache 256" in "\n".join(with_cache.describe())
+
+
+# --- the box a plan is for: --profile P plans for P's box unless --this-box ----------------------
+
+
+def test_plan_with_a_profile_plans_for_that_box_not_this_one(small3b, capsys):
+    code = main(["plan", str(small3b["Q8_0"]), "--profile", "rpi4-4gb"])
+    assert code == 5  # 3.3 GB of weights on a 4 GB Pi: refused, whatever this machine has
+    assert "small-3b.Q8_0.gguf needs" in capsys.readouterr().err
+    assert main(["plan", str(small3b["Q8_0"]), "--profile", "rpi4-4gb", "--this-box", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["profile"] == "rpi4-4gb" and data["box"].endswith("(this machine)")
+
+
+def test_plan_says_which_box_its_numbers_are_for(small3b, capsys):
+    assert main(["plan", str(small3b["Q3_K_M"]), "--profile", "jetson-agx-orin-64gb"]) == 0
+    out = capsys.readouterr().out
+    assert "box:      a jetson-agx-orin-64gb box (48000 MB usable, 12 cores" in out
+    assert "threads 12/12" in out  # the profile's [box] cores, not this machine's
+
+
+def test_every_command_resolves_settings_through_one_function(tiny_q4_k_m):
+    from edgekit.bench.runner import BenchConfig, resolve_settings
+    from edgekit.plan import settings_for
+    from edgekit.serve.config import ModelConfig
+    from edgekit.serve.engines import settings_for as serve_settings
+
+    planned = settings_for(tiny_q4_k_m, "rpi4-4gb").settings
+    assert (planned.n_threads, planned.n_batch) == (4, 128)  # the Pi's 4 cores and small batches
+    assert serve_settings(ModelConfig(path=tiny_q4_k_m, profile="rpi4-4gb")) == planned
+    benched = resolve_settings(validate(tiny_q4_k_m), BenchConfig(models=(tiny_q4_k_m,), profile="rpi4-4gb"))
+    assert (benched.n_threads, benched.n_batch) == (4, 128)
+    here = serve_settings(ModelConfig(path=tiny_q4_k_m, profile="rpi4-4gb", this_box=True))
+    assert here.n_threads <= detect().physical_cores
+
+
+def test_auto_threads_leave_the_busy_cores_to_their_work(small3b):
+    hw = replace(board("rpi5-8gb"), busy_cores=1.2)
+    plan = plan_for(small3b["Q4_K_M"], load_profile("rpi5-8gb"), hw)
+    assert (plan.settings.n_threads, plan.settings.n_threads_batch) == (3, 3)
+    assert any("less 1 busy with other work" in r for r in plan.reasons)
+    idle = plan_for(small3b["Q4_K_M"], load_profile("rpi5-8gb"), board("rpi5-8gb"))
+    assert (idle.settings.n_threads, idle.settings.n_threads_batch) == (4, 4)
+
+
+def test_a_fixed_thread_count_in_the_profile_is_kept_on_a_busy_box(small3b):
+    base = load_profile("rpi5-8gb")
+    fixed = replace(base, run=replace(base.run, threads=4, threads_batch=4))
+    plan = plan_for(small3b["Q4_K_M"], fixed, replace(board("rpi5-8gb"), busy_cores=3.0))
+    assert (plan.settings.n_threads, plan.settings.n_threads_batch) == (4, 4)
+
+
+def test_detect_sees_a_busy_core():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert detect().busy_cores >= 0.5
+    finally:
+        spinner.kill()
+        spinner.wait()

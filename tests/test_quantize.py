@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import llama_cpp
@@ -126,6 +130,12 @@ def test_corrupt_input_never_reaches_llama_cpp(tiny_gguf_f16: Path, tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken-f16.gguf"]
 
 
+def test_output_file_in_a_missing_folder_is_refused_as_convert_does(tiny_gguf_f16: Path, tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="does not exist"):
+        quantize(tiny_gguf_f16, ["Q8_0"], output=tmp_path / "missing" / "x.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_output_under_a_file_is_refused_before_work(tiny_gguf_f16: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
@@ -166,3 +176,26 @@ def test_cli_quantize_prints_size_and_bits(tiny_gguf_f16: Path, tmp_path: Path, 
     printed = capsys.readouterr().out
     assert f"wrote {out} (Q4_0," in printed and "bits/weight" in printed
     assert validate(out).file_type == "Q4_0"
+
+
+# --- stopping it -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # quantizes the TinyLlama-shaped f16 (a minute at one thread) until the signal
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_stops_quantize_at_once_and_leaves_no_file(tinyllama_f16: Path, tmp_path: Path, sig, code) -> None:
+    out = tmp_path / "out.gguf"
+    run = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "quantize", str(tinyllama_f16), "Q4_K_M",
+                            "-o", str(out), "--threads", "1"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size > 0 for p in tmp_path.glob(".out.gguf.*.tmp")):  # llama.cpp is writing
+        assert run.poll() is None and time.monotonic() < deadline, run.stderr.read() if run.poll() is not None else "no temp file"
+        time.sleep(0.05)
+    sent = time.monotonic()
+    run.send_signal(sig)
+    _, err = run.communicate(timeout=30)
+    took = time.monotonic() - sent
+    assert run.returncode == code, err
+    assert took < 3, f"took {took:.1f} s to stop"  # within a second on an idle box
+    assert list(tmp_path.iterdir()) == []
+    assert "Exception ignored" not in err and "Traceback" not in err

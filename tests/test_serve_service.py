@@ -234,3 +234,12 @@ def test_paths_with_spaces_are_quoted_in_the_unit(tmp_path: Path) -> None:
     unit.write_text(render_unit(UnitSpec(executable=folder / "edgekit", env_dir=tmp_path / "etc dir")))
     assert f'ExecStart="{folder / "edgekit"}" serve --config "{tmp_path / "etc dir"}/edgekit.toml"' in unit.read_text()
     verify(unit)
+
+
+def test_a_relative_env_dir_is_made_absolute(tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    installation = plan_installation(BoxSettings(model=model, profile="cpu-generic"), dest=tmp_path / "d",
+                                     env_dir=Path("etc-edgekit"), executable=EDGEKIT)
+    unit = installation.files[0].text
+    assert f"EnvironmentFile=-{tmp_path}/etc-edgekit/edgekit.env" in unit
+    assert all(f.path.is_absolute() for f in installation.files)

@@ -77,3 +77,13 @@ def test_big_little_board_gets_generation_on_big_cores_and_prompts_on_all(tiny_g
     assert (result.settings.n_threads, result.settings.n_threads_batch) == (4, 8)
     assert result.settings.n_batch == 512
     assert result.profile.run.threads == 4 and result.profile.run.threads_batch == 8
+
+
+def test_tune_writes_to_the_users_config_folder_by_default(tiny_gguf_f16, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)  # outside any checkout: no profiles/ folder here
+    assert main(["tune", str(tiny_gguf_f16), "--threads", "1", "--batch", "64"]) == 0
+    written = tmp_path / "config" / "edgekit" / "profiles" / "local.toml"
+    out = capsys.readouterr().out
+    assert out.startswith(f"{written}:") and "use it with --profile local" in out
+    assert load_profile("local").source == written

@@ -1,7 +1,7 @@
-"""Small inline-SVG charts for the HTML report: bars with error whiskers, box plots, scatter.
+"""Small inline-SVG charts for the HTML report: bars with error whiskers, box plots, scatter, lines.
 
 Our own few functions instead of a charting library: the report must open on a box with
-no internet, so nothing may come from a CDN, and three chart kinds are all it needs.
+no internet, so nothing may come from a CDN, and four chart kinds are all it needs.
 Every chart is a self-contained <svg> string with a <title> for screen readers.
 """
 
@@ -35,6 +35,15 @@ class Bar:
 class Box:
     label: str
     values: tuple[float, ...]
+    colour: str
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line over time: (seconds, value) points; None values leave a gap."""
+
+    label: str
+    points: tuple[tuple[float, float | None], ...]
     colour: str
 
 
@@ -166,14 +175,7 @@ def scatter_chart(points: Sequence[Point], title: str, x_unit: str, y_unit: str,
     xt = nice_ticks(0.0, 1.12 * max((p.x for p in points), default=1.0))  # room for the last label
     yt = nice_ticks(min(0.0, min(ys)) if not log_y else math.floor(min(ys)), max(ys))
     sx, sy = _linear(0.0, xt[-1], left, right), _linear(yt[0], yt[-1], bottom, top)
-    body = []
-    for t in xt:
-        body.append(f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{bottom}" stroke="{GRID}"/>')
-        body.append(f'<text x="{sx(t):.1f}" y="{bottom + 16}" font-size="12" fill="{MUTED}" text-anchor="middle">{_fmt(t)}</text>')
-    for t in yt:
-        label = _fmt(10**t) if log_y else _fmt(t)
-        body.append(f'<line x1="{left}" y1="{sy(t):.1f}" x2="{right}" y2="{sy(t):.1f}" stroke="{GRID}"/>')
-        body.append(f'<text x="{left - 8}" y="{sy(t) + 4:.1f}" font-size="12" fill="{MUTED}" text-anchor="end">{label}</text>')
+    body = _grid(xt, yt, sx, sy, left, right, top, bottom, (lambda t: _fmt(10**t)) if log_y else _fmt)
     body.append(f'<text x="{right}" y="{bottom + 36}" font-size="12" fill="{MUTED}" text-anchor="end">{escape(x_unit)}</text>')
     body.append(f'<text x="{left}" y="{top - 8}" font-size="12" fill="{MUTED}">{escape(y_unit)}</text>')
     for p, y in zip(points, ys):
@@ -182,6 +184,52 @@ def scatter_chart(points: Sequence[Point], title: str, x_unit: str, y_unit: str,
                     f"<title>{escape(p.label)}: {_fmt(p.x)} {escape(x_unit)}, {p.y:.4g} {escape(y_unit)}</title></circle>")
         body.append(f'<text x="{cx + 10:.1f}" y="{cy - 8:.1f}" font-size="13" fill="{INK}">{escape(p.label)}</text>')
     return _svg(height, title, body, "scatter")
+
+
+THROTTLE = "#dc2626"
+
+
+def line_chart(series: Sequence[Series], title: str, unit: str, marks: Sequence[float] = ()) -> str:
+    """Values over time, one line per series; ``marks`` (seconds) are drawn as red bands: throttling."""
+    height, left, right, top, bottom = 260, 80, WIDTH - PAD * 2, PAD + 10, 210
+    xs = [x for s in series for x, _ in s.points] or [1.0]
+    ys = [y for s in series for _, y in s.points if y is not None] or [1.0]
+    xt, yt = nice_ticks(0.0, max(xs)), nice_ticks(min(0.0, min(ys)), max(ys) * 1.05)
+    sx, sy = _linear(0.0, xt[-1], left, right), _linear(yt[0], yt[-1], bottom, top)
+    body = [f'<rect class="throttled" x="{sx(t) - 3:.1f}" y="{top}" width="6" height="{bottom - top}" '
+            f'fill="{THROTTLE}" fill-opacity="0.25"><title>throttled at {_fmt(t)} s</title></rect>' for t in marks]
+    body += _grid(xt, yt, sx, sy, left, right, top, bottom)
+    body.append(f'<text x="{right}" y="{bottom + 36}" font-size="12" fill="{MUTED}" text-anchor="end">seconds</text>')
+    body.append(f'<text x="{left}" y="{top - 8}" font-size="12" fill="{MUTED}">{escape(unit)}</text>')
+    for s in series:
+        for run in _unbroken(s.points):
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in run)
+            body.append(f'<polyline class="line" points="{path}" fill="none" stroke="{s.colour}" stroke-width="2.5">'
+                        f"<title>{escape(s.label)}</title></polyline>")
+    return _svg(height, title, body, "line")
+
+
+def _grid(xt, yt, sx, sy, left, right, top, bottom, y_label=_fmt) -> list[str]:  # type: ignore[no-untyped-def]
+    """Grid lines and tick labels of a chart with two numeric axes."""
+    parts = []
+    for t in xt:
+        parts.append(f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{bottom}" stroke="{GRID}"/>')
+        parts.append(f'<text x="{sx(t):.1f}" y="{bottom + 16}" font-size="12" fill="{MUTED}" text-anchor="middle">{_fmt(t)}</text>')
+    for t in yt:
+        parts.append(f'<line x1="{left}" y1="{sy(t):.1f}" x2="{right}" y2="{sy(t):.1f}" stroke="{GRID}"/>')
+        parts.append(f'<text x="{left - 8}" y="{sy(t) + 4:.1f}" font-size="12" fill="{MUTED}" text-anchor="end">{y_label(t)}</text>')
+    return parts
+
+
+def _unbroken(points: Sequence[tuple[float, float | None]]) -> list[list[tuple[float, float]]]:
+    """Runs of points without a None between them: a sensor that failed for a while is a gap, not 0."""
+    runs: list[list[tuple[float, float]]] = [[]]
+    for x, y in points:
+        if y is None:
+            runs.append([])
+        else:
+            runs[-1].append((x, y))
+    return [r if len(r) > 1 else r * 2 for r in runs if r]
 
 
 def _y(value: float, log_y: bool) -> float:

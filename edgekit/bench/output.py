@@ -32,6 +32,11 @@ _SETTING_COLUMNS = (
     "llama_bench_pp_ts", "llama_bench_tg_ts", "measured_on", "test_time",
 )
 _STATS = ("mean", "stdev", "min", "max", "p50", "p95", "p99")
+# DeviceFigures fields as CSV columns; "n/a" where the box has no sensor (docs/bench-fields.md)
+_DEVICE_COLUMNS = (
+    "avg_power_w", "energy_j", "j_per_token", "tokens_per_j", "temp_max_c", "cpu_mhz_min", "cpu_max_mhz",
+    "throttled", "throttle_reasons", "power_sources", "power_mode", "governor",
+)
 
 
 def csv_row(m: Measurement) -> dict[str, Any]:
@@ -42,8 +47,20 @@ def csv_row(m: Measurement) -> dict[str, Any]:
     row.update({name: getattr(m, name) for name in _SETTING_COLUMNS})
     for figure in SUMMARY_FIGURES:
         summary = m.figure(figure).to_dict()
-        row.update({f"{figure}_{stat}": round(summary[stat], 4) for stat in _STATS})
+        row.update({f"{figure}_{stat}": round(summary[stat], 4) if summary["n"] else "n/a" for stat in _STATS})
     row.update(llama_bench_ratios(m))
+    row.update(device_columns(m))
+    return row
+
+
+def device_columns(m: Measurement) -> dict[str, Any]:
+    """The power and heat figures, flat: lists joined with "+", missing ones "n/a" (never 0)."""
+    row: dict[str, Any] = {}
+    for name in _DEVICE_COLUMNS:
+        value = getattr(m.device, name)
+        if isinstance(value, tuple):
+            value = "+".join(value) if value else ("n/a" if name == "power_sources" else "")
+        row[name] = "n/a" if value is None else round(value, 4) if isinstance(value, float) else value
     return row
 
 
@@ -143,6 +160,15 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
 
 
+def _p50(m: Measurement, figure: str) -> str:
+    summary = m.figure(figure)
+    return f"{summary.p50:.0f}" if summary.n == len(m.samples) and summary.n else f"{summary.n} of {len(m.samples)}"
+
+
+def _na(value: Any, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
 def _mb(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:.0f}"
 
@@ -164,7 +190,14 @@ def table_rows(run: BenchRun) -> list[dict[str, str]]:
             "e2e p50/95/99 ms": f"{e2e.p50:.0f}/{e2e.p95:.0f}/{e2e.p99:.0f}",
             "queue ms": f"{m.figure('queue_ms').mean:.0f}",
             "peak RSS MB": _mb(m.peak_rss_bytes),
+            "W": _na(m.device.avg_power_w, "{:.1f}"),
+            "J/token": _na(m.device.j_per_token, "{:.3f}"),
+            "max °C": _na(m.device.temp_max_c, "{:.0f}"),
+            "throttled": _na(m.device.throttled, "{}").replace("True", "yes").replace("False", "no"),
         }
+        if m.mode.startswith("assist"):
+            row["60 chars ms"] = _p50(m, "speech_60_ms")
+            row["tool call ms"] = _p50(m, "tool_call_ms")
         if m.mode in ("mqtt", "http"):  # through a daemon: what its transport cost beyond the engine
             row[f"{m.mode.upper()} ms"] = f"{m.figure('transport_ms').p50:.1f}"
         if m.llama_bench_tg_ts:

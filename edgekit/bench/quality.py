@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -81,10 +81,12 @@ def compare_quality(
     ctx: int = DEFAULT_CTX,
     chunks: int | None = None,
     threads: int | None = None,
+    progress: Callable[[str], None] = log.info,
 ) -> list[QualityResult]:
     """Perplexity of the reference and each candidate, with KL and top-1 against the reference.
 
-    Returns the reference's result first, then one per candidate in the order given.
+    Returns the reference's result first, then one per candidate in the order given;
+    ``progress`` hears of every chunk ("Q4_K_M.gguf: chunk 3/8").
     """
     if ctx < 8 or ctx % 2:
         raise UsageError(f"--ctx {ctx}: use an even context of at least 8 tokens (e.g. 256)")
@@ -94,12 +96,12 @@ def compare_quality(
     with tempfile.TemporaryDirectory(prefix="edgekit-quality-") as tmp:
         with _loaded(infos[0].path, ctx, threads) as llm:
             plan = _plan_chunks(llm, text, ctx, chunks)
-            ref_logits = _reference_logits(llm, plan, Path(tmp) / "reference.f32")
+            ref_logits = _reference_logits(llm, plan, Path(tmp) / "reference.f32", _chunk_progress(infos[0], progress))
         results = [_score(infos[0], plan, ref_logits, ref_logits, True)]
         for info in infos[1:]:
             with _loaded(info.path, ctx, threads) as llm:
                 _check_same_vocab(llm, infos[0].path, info.path, ref_logits.shape[-1])
-                results.append(_score(info, plan, ref_logits, _logits(llm, plan), False))
+                results.append(_score(info, plan, ref_logits, _logits(llm, plan, _chunk_progress(info, progress)), False))
     return results
 
 
@@ -153,20 +155,25 @@ def _chunk_logits(llm: Any, chunk: np.ndarray, first: int) -> np.ndarray:
     return np.array(llm.scores[first : len(chunk) - 1], dtype=np.float32)
 
 
-def _reference_logits(llm: Any, plan: _ChunkPlan, spill: Path) -> np.ndarray:
+def _chunk_progress(info: gguf_file.GGUFInfo, progress: Callable[[str], None]) -> Callable[[int, int], None]:
+    return lambda done, total: progress(f"{info.path.name}: chunk {done}/{total}")
+
+
+def _reference_logits(llm: Any, plan: _ChunkPlan, spill: Path, chunk_done: Callable[[int, int], None]) -> np.ndarray:
     """The reference's logits for every chunk, spilled to disk (they can be hundreds of MB)."""
     n_chunk, ctx = plan.chunks.shape
     shape = (n_chunk, ctx - plan.first - 1, llm.n_vocab())
     out = np.lib.format.open_memmap(spill, mode="w+", dtype=np.float32, shape=shape)
     for i, chunk in enumerate(plan.chunks):
         out[i] = _chunk_logits(llm, chunk, plan.first)
-        log.info("reference chunk %d/%d", i + 1, n_chunk)
+        chunk_done(i + 1, n_chunk)
     return out
 
 
-def _logits(llm: Any, plan: _ChunkPlan) -> Iterator[np.ndarray]:
-    for chunk in plan.chunks:
+def _logits(llm: Any, plan: _ChunkPlan, chunk_done: Callable[[int, int], None]) -> Iterator[np.ndarray]:
+    for i, chunk in enumerate(plan.chunks):
         yield _chunk_logits(llm, chunk, plan.first)
+        chunk_done(i + 1, len(plan.chunks))
 
 
 def _check_same_vocab(llm: Any, ref: Path, cand: Path, n_vocab: int) -> None:

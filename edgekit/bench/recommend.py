@@ -24,8 +24,8 @@ from edgekit import gguf_file
 from edgekit.bench.quality import QualityResult, compare_quality
 from edgekit.bench.results import BenchRun, Measurement
 from edgekit.errors import DoesNotFit, UsageError
-from edgekit.hardware import GPU, Hardware, detect
-from edgekit.profiles import Profile, matches
+from edgekit.plan import Target, settings_for, target_for
+from edgekit.profiles import Profile
 
 PLAIN_TYPES = ("F32", "F16", "BF16")  # a reference must be one of these
 SPEED_PROMPT_TOKENS = 128  # the prompt the TTFT target is judged on
@@ -82,47 +82,14 @@ def gguf_files(inputs: Sequence[Path]) -> list[Path]:
     return files
 
 
-def target_hardware(profile: Profile, root: Path | None = None) -> tuple[Hardware, str]:
-    """The box to plan for: a captured root, this box if it matches the profile, else the profile's nominal box."""
-    if root is not None:
-        hw = detect(root)
-        return hw, f"{hw.summary()} (captured at {root})"
-    here = detect()
-    if matches(profile.match, here):
-        return here, f"{here.summary()} (this machine)"
-    return nominal_hardware(profile), (
-        f"the nominal {profile.name} box: {profile.match.min_memory_mb or '?'} MB usable, from the profile's "
-        "match rule (this machine is not one; pass --root with a captured board for its real memory)"
-    )
-
-
-def nominal_hardware(profile: Profile) -> Hardware:
-    """The smallest box the profile matches: its minimum memory (and VRAM), 4 cores."""
-    rule = profile.match
-    memory = rule.min_memory_mb or 4096
-    gpus: tuple[GPU, ...] = ()
-    if rule.gpu == "integrated":
-        gpus = (GPU("integrated (nominal)", memory, memory, integrated=True),)
-    elif rule.gpu == "cuda":
-        vram = rule.min_vram_mb or 8192
-        gpus = (GPU("CUDA GPU (nominal)", vram, vram),)
-    return Hardware(
-        arch=rule.arch[0] if rule.arch else "aarch64", cpu_model="nominal", logical_cpus=4, physical_cores=4,
-        big_cores=4, clusters=((1024, 4),), memory_total_mb=memory, memory_available_mb=memory,
-        board=rule.boards[0] if rule.boards else None, gpus=gpus, unified_memory=rule.gpu == "integrated",
-    )
-
-
-def fit_options(files: Sequence[Path], profile: Profile, hw: Hardware) -> list[Option]:
+def fit_options(files: Sequence[Path], target: Target) -> list[Option]:
     """Ask the planner about each file alone: fits or not, with its context and RAM."""
-    from edgekit.plan import plan_for
-
     options = []
     for path in files:
         info = gguf_file.validate(path)
         base = Option(str(path), info.file_type or "?", info.size, fits=False, fit_note="")
         try:
-            plan = plan_for([info], profile, hw)
+            plan = settings_for([info], target=target)
         except DoesNotFit as exc:
             options.append(dataclasses.replace(base, fit_note=str(exc)))
             continue
@@ -264,11 +231,12 @@ def _reasons(best: Option, good: list[Option], t: Targets, default_level: str) -
 
 def recommend(inputs: Sequence[Path], profile: Profile, targets: Targets, *, reference: Path | None = None,
               bench_json: Path | None = None, quality_json: Path | None = None, root: Path | None = None,
-              threads: int | None = None) -> Recommendation:
+              threads: int | None = None, this_box: bool = False) -> Recommendation:
     """Plan, measure (or read) speed and quality, and choose; DoesNotFit when nothing qualifies."""
     files = gguf_files(inputs)
-    hw, box = target_hardware(profile, root)
-    options = fit_options(files, profile, hw)
+    target = target_for(profile, this_box=this_box, root=root)
+    box = target.box
+    options = fit_options(files, target)
     fitting = [o.path for o in options if o.fits]
     run = BenchRun.from_dict(read_json(bench_json, "--bench-json")) if bench_json else (
         measure_speed(fitting, threads) if fitting else None)

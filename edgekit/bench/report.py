@@ -13,10 +13,12 @@ from html import escape
 from pathlib import Path
 
 from edgekit.atomic import write_text
-from edgekit.bench.charts import PALETTE, Bar, Box, Point, bar_chart, box_chart, legend, scatter_chart
+from edgekit.bench.charts import (
+    PALETTE, Bar, Box, Point, Series, bar_chart, box_chart, legend, line_chart, scatter_chart,
+)
 from edgekit.bench.output import llama_bench_ratios, table_rows
 from edgekit.bench.quality import QualityResult, quality_table
-from edgekit.bench.results import BenchRun, Measurement
+from edgekit.bench.results import BenchRun, Measurement, file_label
 
 _CSS = """
 body{margin:0;background:#f9fafb;color:#1f2937;font:16px/1.55 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif}
@@ -50,7 +52,7 @@ def render_report(run: BenchRun | None, quality: Sequence[QualityResult] = (), t
     parts = [f"<h1>{escape(title)}</h1>", f'<p class="sub">{escape(_subtitle(run))}</p>']
     if run and run.measurements:
         parts += [_cards(run), legend(list(colours.items())), _speed_section(run, colours),
-                  _latency_section(run, colours), _table_section(run)]
+                  _latency_section(run, colours), _timeline_section(run, colours), _table_section(run)]
     if quality:
         parts.append(_quality_section(quality, colours))
     if run and run.measurements and quality:
@@ -148,6 +150,34 @@ def _latency_section(run: BenchRun, colours: dict[str, str]) -> str:
             + _figure("Time to first token (queue included)", ttft) + _figure("End-to-end latency per request", e2e))
 
 
+# TimePoint field -> (chart title, unit) for the steady-load (--duration) charts
+_TIME_SERIES = (
+    ("tokens_per_s", "Generation over time", "tokens/s"),
+    ("power_w", "Power over time", "W"),
+    ("temp_c", "Temperature over time (hottest zone)", "°C"),
+    ("cpu_mhz", "CPU clock over time (fastest core)", "MHz"),
+)
+
+
+def _timeline_section(run: BenchRun, colours: dict[str, str]) -> str:
+    """Tokens/s, power, temperature and clock over a --duration run, throttling marked in red;
+    a chart only for what some sensor measured."""
+    timed = [m for m in run.measurements if m.timeline]
+    if not timed:
+        return ""
+    marks = sorted({p.t_s for m in timed for p in m.timeline if p.throttled})
+    parts = ["<h2>Steady load over time</h2>"]
+    for name, title, unit in _TIME_SERIES:
+        series = [Series(m.label, tuple((p.t_s, getattr(p, name)) for p in m.timeline), colours[m.model.file_type])
+                  for m in timed]
+        if any(y is not None for s in series for _, y in s.points):
+            parts.append(_figure(title, line_chart(series, title, unit, marks)))
+    note = ("Throttled moments are shaded red." if marks else "No throttling was seen.") + (
+        " Power is the energy between two readings over their interval; tokens/s spreads each request's tokens "
+        "evenly over its span.")
+    return "".join(parts) + f'<p class="note">{escape(note)}</p>'
+
+
 def _figure(title: str, svg: str) -> str:
     return f"<section><h3>{escape(title)}</h3>{svg}</section>"
 
@@ -164,13 +194,15 @@ def _html_table(rows: Sequence[dict[str, str]]) -> str:
 def _table_section(run: BenchRun) -> str:
     note = ("TTFT, tokens/s: mean ± sample stdev over all counted requests (warm-up runs excluded). "
             "Queue: time a request waited behind others (concurrency > 1). Peak RSS: VmHWM of the engine's "
-            "worker process. Loads: cold after dropping the file from the page cache, warm on the second load.")
+            "worker process. Loads: cold after dropping the file from the page cache, warm on the second load. "
+            "W, J/token: average power and energy per generated token over the requests' spans, from the box's "
+            "sensors (n/a: no sensor). Max °C: the hottest thermal zone.")
     return f'<h2>Summary</h2><section>{_html_table(table_rows(run))}<p class="note">{escape(note)}</p></section>'
 
 
 def _quality_section(quality: Sequence[QualityResult], colours: dict[str, str]) -> str:
     points = [
-        Point(q.file_type or "?", q.size_bytes / 1e6, q.kl_mean, colours[q.file_type or "?"])
+        Point(file_label(q.path, q.file_type), q.size_bytes / 1e6, q.kl_mean, colours[q.file_type or "?"])
         for q in quality if not q.is_reference
     ]
     chart = scatter_chart(points, "Size against quality", "file size, MB", "KL divergence vs reference (nats, log)",

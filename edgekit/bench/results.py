@@ -7,6 +7,7 @@ earlier (``BenchRun.from_dict``) exactly as they read a fresh run.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from edgekit.bench.stats import Summary, mean, percentile, summarize
@@ -29,11 +30,23 @@ class Sample:
     e2e_ms: float  # submit to final record, as the caller saw it
     itl_ms: tuple[float, ...] = ()  # per-token gaps after the first token
     repeat_index: int = 0  # the round it was measured in (0 .. repeats-1)
+    started_s: float | None = None  # time.monotonic() at submit and at the final record: the span
+    ended_s: float | None = None  # whose energy the sensors' readings give
+    # --workload assist, from the call and read off the stream: the 60th character of the spoken
+    # answer (Home Assistant starts text-to-speech there) and the end of a complete tool call
+    speech_60_ms: float | None = None
+    tool_call_ms: float | None = None
 
     @property
     def transport_ms(self) -> float:
         """What the caller waited beyond the engine's own total (which includes its queue): MQTT's cost."""
         return max(0.0, self.e2e_ms - self.total_ms)
+
+
+def file_label(file_name: str, file_type: str | None) -> str:
+    """"tinyllama-Q4_K_M" for a chart row: the level alone cannot tell two models apart."""
+    stem = Path(file_name).stem
+    return stem if file_type and file_type.lower() in stem.lower() else f"{stem} {file_type or '?'}"
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,47 @@ class ModelFacts:
     size_bytes: int
     n_params: int
     tensor_bytes: int
+
+
+@dataclass(frozen=True)
+class DeviceFigures:
+    """Power, energy, heat and clocks over one setting's requests; None (n/a) where the box has
+    no sensor for a figure, never 0. docs/bench-fields.md describes each field."""
+
+    power_sources: tuple[str, ...] = ()
+    power_mode: str | None = None  # Jetson `nvpmodel -q`
+    governor: str | None = None  # cpufreq scaling_governor
+    energy_j: float | None = None
+    seconds: float | None = None  # the requests' spans, overlaps counted once
+    avg_power_w: float | None = None
+    j_per_token: float | None = None  # per generated token (the prompt's work included)
+    tokens_per_j: float | None = None
+    temp_max_c: float | None = None
+    cpu_mhz_min: float | None = None
+    cpu_max_mhz: float | None = None  # the cpufreq policy's maximum
+    throttled: bool | None = None
+    throttle_reasons: tuple[str, ...] = ()
+    sample_interval_s: float | None = None
+    readings: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceFigures:
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    """One moment of a steady load: the rate and the box's state, for the report's time series."""
+
+    t_s: float  # since the setting's first request
+    tokens_per_s: float | None
+    power_w: float | None
+    temp_c: float | None
+    cpu_mhz: float | None
+    gpu_mhz: float | None
+    throttled: bool | None
 
 
 @dataclass(frozen=True)
@@ -82,6 +136,8 @@ class Measurement:
     # llama-bench's rate in each round, run after each of our rounds (empty when it ran once, apart)
     llama_bench_pp_samples: tuple[float, ...] = ()
     llama_bench_tg_samples: tuple[float, ...] = ()
+    device: DeviceFigures = DeviceFigures()
+    timeline: tuple[TimePoint, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def figure(self, name: str) -> Summary:
@@ -90,7 +146,7 @@ class Measurement:
             return summarize([gap for s in self.samples for gap in s.itl_ms])
         if name == "transport_ms":
             return summarize([s.transport_ms for s in self.samples])
-        return summarize([getattr(s, name) for s in self.samples])
+        return summarize([getattr(s, name) for s in self.samples if getattr(s, name) is not None])
 
     def round_means(self, name: str) -> list[float]:
         """The mean of one figure in each round, in round order (concurrent requests share a round)."""
@@ -120,8 +176,9 @@ class Measurement:
 
     @property
     def label(self) -> str:
-        """Short name of the setting for tables and charts."""
-        return f"{self.model.file_type} pp{self.prompt_tokens} tg{self.gen_tokens} c{self.concurrency} {self.mode}"
+        """Short name of the setting for tables and charts: the file, its level, the setting."""
+        return (f"{file_label(self.model.file_name, self.model.file_type)} pp{self.prompt_tokens} "
+                f"tg{self.gen_tokens} c{self.concurrency} {self.mode}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -133,16 +190,21 @@ class Measurement:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["model"] = ModelFacts(**data["model"])
+        sample_fields = {f.name for f in fields(Sample)}  # a newer file's extra fields are skipped
         values["samples"] = tuple(
-            Sample(**{**s, "itl_ms": tuple(s.get("itl_ms", ()))}) for s in data["samples"]
+            Sample(**{**{k: v for k, v in s.items() if k in sample_fields}, "itl_ms": tuple(s.get("itl_ms", ()))})
+            for s in data["samples"]
         )
         for name in ("llama_bench_pp_samples", "llama_bench_tg_samples"):
             values[name] = tuple(data.get(name, ()))
+        values["device"] = DeviceFigures.from_dict(data.get("device") or {})
+        values["timeline"] = tuple(TimePoint(**p) for p in data.get("timeline", ()))
         return cls(**values)
 
 
 # Per-request figures summarized in outputs, in the order a reader wants them.
-SUMMARY_FIGURES = ("ttft_ms", "prompt_tps", "gen_tps", "itl_ms", "e2e_ms", "queue_ms", "transport_ms")
+SUMMARY_FIGURES = ("ttft_ms", "prompt_tps", "gen_tps", "itl_ms", "e2e_ms", "queue_ms", "transport_ms",
+                   "speech_60_ms", "tool_call_ms")
 
 
 @dataclass(frozen=True)

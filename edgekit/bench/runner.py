@@ -12,7 +12,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +23,12 @@ from edgekit.bench import memory
 from edgekit.bench.llama_bench import (
     LlamaBenchRounds, attach_llama_bench, fits_beside, llama_bench_commands, run_llama_bench,
 )
+from edgekit.bench.energy import with_device_figures
 from edgekit.bench.prompts import PromptMaker
 from edgekit.bench.quality import calibration_text
 from edgekit.bench.results import BenchRun, Measurement, ModelFacts, Sample
+from edgekit.bench.sampler import sampler_for
+from edgekit.bench.sensors import Sensors
 from edgekit.bench.stats import differences
 from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import EngineError, UsageError
@@ -38,6 +41,7 @@ Progress = Callable[[str], None]
 Send = Callable[[Request], tuple[list[Chunk], Result, float]]
 
 _CTX_MARGIN = 16  # context beyond prompt + answer: BOS and the engine's +1 check
+WORKLOADS = ("prompts", "assist")
 
 
 @dataclass(frozen=True)
@@ -52,14 +56,26 @@ class BenchConfig:
     warmup: int = 1
     threads: int | None = None
     profile: str | None = None
+    this_box: bool = False  # with profile: plan for this machine, not the profile's box
     via: str | None = None  # mqtt://host:port or http://host:port: also measure through a running daemon
     prefix: str | None = None
     llama_bench: Path | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
+    sensors: bool = True  # sample power, heat and clocks during the runs (edgekit/bench/sensors)
+    sensors_root: Path = Path("/")  # a captured board's files instead of this box's
+    duration_s: float | None = None  # steady load: rounds until this many seconds have passed
+    workload: str = "prompts"  # or "assist": Home Assistant's request (edgekit/bench/workload.py)
+    entities: int = 50  # exposed entities in the assist workload
 
     def check(self) -> None:
         if self.repeat < 1 or self.gen_tokens < 2 or self.warmup < 0:
             raise UsageError("--repeat must be at least 1 and --gen-tokens at least 2")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise UsageError("--duration takes a positive number of seconds, e.g. 600")
+        if self.workload not in WORKLOADS or self.entities < 0:
+            raise UsageError(f"--workload takes one of {', '.join(WORKLOADS)}; --entities a count from 0")
+        if self.workload == "assist" and (self.llama_bench or self.via):
+            raise UsageError("--workload assist measures the engine alone: leave out --compare-llama-bench and --via")
         if any(n < 1 for n in self.prompt_tokens) or any(c < 1 for c in self.concurrency):
             raise UsageError("--prompt-tokens and --concurrency take positive numbers, e.g. 32,256 and 1,4")
         if self.llama_bench and not self.llama_bench.is_file():  # before minutes of measuring
@@ -77,16 +93,19 @@ def run_bench(config: BenchConfig, progress: Progress = log.info) -> BenchRun:
     measurements: list[Measurement] = []
     for path in config.models:
         measurements += bench_model(path, config, progress)
+    host = host_facts()
+    if config.sensors:  # the power mode, governor and sensors are also in every measurement's device figures
+        host["sensors"] = Sensors(config.sensors_root).facts().to_dict()
     return BenchRun(
         edgekit_version=__version__, llama_cpp_version=_llama_cpp_version(),
-        host=host_facts(), measurements=tuple(measurements),
+        host=host, measurements=tuple(measurements),
     )
 
 
 def bench_model(path: Path, config: BenchConfig, progress: Progress) -> list[Measurement]:
     """All settings of one model: in-process, then through the daemon if asked."""
     info = gguf_file.validate(path)
-    settings = resolve_settings(info, config)
+    settings = resolve_settings(info, config, progress)
     facts = model_facts(info)
     from edgekit.engine import Engine  # the engine pulls in llama.cpp: import on use
 
@@ -99,12 +118,14 @@ def bench_model(path: Path, config: BenchConfig, progress: Progress) -> list[Mea
         maker = PromptMaker(calibration_text(), lambda text: engine.tokenize(text, add_bos=True, special=True))
         context = MeasureContext(facts, settings, cold_ms, warm_ms, "engine", config)
         rounds = _alternating_llama_bench(config, info, settings, progress)
-        found = measure(context, engine_send(engine), maker, progress, rounds)
-        pid = _child_pid(engine)
-        rss, gpu = memory.peak_rss_bytes(pid), memory.gpu_memory_bytes(pid)
-        found = [dataclasses.replace(m, peak_rss_bytes=rss, gpu_memory_bytes=gpu) for m in found]
-        if config.via:
-            found += _via_daemon(config, facts, settings, maker, progress)
+        with sampler_for(config.sensors, config.sensors_root) as sampler:
+            found = _measure_workload(context, engine, maker, progress, rounds)
+            pid = _child_pid(engine)
+            rss, gpu = memory.peak_rss_bytes(pid), memory.gpu_memory_bytes(pid)
+            found = [dataclasses.replace(m, peak_rss_bytes=rss, gpu_memory_bytes=gpu) for m in found]
+            if config.via:
+                found += _via_daemon(config, facts, settings, maker, progress)
+        found = with_device_figures(found, sampler, series=config.duration_s is not None)
     if rounds is not None:
         found = attach_llama_bench(found, rounds.figures, alternated=True)
     elif config.llama_bench:
@@ -115,24 +136,34 @@ def bench_model(path: Path, config: BenchConfig, progress: Progress) -> list[Mea
     return found
 
 
-def resolve_settings(info: gguf_file.GGUFInfo, config: BenchConfig) -> Settings:
+def _measure_workload(ctx: MeasureContext, engine: Any, maker: PromptMaker, progress: Progress,
+                      rounds: Callable[[int], None] | None) -> list[Measurement]:
+    if ctx.config.workload == "assist":
+        from edgekit.bench.workload import measure_assist
+
+        return measure_assist(ctx, engine, progress)
+    return measure(ctx, engine_send(engine), maker, progress, rounds)
+
+
+def resolve_settings(info: gguf_file.GGUFInfo, config: BenchConfig, progress: Progress = log.info) -> Settings:
     """The profile's plan for this file (or llama.cpp's defaults), with room for the longest test."""
     settings = Settings()
     if config.profile:
-        settings = _planned_settings(info.path, config.profile)
+        from edgekit.plan import settings_for  # planner: only with --profile
+
+        plan = settings_for([info], config.profile, this_box=config.this_box)
+        progress(f"{info.path.name}: settings of profile {plan.profile} for {plan.box}; measured on this machine")
+        settings = plan.settings
     threads = config.threads or settings.n_threads or os.cpu_count() or 1
     need = max(config.prompt_tokens) + config.gen_tokens + _CTX_MARGIN
+    if config.workload == "assist":  # sized before the tokenizer loads: a token a character at worst
+        from edgekit.bench.workload import ANSWER_TOKENS, prompt_chars
+
+        need = max(need, prompt_chars(config.entities) + ANSWER_TOKENS + _CTX_MARGIN)
     return dataclasses.replace(
         settings, n_threads=threads, n_threads_batch=config.threads or settings.n_threads_batch or threads,
         n_ctx=max(settings.n_ctx, need),
     )
-
-
-def _planned_settings(path: Path, profile_name: str) -> Settings:
-    from edgekit import hardware, plan, profiles  # planner: only with --profile
-
-    profile = profiles.load_profile(profile_name)
-    return plan.plan_for([path], profile, hardware.detect()).settings
 
 
 @dataclass(frozen=True)
@@ -162,16 +193,30 @@ def measure(ctx: MeasureContext, send: Send, maker: PromptMaker, progress: Progr
             progress(f"{ctx.facts.file_name} {ctx.mode} pp{n}: warm-up {i + 1}/{config.warmup}")
             _round(send, maker, n, config.gen_tokens, 1, 0)
     samples: dict[tuple[int, int], list[Sample]] = {key: [] for key in keys}
-    for r in range(config.repeat):
+    done = 0
+    for r, of in rounds_of(config):
         for n, c in keys:
-            progress(f"{ctx.facts.file_name} {ctx.mode} pp{n} tg{config.gen_tokens} c{c}: repeat {r + 1}/{config.repeat}")
+            progress(f"{ctx.facts.file_name} {ctx.mode} pp{n} tg{config.gen_tokens} c{c}: repeat {r + 1}/{of}")
             samples[(n, c)] += _round(send, maker, n, config.gen_tokens, c, r)
         if after_round:
             after_round(r)
-    return [_measurement(ctx, n, c, samples[(n, c)]) for n, c in keys]
+        done = r + 1
+    return [dataclasses.replace(measurement_from(ctx, n, c, samples[(n, c)]), repeats=done) for n, c in keys]
 
 
-def _measurement(ctx: MeasureContext, n_prompt: int, concurrency: int, samples: list[Sample]) -> Measurement:
+def rounds_of(config: BenchConfig) -> Iterator[tuple[int, str]]:
+    """(round index, "of" for progress): ``repeat`` rounds, or rounds until ``duration_s`` has passed."""
+    if config.duration_s is None:
+        yield from ((r, str(config.repeat)) for r in range(config.repeat))
+        return
+    deadline = time.monotonic() + config.duration_s
+    r = 0
+    while r == 0 or time.monotonic() < deadline:
+        yield r, f"{max(0.0, deadline - time.monotonic()):.0f} s left"
+        r += 1
+
+
+def measurement_from(ctx: MeasureContext, n_prompt: int, concurrency: int, samples: list[Sample]) -> Measurement:
     config, s = ctx.config, ctx.settings
     return Measurement(
         model=ctx.facts, mode=ctx.mode, prompt_tokens=n_prompt, gen_tokens=config.gen_tokens,
@@ -190,10 +235,22 @@ def _round(send: Send, maker: PromptMaker, n_prompt: int, gen_tokens: int, concu
         Request(prompt=maker.next(n_prompt), max_tokens=gen_tokens, temperature=0.0, seed=0)
         for _ in range(concurrency)
     ]
+    run = timed(send)
     if concurrency == 1:
-        return [_sample(*send(requests[0]), index)]
+        return [sample_from(*run(requests[0]), index)]
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return [_sample(*done, index) for done in pool.map(send, requests)]
+        return [sample_from(*done, index) for done in pool.map(run, requests)]
+
+
+def timed(send: Send) -> Callable[[Request], tuple[list[Chunk], Result, float, float, float]]:
+    """``send`` with the request's span on the monotonic clock the sensors' readings use."""
+
+    def run(request: Request) -> tuple[list[Chunk], Result, float, float, float]:
+        started = time.monotonic()
+        chunks, result, e2e_ms = send(request)
+        return chunks, result, e2e_ms, started, time.monotonic()
+
+    return run
 
 
 def engine_send(engine: Any) -> Send:
@@ -215,7 +272,8 @@ def _collect(records: Iterable[Chunk | Result]) -> tuple[list[Chunk], Result]:
     raise EngineError("the engine's stream ended without a final result")
 
 
-def _sample(chunks: list[Chunk], result: Result, e2e_ms: float, repeat_index: int) -> Sample:
+def sample_from(chunks: list[Chunk], result: Result, e2e_ms: float, started_s: float | None, ended_s: float | None,
+            repeat_index: int) -> Sample:
     t = result.timings
     token_ms = [ms for c in chunks for ms in c.token_ms]
     if token_ms and len(token_ms) == sum(c.tokens for c in chunks):  # each token's own time
@@ -228,6 +286,7 @@ def _sample(chunks: list[Chunk], result: Result, e2e_ms: float, repeat_index: in
         prompt_tps=t.prompt_tokens_per_s, gen_tokens=t.completion_tokens,
         generation_ms=t.generation_ms, gen_tps=t.generation_tokens_per_s,
         queue_ms=t.queue_ms, total_ms=t.total_ms, e2e_ms=e2e_ms, itl_ms=tuple(itl), repeat_index=repeat_index,
+        started_s=started_s, ended_s=ended_s,
     )
 
 

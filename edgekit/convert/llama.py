@@ -1,6 +1,8 @@
-"""The Llama family (Llama, Mistral): hyperparameters, expected tensors, Q/K permutation, rope.
+"""The Llama family (Llama 2/3, Mistral, SmolLM) and Qwen2: hyperparameters, expected tensors, Q/K permutation, rope.
 
-Follows llama.cpp's convert_hf_to_gguf.py (LlamaModel) for what goes into the GGUF.
+Follows llama.cpp's convert_hf_to_gguf.py (LlamaModel, Qwen2Model) for what goes into the GGUF.
+Qwen2 is a Llama with biases on Q, K and V; llama.cpp runs it with NEOX-style rope, which
+rotates the halves of each head just as Hugging Face stores them, so its Q/K rows stay put.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ log = logging.getLogger(__name__)
 ARCHITECTURES: dict[str, gguf.MODEL_ARCH] = {
     "LlamaForCausalLM": gguf.MODEL_ARCH.LLAMA,
     "MistralForCausalLM": gguf.MODEL_ARCH.LLAMA,
+    "Qwen2ForCausalLM": gguf.MODEL_ARCH.QWEN2,
 }
+# Architectures whose rope llama.cpp applies to interleaved pairs (the others rotate halves, as HF does).
+INTERLEAVED_ROPE = (gguf.MODEL_ARCH.LLAMA,)
+QWEN2_BIASES = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")  # no o_proj bias
 
 # Expected tensors in Hugging Face layout ([out, in]); dims are LlamaParams.dims() names.
 MODEL_TENSORS: dict[str, tuple[str, ...]] = {
@@ -41,7 +47,7 @@ LAYER_TENSORS: dict[str, tuple[str, ...]] = {
     "mlp.up_proj.weight": ("ffn", "hidden"),
     "mlp.down_proj.weight": ("hidden", "ffn"),
 }
-BIAS_TENSORS: dict[str, tuple[str, ...]] = {  # only with "attention_bias": true
+BIAS_TENSORS: dict[str, tuple[str, ...]] = {  # Llama: only with "attention_bias": true; Qwen2: Q, K, V always
     "self_attn.q_proj.bias": ("q_dim",),
     "self_attn.k_proj.bias": ("kv_dim",),
     "self_attn.v_proj.bias": ("kv_dim",),
@@ -73,7 +79,7 @@ class LlamaParams:
     rope_theta: float
     rope: dict[str, Any] = field(default_factory=dict)  # rope scaling parameters, {} when none
     tied: bool = False
-    attention_bias: bool = False
+    attention_bias: bool = False  # Llama's "attention_bias": biases on Q, K, V and O
     sliding_window: int | None = None
     dtype: str | None = None
 
@@ -101,7 +107,7 @@ class LlamaParams:
                 rope=rope,
                 tied=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
                 attention_bias=bool(text.get("attention_bias", False)),
-                sliding_window=text.get("sliding_window"),
+                sliding_window=text.get("sliding_window") if text.get("use_sliding_window", True) else None,
                 dtype=config.get("dtype") or config.get("torch_dtype"),
             )
         except KeyError as exc:
@@ -110,6 +116,16 @@ class LlamaParams:
             raise ModelFormatError(f"config.json has a malformed value: {exc}") from None
         params._check(text)
         return params
+
+    @property
+    def arch(self) -> gguf.MODEL_ARCH:
+        return ARCHITECTURES[self.architecture]
+
+    def bias_tensors(self) -> dict[str, tuple[str, ...]]:
+        """The per-layer bias tensors this checkpoint must hold, with their dims."""
+        if self.arch == gguf.MODEL_ARCH.QWEN2:
+            return {name: BIAS_TENSORS[name] for name in QWEN2_BIASES}
+        return BIAS_TENSORS if self.attention_bias else {}
 
     def dims(self) -> dict[str, int]:
         """Named sizes used by the tensor tables."""
@@ -159,7 +175,7 @@ def _rope_parameters(text: dict[str, Any]) -> dict[str, Any]:
 def expected_tensors(params: LlamaParams) -> dict[str, tuple[int, ...]]:
     """Every tensor the checkpoint must hold, with its shape; lm_head is optional when tied."""
     dims = params.dims()
-    layer = dict(LAYER_TENSORS, **(BIAS_TENSORS if params.attention_bias else {}))
+    layer = dict(LAYER_TENSORS, **params.bias_tensors())
     table = dict(MODEL_TENSORS)
     if not params.tied:
         table[OUTPUT_TENSOR] = ("vocab", "hidden")
@@ -193,6 +209,8 @@ def check_tensors(params: LlamaParams, found: dict[str, TensorRef]) -> dict[str,
 
 def permute_heads(params: LlamaParams, hf_name: str) -> int | None:
     """How many heads to permute this tensor's rows by (Q: n_head, K: n_head_kv), or None."""
+    if params.arch not in INTERLEAVED_ROPE:
+        return None
     for prefix, count in PERMUTED.items():
         if f".{prefix}." in hf_name:
             return getattr(params, count)
@@ -213,7 +231,11 @@ def permute_rows(rows: np.ndarray, n_groups: int) -> np.ndarray:
 
 
 def add_hparams(writer: gguf.GGUFWriter, params: LlamaParams) -> None:
-    """The llama.* keys llama.cpp reads for this architecture."""
+    """The <arch>.* keys llama.cpp reads for this architecture.
+
+    key_length and value_length are written always (llama.cpp writes them only when config.json
+    has head_dim): tools that read the file, such as memory estimators, need not guess them.
+    """
     writer.add_vocab_size(params.vocab)
     writer.add_context_length(params.context_length)
     writer.add_embedding_length(params.hidden)
@@ -224,9 +246,8 @@ def add_hparams(writer: gguf.GGUFWriter, params: LlamaParams) -> None:
     writer.add_layer_norm_rms_eps(params.rms_eps)
     writer.add_rope_dimension_count(params.head_dim)
     writer.add_rope_freq_base(params.rope_theta)
-    if params.head_dim != params.hidden // params.n_head:
-        writer.add_key_length(params.head_dim)
-        writer.add_value_length(params.head_dim)
+    writer.add_key_length(params.head_dim)
+    writer.add_value_length(params.head_dim)
     _add_rope_scaling(writer, params.rope)
 
 

@@ -1,7 +1,8 @@
-"""The SentencePiece vocabulary, added tokens, special ids and chat template of a checkpoint.
+"""The vocabulary, added tokens, special ids and chat template of a checkpoint.
 
-Mirrors llama.cpp's convert_hf_to_gguf.py (_create_vocab_sentencepiece); special ids, the
-add_bos/add_eos flags and the chat template come from gguf-py's own SpecialVocab.
+A tokenizer.model is read as SentencePiece (llama.cpp's _create_vocab_sentencepiece), else a
+tokenizer.json as byte-level BPE (bpe.py), in the order llama.cpp's converter tries them. Special
+ids, merges, the add_bos/add_eos flags and the chat template come from gguf-py's SpecialVocab.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 import gguf
 from sentencepiece import SentencePieceProcessor
 
-from edgekit.errors import ModelFormatError, UnsupportedModel
+from edgekit.convert import bpe
+from edgekit.errors import ModelFormatError
 
 log = logging.getLogger(__name__)
 
@@ -24,34 +26,76 @@ ADDED_SCORE = -1000.0  # llama.cpp's score for added and padding tokens
 UNUSED_SCORE = -10000.0
 
 
+SMOLLM_VOCAB = 49152  # llama.cpp's LlamaModel: a Llama with this vocabulary (SmolLM, granite) adds no BOS
+
+
 @dataclass
 class Vocab:
-    """Token texts, scores and types, index = token id; plus gguf-py's special tokens."""
+    """Token texts, scores and types, index = token id; plus gguf-py's special tokens (and merges)."""
 
-    tokens: list[bytes]
-    scores: list[float]
+    tokens: list[bytes] | list[str]
+    scores: list[float] | None  # SentencePiece only
     types: list[int]
     special: gguf.SpecialVocab
+    model: str = "llama"  # tokenizer.ggml.model: "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+    pre: str = "default"  # tokenizer.ggml.pre
+    add_space_prefix: bool | None = None  # tokenizer_config.json's add_prefix_space, for Llama
 
     def add_to(self, writer: gguf.GGUFWriter) -> None:
         """Write tokenizer.ggml.* keys and the chat template."""
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
+        writer.add_tokenizer_model(self.model)
+        writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
-        writer.add_token_scores(self.scores)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
         writer.add_token_types(self.types)
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
         self.special.add_to_gguf(writer, quiet=True)
 
 
-def load_vocab(folder: Path, vocab_size: int) -> Vocab:
+def load_vocab(folder: Path, vocab_size: int, arch: gguf.MODEL_ARCH = gguf.MODEL_ARCH.LLAMA) -> Vocab:
+    """The checkpoint's vocabulary padded to the model's vocab_size: tokenizer.model, else tokenizer.json."""
+    if (folder / TOKENIZER_MODEL).is_file():
+        vocab = load_sentencepiece_vocab(folder, vocab_size)
+    elif (folder / bpe.TOKENIZER_JSON).is_file():
+        vocab = load_bpe_vocab(folder, vocab_size)
+    else:
+        raise ModelFormatError(
+            f"{folder} has neither {TOKENIZER_MODEL} nor {bpe.TOKENIZER_JSON} (the tokenizer); re-download the checkpoint"
+        )
+    if arch == gguf.MODEL_ARCH.LLAMA:  # what llama.cpp's LlamaModel.set_vocab adds for its family
+        vocab.add_space_prefix = _json(folder / "tokenizer_config.json").get("add_prefix_space")
+        if vocab_size == SMOLLM_VOCAB:
+            vocab.special.add_special_token["bos"] = False
+    return vocab
+
+
+def load_bpe_vocab(folder: Path, vocab_size: int) -> Vocab:
+    """tokenizer.json's byte-level BPE: tokens, types, merges, the pre-tokenizer llama.cpp must use."""
+    tokenizer = bpe.read_tokenizer(folder)
+    pre = bpe.pre_tokenizer_name(tokenizer, folder / bpe.TOKENIZER_JSON)
+    tokens, types = bpe.bpe_tokens(tokenizer, vocab_size)
+    special = _special_vocab(folder, vocab_size, load_merges=True)
+    if not special.merges:
+        raise ModelFormatError(f"{folder / bpe.TOKENIZER_JSON} has no merges; re-download it")
+    if bpe.has_byte_level_post_processor(_json(folder / bpe.TOKENIZER_JSON)):
+        # a ByteLevel post-processor adds nothing: newer gguf-py (llama.cpp's own) records that explicitly
+        special.add_special_token.setdefault("bos", False)
+        special.add_special_token.setdefault("eos", False)
+    return Vocab(tokens=tokens, scores=None, types=types, special=special, model="gpt2", pre=pre)
+
+
+def _special_vocab(folder: Path, vocab_size: int, load_merges: bool = False) -> gguf.SpecialVocab:
+    try:
+        return gguf.SpecialVocab(folder, load_merges=load_merges, n_vocab=vocab_size)
+    except ValueError as exc:  # e.g. "pad_token_id": -1 in config.json
+        raise ModelFormatError(f"{folder}: bad special token in config.json or tokenizer files: {exc}") from None
+
+
+def load_sentencepiece_vocab(folder: Path, vocab_size: int) -> Vocab:
     """Read tokenizer.model and the added tokens; pad or trim to the model's vocab_size."""
     path = folder / TOKENIZER_MODEL
-    if not path.is_file():
-        if (folder / "tokenizer.json").is_file():
-            raise UnsupportedModel(
-                f"{folder} has a tokenizer.json but no {TOKENIZER_MODEL}; only SentencePiece tokenizers are supported"
-            )
-        raise ModelFormatError(f"{path} is missing (the SentencePiece tokenizer); re-download the checkpoint")
     sp = SentencePieceProcessor()
     try:
         sp.LoadFromFile(str(path))
@@ -63,10 +107,7 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
     _fill_sentencepiece(sp, tokens, scores, types)
     for token_id, content, special in _added_tokens(folder):
         _set_added(tokens, scores, types, token_id, content, special)
-    try:
-        special_vocab = gguf.SpecialVocab(folder, n_vocab=vocab_size)
-    except ValueError as exc:  # e.g. "pad_token_id": -1 in config.json
-        raise ModelFormatError(f"{folder}: bad special token in config.json or tokenizer files: {exc}") from None
+    special_vocab = _special_vocab(folder, vocab_size)
     _fill_special_defaults(special_vocab, sp, tokens, folder)
     return Vocab(tokens=tokens, scores=scores, types=types, special=special_vocab)
 
@@ -111,18 +152,13 @@ def _set_added(tokens: list[bytes], scores: list[float], types: list[int], token
     if token_id >= len(tokens):
         log.warning("added token %r has id %d, beyond the model's vocab of %d; ignored", content, token_id, len(tokens))
         return
-    if special or _looks_special(content):
+    if special or bpe.looks_special(content):
         types[token_id] = int(gguf.TokenType.CONTROL)
     else:
         content = content.replace("\u2581", " ")  # llama.cpp pre-normalizes user-defined spaces
         types[token_id] = int(gguf.TokenType.USER_DEFINED)
     scores[token_id] = ADDED_SCORE
     tokens[token_id] = content.encode("utf-8")
-
-
-def _looks_special(content: str) -> bool:
-    """llama.cpp's does_token_look_special: <|...|>, <...> control-looking words."""
-    return (content.startswith("<|") and content.endswith("|>")) or content in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
 
 
 def _fill_special_defaults(special: gguf.SpecialVocab, sp: SentencePieceProcessor, tokens: list[bytes], folder: Path) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gguf
+import numpy as np
 
 from edgekit import __version__
 from edgekit.atomic import atomic_path, check_writable_dir
@@ -90,7 +91,7 @@ def plan_conversion(hf_dir: Path, outtype: str, merges: tuple[LoraMerge, ...] = 
         raise UsageError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
     checkpoint = open_checkpoint(hf_dir)
     params = LlamaParams.from_config(checkpoint.config)
-    vocab = load_vocab(hf_dir, params.vocab)
+    vocab = load_vocab(hf_dir, params.vocab, params.arch)
     sources = check_tensors(params, checkpoint.tensors)
     for merge in merges:
         check_base(merge.adapter, {name: ref.shape for name, ref in sources.items()}, str(hf_dir))
@@ -135,13 +136,12 @@ def _report(progress: Progress, name: str, written: Iterator[int], total: int) -
 
 def _add_metadata(writer: gguf.GGUFWriter, plan: ConversionPlan) -> None:
     source = source_of(plan.checkpoint.path)
-    writer.add_name(_model_name(plan, source))
+    _model_metadata(plan, source).set_gguf_meta_model(writer)
+    writer.add_type(gguf.GGUFType.MODEL)
     writer.add_file_type(OUTTYPES[plan.outtype][1])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_hparams(writer, plan.params)
     plan.vocab.add_to(writer)
-    if repo := source.get("repo"):
-        writer.add_source_url(f"https://huggingface.co/{repo}")
     for key, value in source.items():
         writer.add_string(f"edgekit.source.{key}", value)
     writer.add_string("edgekit.converter", f"edgekit {__version__}")
@@ -167,6 +167,18 @@ def source_of(hf_dir: Path) -> dict[str, str]:
     return source
 
 
-def _model_name(plan: ConversionPlan, source: dict[str, str]) -> str:
-    name = source.get("repo") or plan.checkpoint.config.get("_name_or_path") or plan.checkpoint.path.resolve().name
-    return str(name).rstrip("/").split("/")[-1]
+def _model_metadata(plan: ConversionPlan, source: dict[str, str]) -> gguf.Metadata:
+    """general.*: gguf-py's Metadata, filled as llama.cpp's converter fills it (model card, folder-name
+    heuristics, generation_config's sampling defaults, size label), named after the Hub repo when known."""
+    folder = plan.checkpoint.path.resolve()
+    n_params = sum(int(np.prod(tensor.source.shape)) for _, tensor in plan.tensors)
+    repo = source.get("repo")
+    metadata = gguf.Metadata.load(None, folder, repo.split("/")[-1] if repo else None, n_params)
+    metadata.name = metadata.name or folder.name  # llama.cpp's last resort too
+    if repo:
+        metadata.source_url = f"https://huggingface.co/{repo}"
+    if metadata.size_label is None:
+        metadata.size_label = gguf.size_label(n_params, 0, 0, 0)
+    if metadata.sampling_penalty_repeat is None:  # newer gguf-py (llama.cpp's own) reads transformers' name too
+        metadata.sampling_penalty_repeat = gguf.Metadata.load_generation_config(folder).get("repetition_penalty")
+    return metadata

@@ -22,6 +22,7 @@ from edgekit.engine import tools as toolcalls
 from edgekit.engine import worker
 from edgekit.engine.adapters import check_adapter, check_adapter_files
 from edgekit.engine.chat import ChatTemplate
+from edgekit.engine.prompt_cache import SHARED_BYTES, CacheStats, PromptCacheConfig
 from edgekit.engine.process import WorkerDied, WorkerProcess, is_error, unwrap
 from edgekit.engine.records import Chunk, ModelInfo, Request, Result, Timings
 from edgekit.engine.worker import Job
@@ -46,17 +47,21 @@ class Engine:
         validate: bool = True,
         restart: bool = True,
         start_timeout_s: float = 120,
+        prompt_cache: PromptCacheConfig | None = None,
     ) -> None:
         self.model = Path(model)
         self.settings = settings or Settings()
         self.validate = validate
         self.restart = restart
         self.start_timeout_s = start_timeout_s
+        self.prompt_cache = prompt_cache
         # The cancel flag lives in shared memory: the child reads it between tokens and
-        # between graph nodes of a prompt batch, with no message to wait for.
+        # between graph nodes of a prompt batch, with no message to wait for. The prompt
+        # cache's counters follow it, so metrics never wait for a running request.
         self._cancel_fd = os.memfd_create("edgekit-cancel")
-        os.ftruncate(self._cancel_fd, 8)
+        os.ftruncate(self._cancel_fd, SHARED_BYTES)
         self._cancel_seq = worker.shared_flag(self._cancel_fd)
+        self._cache_counters = worker.shared_counters(self._cancel_fd)
         self._cancel_seq.value = -1
         self._run_lock = threading.Lock()  # one request (or tokenize) in the child at a time
         self._state_lock = threading.Lock()  # guards the request bookkeeping below
@@ -117,6 +122,30 @@ class Engine:
             return current.ping(PING_TIMEOUT_S)
 
     # --- requests ---------------------------------------------------------------------------
+
+    def warm(self, request: Request) -> Result:
+        """Put the request's prompt into the prompt cache (restored or evaluated), generating nothing.
+
+        The same as ``complete(replace(request, warm=True))``: for a front end's load/warm request
+        (MQTT ``warm``, Ollama's empty-messages load). The Result has no text;
+        ``timings.cached_prompt_tokens`` says how much of the prompt was cached already.
+        """
+        return self.complete(dataclasses.replace(request, warm=True))
+
+    def warm_cache(self, recent: int = 4) -> dict[str, float]:
+        """Read the ``recent`` most recently used saved states into RAM and restore the newest
+        into the context (at boot, before READY); returns {states, bytes, ms}."""
+        with self._run_lock:
+            current = self._ensure_worker()
+            try:
+                current.send(("warm_cache", recent))
+                return unwrap(current.recv(), "warmed")
+            except WorkerDied:
+                raise self._crashed(current, "warming the prompt cache") from None
+
+    def cache_stats(self) -> CacheStats | None:
+        """The prompt cache's hits, misses and bytes (None when the engine runs without one); never waits."""
+        return CacheStats.of(self._cache_counters) if self.prompt_cache is not None else None
 
     def stream(self, request: Request) -> Iterator[Chunk | Result]:
         """Yield the answer's chunks in order; the last item is the Result."""
@@ -269,7 +298,7 @@ class Engine:
 
             info = gguf_file.validate(self.model)
             check_adapter_files(info.architecture, self.settings.lora)
-        self._worker = WorkerProcess(self.model, self.settings, self._cancel_fd)
+        self._worker = WorkerProcess(self.model, self.settings, self._cancel_fd, self.prompt_cache)
 
     def _crashed(self, current: WorkerProcess, what: str) -> EngineError:
         """Reap a dead worker, start the next one (without waiting), and describe the failure."""

@@ -19,6 +19,8 @@ import llama_cpp
 import numpy as np
 
 from edgekit.engine.forced import ForcedText
+from edgekit.engine.kv_state import capture_state, restore_state
+from edgekit.engine.prompt_cache import PromptCache, common_prefix
 from edgekit.engine.records import Chunk, FinishReason, Result, Timings, ToolCall
 from edgekit.engine.sampling import SamplerChain
 from edgekit.engine.text import TextAssembler
@@ -47,9 +49,11 @@ class _Progress:
 class Runner:
     """Serves jobs one after another on one Llama, keeping its KV cache between them."""
 
-    def __init__(self, llm: Any, cancel_seq: Any, adapters: Any = None) -> None:
+    def __init__(self, llm: Any, cancel_seq: Any, adapters: Any = None, cache: PromptCache | None = None) -> None:
         self._llm = llm
         self._adapters = adapters  # edgekit.engine.adapters.Adapters, or None (no LoRA support needed)
+        self._adapter_active = False  # the prompt cache's saved states are the bare model's only
+        self._cache_all = cache
         self._cancel_seq = cancel_seq  # c_long in shared memory: equals job.seq when that job is cancelled
         self._seq = -1
         self._request_id = ""
@@ -68,6 +72,10 @@ class Runner:
         adapter = self._use_adapter(job.request)
         tokens = self._tokenize_prompt(job)
         progress.prompt_tokens = len(tokens)
+        if job.request.warm:  # fill the cache with the prompt's state, generate nothing
+            reason: FinishReason = "stop" if self._prefill(tokens, progress) else "cancelled"
+            progress.t_end = time.perf_counter()
+            return _result(job, reason, progress)
         sampler = SamplerChain(self._vocab, self._llm.n_vocab(), job.request, tool_grammar(job.tools) if job.tools else None)
         try:
             if self._prefill(tokens, progress):
@@ -86,7 +94,33 @@ class Runner:
         choice = self._adapters.choice(request)
         if self._adapters.use(choice):
             self._llm.n_tokens = 0  # the next eval drops the KV cache (see _reuse_prefix)
+        self._adapter_active = choice[0] is not None
         return choice
+
+    @property
+    def _cache(self) -> PromptCache | None:
+        """The prompt cache, off while a LoRA adapter runs: its states hold the bare model's KV."""
+        return None if self._adapter_active else self._cache_all
+
+    def after_reply(self) -> None:
+        """Save the context's state to the prompt cache, once the answer is on its way."""
+        llm, cache = self._llm, self._cache
+        if cache is None or llm.n_tokens == 0:
+            return
+        tokens = np.array(llm.input_ids[: llm.n_tokens], dtype=np.int32)
+        if cache.wants(tokens):
+            cache.save(tokens, capture_state(llm))
+
+    def warm_cache(self, recent: int) -> dict[str, float]:
+        """Read the most recently used states into RAM and restore the newest into the context."""
+        t0 = time.perf_counter()
+        if self._cache is None:
+            return {"states": 0, "bytes": 0, "ms": 0.0}
+        states, size = self._cache.warm(recent)
+        newest = self._cache.most_recent()
+        if newest is not None:
+            self._restore(newest)
+        return {"states": states, "bytes": size, "ms": (time.perf_counter() - t0) * 1000}
 
     def tokenize(self, text: str, add_bos: bool, special: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
@@ -109,8 +143,10 @@ class Runner:
     def _prefill(self, tokens: Sequence[int], progress: _Progress) -> bool:
         """Evaluate the uncached part of the prompt in n_batch pieces; False if cancelled."""
         llm = self._llm
-        progress.cached = self._reuse_prefix(tokens)
         t0 = time.perf_counter()
+        self._restore_cached(tokens)
+        progress.cached = self._reuse_prefix(tokens)
+        self._count(progress.cached)
         llama_cpp.llama_set_abort_callback(llm.ctx, self._abort, None)
         try:
             for i in range(progress.cached, len(tokens), llm.n_batch):
@@ -120,6 +156,35 @@ class Runner:
             llama_cpp.llama_set_abort_callback(llm.ctx, _NO_ABORT, None)
             progress.t_prompt = time.perf_counter() - t0
         return True
+
+    def _restore_cached(self, tokens: Sequence[int]) -> None:
+        """Restore the saved state sharing the longest prefix, when it beats what the context holds."""
+        cache, llm = self._cache, self._llm
+        if cache is None:
+            return
+        wanted = np.asarray(tokens, dtype=np.int32)
+        name, shared = cache.best(wanted)
+        in_context = common_prefix(llm.input_ids[: llm.n_tokens], wanted)
+        if name is not None and shared - in_context >= cache.min_tokens:
+            self._restore(name)
+
+    def _restore(self, name: str) -> None:
+        cache = self._cache
+        assert cache is not None
+        loaded = cache.load(name)
+        if loaded is None:
+            return
+        if restore_state(self._llm, *loaded):
+            cache.counters.restores += 1
+        else:
+            cache.drop(name, "llama.cpp refused the state")
+
+    def _count(self, cached: int) -> None:
+        if self._cache is not None:
+            if cached >= self._cache.min_tokens:
+                self._cache.counters.hits += 1
+            else:
+                self._cache.counters.misses += 1
 
     def _reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Keep the KV cache of the longest common prefix with the last request; return its length."""

@@ -31,7 +31,7 @@ class WorkerDied(Exception):
 class WorkerProcess:
     """One worker process with its request pipe and its heartbeat pipe."""
 
-    def __init__(self, model: Path, settings: Settings, cancel_fd: int) -> None:
+    def __init__(self, model: Path, settings: Settings, cancel_fd: int, prompt_cache: Any = None) -> None:
         self.model = model
         self.conn, child_conn = Pipe()
         self.heartbeat, child_heartbeat = Pipe()
@@ -43,7 +43,7 @@ class WorkerProcess:
         )
         child_conn.close()  # so that our recv() sees EOF when the worker dies
         child_heartbeat.close()
-        self.conn.send((str(model), settings))
+        self.conn.send((str(model), settings, prompt_cache))
         self.ready = False
 
     @property

@@ -63,6 +63,9 @@ class Request:
     stream_interval_ms: float = 100.0
     adapter: str | None = None  # a LoRA loaded with the model (Settings.lora), by name; None: the bare model
     adapter_scale: float | None = None  # None: the adapter's own scale from Settings.lora
+    # Only put the prompt into the prompt cache (restored or evaluated) and answer with no text:
+    # MQTT's `warm` request, Ollama's load request. max_tokens and sampling are ignored.
+    warm: bool = False
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 

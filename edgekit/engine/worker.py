@@ -5,11 +5,12 @@ this process and not the caller. llama_cpp is imported inside main(), so the par
 never loads libllama. The parent starts us as ``python -m edgekit.engine
 CONN_FD HEARTBEAT_FD CANCEL_FD`` (a plain subprocess: unlike multiprocessing's spawn,
 it never re-imports the caller's __main__); CANCEL_FD is a memfd holding the shared
-cancel flag, and the first message on CONN_FD is (model path, Settings).
+cancel flag and the prompt cache's counters, and the first message on CONN_FD is
+(model path, Settings, PromptCacheConfig or None).
 
 Messages, child -> parent: ("ready", ModelInfo) | ("error", error class name, message)
-| Chunk | Result | ("tokens", [int]). Parent -> child: ("generate", Job) |
-("tokenize", text, add_bos, special) | ("close",).
+| Chunk | Result | ("tokens", [int]) | ("warmed", {states, bytes, ms}). Parent -> child:
+("generate", Job) | ("tokenize", text, add_bos, special) | ("warm_cache", recent) | ("close",).
 A second pipe answers "ping" with "pong" from its own thread, so liveness can be
 checked while a request runs (llama.cpp releases the GIL while it computes).
 """
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgekit import errors
+from edgekit.engine.prompt_cache import COUNTERS_OFFSET, SHARED_BYTES, Counters, PromptCache, PromptCacheConfig
 from edgekit.engine.records import ModelInfo, Request
 from edgekit.engine.tools import ToolPlan
 from edgekit.plan import Settings
@@ -50,7 +52,12 @@ class Job:
 
 def shared_flag(fd: int) -> ctypes.c_long:
     """A C long in shared memory (the memfd ``fd``): the cancel flag both processes see."""
-    return ctypes.c_long.from_buffer(mmap.mmap(fd, ctypes.sizeof(ctypes.c_long)))
+    return ctypes.c_long.from_buffer(mmap.mmap(fd, SHARED_BYTES))
+
+
+def shared_counters(fd: int) -> Counters:
+    """The prompt cache's counters, after the cancel flag in the same memfd."""
+    return Counters.from_buffer(mmap.mmap(fd, SHARED_BYTES), COUNTERS_OFFSET)
 
 
 def run_from_argv(argv: list[str]) -> None:
@@ -58,18 +65,20 @@ def run_from_argv(argv: list[str]) -> None:
     conn, heartbeat = Connection(int(argv[0])), Connection(int(argv[1]))
     cancel_seq = shared_flag(int(argv[2]))
     try:
-        model_path, settings = conn.recv()
+        model_path, settings, cache_config = conn.recv()
     except (EOFError, OSError):
         return
-    main(model_path, settings, conn, heartbeat, cancel_seq)
+    main(model_path, settings, conn, heartbeat, cancel_seq, cache_config, shared_counters(int(argv[2])))
 
 
-def main(model_path: str, settings: Settings, conn: Any, heartbeat: Any, cancel_seq: Any) -> None:
+def main(model_path: str, settings: Settings, conn: Any, heartbeat: Any, cancel_seq: Any,
+         cache_config: PromptCacheConfig | None = None, counters: Counters | None = None) -> None:
     """Load the model, say "ready" (or why not), then serve until "close" or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it cancels)
     threading.Thread(target=_answer_pings, args=(heartbeat,), daemon=True, name="heartbeat").start()
     try:
         llm, info, adapters = _load(model_path, settings)
+        cache = _open_cache(model_path, settings, cache_config, counters)
     except errors.EdgekitError as exc:
         conn.send(("error", type(exc).__name__, str(exc)))
         return
@@ -79,7 +88,28 @@ def main(model_path: str, settings: Settings, conn: Any, heartbeat: Any, cancel_
     from edgekit.engine.generate import Runner
 
     conn.send(("ready", info))
-    _serve(Runner(llm, cancel_seq, adapters), conn)
+    try:
+        _serve(Runner(llm, cancel_seq, adapters, cache), conn)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _open_cache(model_path: str, settings: Settings, config: PromptCacheConfig | None,
+                counters: Counters | None) -> PromptCache | None:
+    """The prompt cache under this model's key (reads its folder's headers), or None when off."""
+    import llama_cpp
+
+    from edgekit.engine.prompt_cache import cache_key
+
+    if config is None:
+        return None
+    try:
+        key, label = cache_key(model_path, settings, llama_cpp.__version__)
+        return PromptCache(config, key, label, settings.prompt_cache_mb << 20, counters or Counters())
+    except OSError as exc:  # an unwritable cache folder costs speed, not the service
+        log.warning("prompt cache off: cannot use %s (%s); fix its permissions or set cache_dir", config.dir, exc)
+        return None
 
 
 def _answer_pings(heartbeat: Any) -> None:
@@ -112,6 +142,16 @@ def _serve(runner: Any, conn: Any) -> None:
             conn.send(reply)
         except OSError:
             return
+        if message[0] == "generate":
+            _after_reply(runner)
+
+
+def _after_reply(runner: Any) -> None:
+    """Work that may wait until the answer is sent (saving to the prompt cache); never fails a request."""
+    try:
+        runner.after_reply()
+    except Exception:
+        log.exception("engine worker: saving the prompt cache failed")
 
 
 def _handle(runner: Any, conn: Any, message: tuple) -> Any:
@@ -120,6 +160,8 @@ def _handle(runner: Any, conn: Any, message: tuple) -> Any:
         return runner.run(message[1], conn.send)
     if kind == "tokenize":
         return ("tokens", runner.tokenize(*message[1:]))
+    if kind == "warm_cache":
+        return ("warmed", runner.warm_cache(message[1]))
     raise errors.EngineError(f"engine worker got an unknown message {kind!r}")
 
 

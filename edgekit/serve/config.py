@@ -36,6 +36,7 @@ class ModelConfig:
     path: Path | None = None  # the GGUF file (required)
     profile: str | None = None  # profile name or TOML path; None = chosen for this box
     ctx: int | None = None  # context window override; None = the profile's
+    this_box: bool = False  # plan for this machine even when it is not one of the profile's boxes
     warm_up: bool = True  # run one tiny request before announcing READY/online
 
 
@@ -109,6 +110,19 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """The prompt cache: saved KV states of long prompt prefixes, kept across restarts."""
+
+    enabled: bool = True
+    dir: Path | None = None  # None = <daemon state_dir>/prompt-cache
+    ram_mb: int = 256  # states held in RAM (the memory plan counts it); more wait on disk
+    disk_mb: int = 2048  # cap on the folder; least recently used states are deleted first
+    min_tokens: int = 64  # prefixes shorter than this are neither saved nor restored
+    warm_recent: int = 4  # at start, before READY/online: restore this many most recently used states
+    warm_prompts: tuple[str, ...] = ()  # system prompts evaluated at start (as a system message) unless cached
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Everything `edgekit serve` needs."""
 
@@ -118,6 +132,7 @@ class ServeConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     @property
     def device_id(self) -> str:
@@ -138,6 +153,10 @@ class ServeConfig:
         base = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
         return Path(base) if base else Path.home() / ".local" / "state" / "edgekit" / self.device_id
 
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache.dir or self.state_dir / "prompt-cache"
+
 
 # Short environment names (what the systemd env file uses); every field also has
 # EDGEKIT_<SECTION>_<FIELD>, e.g. EDGEKIT_LIMITS_QUEUE_SIZE.
@@ -156,6 +175,8 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "model": ("model", "path"),
     "profile": ("model", "profile"),
+    "this_box": ("model", "this_box"),
+    "ctx": ("model", "ctx"),
     "broker": ("broker", "url"),
     "prefix": ("topics", "prefix"),
     "device_id": ("topics", "device_id"),
@@ -346,6 +367,10 @@ def _convert(value: Any, kind: type) -> Any:
         return value
     if kind is Path and isinstance(value, (str, Path)):
         return Path(value).expanduser()
+    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a TOML list, or one string from the environment
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list) and all(isinstance(v, str) for v in items):
+            return tuple(items)
     return None
 
 
@@ -360,12 +385,15 @@ def _check(config: ServeConfig) -> None:
     limits = config.limits
     positive = {"limits.max_payload_bytes": limits.max_payload_bytes, "limits.max_tokens": limits.max_tokens,
                 "limits.queue_size": limits.queue_size, "broker.keepalive_s": config.broker.keepalive_s,
-                "http.max_body_bytes": config.http.max_body_bytes}
+                "http.max_body_bytes": config.http.max_body_bytes,
+                "cache.disk_mb": config.cache.disk_mb}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"setting {key} = {value}: must be at least 1")
     if limits.max_request_s is not None and limits.max_request_s <= 0:
         raise ConfigError(f"setting limits.max_request_s = {limits.max_request_s}: must be above 0 (seconds)")
+    if config.cache.ram_mb < 0 or config.cache.min_tokens < 1 or config.cache.warm_recent < 0:
+        raise ConfigError("cache.ram_mb and cache.warm_recent must be >= 0 and cache.min_tokens >= 1")
     if not 1 <= limits.default_max_tokens <= limits.max_tokens:
         raise ConfigError("setting limits.default_max_tokens must be between 1 and limits.max_tokens")
     if any(c in config.prefix for c in "#+$") or config.prefix.endswith("/"):

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import EdgekitError, EngineError
@@ -125,6 +125,11 @@ class Core:
             running = [self._running] if self._running is not None else []
         return [j for j in running + self.queue.snapshot() if j.owner == owner and j.request_id == request_id]
 
+    def cache_stats(self) -> Any:
+        """The engine's prompt-cache counters (CacheStats), None without a cache; never waits."""
+        engine = self.engine
+        return engine.cache_stats() if engine is not None else None
+
     @property
     def busy(self) -> bool:
         return self._running is not None
@@ -155,7 +160,7 @@ class Core:
         """The engine, opened again if keep_alive 0 unloaded it (caller holds the engine lock)."""
         self._unload_requested = False  # a request came first: it keeps the model
         if self.engine is None:
-            self.engine = open_engine(self.config.model)
+            self.engine = open_engine(self.config.model, self.config.cache, self.config.cache_dir)
             self.unloaded = False
             log.info("model loaded again after keep_alive 0")
         return self.engine
@@ -180,7 +185,7 @@ class Core:
     def start(self) -> None:
         """Model first (READY means warm), then the front ends."""
         self.notifier.status("loading the model")
-        self.engine = open_engine(self.config.model)
+        self.engine = open_engine(self.config.model, self.config.cache, self.config.cache_dir)
         if self.config.limits.max_request_s is None:
             self._per_token_s = seconds_per_token(self.engine)
             log.info("time limit per request: 30 s + 3 x %.0f ms per token of max_tokens and a quarter of the "
@@ -276,7 +281,7 @@ class Core:
         self.notifier.reloading("reloading the model")
         try:
             model = self._reread().model if self._reread else self.config.model
-            new = open_engine(model)
+            new = open_engine(model, self.config.cache, self.config.cache_dir)
         except EdgekitError as exc:
             log.error("reload failed, still serving %s: %s", model_name(self.config), exc)
             self.notifier.ready(f"reload failed: {exc}")

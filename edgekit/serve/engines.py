@@ -7,13 +7,15 @@ edgekit.engine.Engine it uses, so the MQTT side reads without the engine's inter
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import ConfigError, ContextOverflow, TooLarge
 from edgekit.plan import Settings
-from edgekit.serve.config import ModelConfig
+from edgekit.serve.config import CacheConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +32,27 @@ class EngineLike(Protocol):
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]: ...
     def render_prompt(self, messages: Any) -> str: ...
     def prompt_text(self, request: Request) -> tuple[str, bool]: ...
+    def cache_stats(self) -> Any: ...  # edgekit.engine.prompt_cache.CacheStats, or None without a cache
 
 
-def open_engine(model: ModelConfig) -> EngineLike:
-    """Start the engine on ``model.path`` and run the warm-up request; raises our errors on failure."""
+def open_engine(model: ModelConfig, cache: CacheConfig | None = None, cache_dir: Path | None = None) -> EngineLike:
+    """Start the engine on ``model.path``, run the warm-up request and warm the prompt cache
+    (so READY/online mean warm); raises our errors on failure."""
     from edgekit.engine import Engine
+    from edgekit.engine.prompt_cache import PromptCacheConfig
 
     if model.path is None:
         raise ConfigError("no model to serve: give --model, EDGEKIT_MODEL or [model] path in edgekit.toml")
-    engine = Engine(model.path, settings_for(model))
+    on = cache is not None and cache.enabled
+    prompt_cache = PromptCacheConfig(cache_dir, cache.disk_mb, cache.min_tokens) if on else None
+    engine = Engine(model.path, settings_for(model, cache.ram_mb if on else 0), prompt_cache=prompt_cache)
     try:
         engine.start()
         if model.warm_up:
             result = engine.warm_up()
             log.info("warm-up: %.1f ms to the first token", result.timings.time_to_first_token_ms)
+        if on:
+            warm_prompt_cache(engine, cache)
     except BaseException:
         engine.close()
         raise
@@ -80,14 +89,26 @@ def time_limit_s(request: Request, n_ctx: int, per_token_s: float, configured: f
     return min(3600.0, 30.0 + 3 * per_token_s * (request.max_tokens + n_ctx / 4))
 
 
-def settings_for(model: ModelConfig) -> Settings:
-    """The llama.cpp settings for this model on this box: planned with its profile (named, or chosen)."""
-    from edgekit.hardware import detect
-    from edgekit.plan import plan_for
-    from edgekit.profiles import choose_profile, load_profile
+def warm_prompt_cache(engine: Any, cache: CacheConfig) -> None:
+    """Restore the most recently used states, then evaluate the configured prompts not cached yet."""
+    t0 = time.perf_counter()
+    warmed = engine.warm_cache(cache.warm_recent)
+    evaluated = 0
+    for text in cache.warm_prompts:
+        messages = ({"role": "system", "content": text},)
+        request = Request(messages=messages) if engine.info.chat_template else Request(prompt=text)
+        result = engine.warm(request)
+        evaluated += result.prompt_tokens - result.timings.cached_prompt_tokens
+    log.info("prompt cache: warmed in %.0f ms (%d saved states restored, %.1f MB; %d warm_prompts, "
+             "%d tokens evaluated)", (time.perf_counter() - t0) * 1000, warmed["states"], warmed["bytes"] / 2**20,
+             len(cache.warm_prompts), evaluated)
 
-    hardware = detect()
-    profile = load_profile(model.profile) if model.profile else choose_profile(hardware)[0]
-    plan = plan_for(model.path, profile, hardware, ctx=model.ctx)
-    log.info("plan: profile %s, %s", profile.name, "; ".join(plan.reasons) or "defaults")
+
+def settings_for(model: ModelConfig, prompt_cache_mb: int = 0) -> Settings:
+    """The llama.cpp settings for this model: planned with its profile (named, or chosen) for its box."""
+    from edgekit.plan import settings_for as plan_settings
+
+    plan = plan_settings(model.path, model.profile, ctx=model.ctx, this_box=model.this_box,
+                         prompt_cache_mb=prompt_cache_mb)
+    log.info("plan: profile %s for %s: %s", plan.profile, plan.box, "; ".join(plan.reasons) or "defaults")
     return plan.settings

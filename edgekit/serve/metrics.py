@@ -46,7 +46,8 @@ class Metrics:
             self.errors[code] += 1
             self._by_front_end.setdefault(front_end, Counter())[code] += 1
 
-    def snapshot(self, queue_depth: int, running: bool) -> dict[str, Any]:
+    def snapshot(self, queue_depth: int, running: bool, cache: Any = None) -> dict[str, Any]:
+        """The metrics payload; ``cache`` is the engine's CacheStats (zeros without a prompt cache)."""
         with self._lock:
             ttft = sorted(self._ttft_ms)
             return {
@@ -63,7 +64,19 @@ class Metrics:
                 "ttft_p95_ms": _percentile(ttft, 95),
                 "memory_mb": round(process_tree_rss_bytes() / 2**20, 1),
                 "uptime_s": round(time.monotonic() - self._started, 1),
+                **cache_fields(cache),
             }
+
+
+def cache_fields(cache: Any) -> dict[str, Any]:
+    """The prompt cache's part of the metrics: hits and misses count requests since the start."""
+    return {
+        "cache_hits": cache.hits if cache else 0,
+        "cache_misses": cache.misses if cache else 0,
+        "cache_entries": cache.entries if cache else 0,
+        "cache_ram_mb": round(cache.ram_bytes / 2**20, 1) if cache else 0.0,
+        "cache_disk_mb": round(cache.disk_bytes / 2**20, 1) if cache else 0.0,
+    }
 
 
 def _percentile(ordered: list[float], q: int) -> float | None:

@@ -251,6 +251,7 @@ class Installation:
 def plan_installation(box: BoxSettings, *, dest: Path = Path("/etc/systemd/system"),
                       env_dir: Path = DEFAULT_ENV_DIR, executable: Path | None = None) -> Installation:
     """Render the unit, its drop-in, the box's TOML and env file; nothing is written yet."""
+    env_dir = Path(os.path.abspath(env_dir))  # systemd ignores a relative EnvironmentFile=
     _check_instance(box.instance)
     if box.broker is not None:
         broker_address(box.broker)  # a ConfigError naming the problem, before anything is rendered

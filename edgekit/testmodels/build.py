@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgekit.atomic import write_bytes, write_text
 from edgekit.errors import OutputError, UsageError
-from edgekit.testmodels import hf_files
+from edgekit.testmodels import bpe_files, hf_files
 from edgekit.testmodels.presets import Preset, check_dtype, config_json, get_preset, parse_size
 from edgekit.testmodels.tokenizer import tokenizer_model
 from edgekit.testmodels.weights import (
@@ -31,16 +31,18 @@ def make_test_model(
     preset: str = "tiny",
     dtype: str = "bf16",
     shard_size: int | str | None = None,
-    tied: bool = False,
+    tied: bool | None = None,
     seed: int = 0,
 ) -> Path:
     """Write ``preset``'s checkpoint into ``out_dir`` and return the folder.
 
     One model.safetensors, or (with ``shard_size``, e.g. "1GB") shards and an index as
-    transformers' save_pretrained writes them. Each file is written atomically and
+    transformers' save_pretrained writes them. ``tied`` defaults to what the real model does.
+    Each file is written atomically and
     config.json last, so a failed run never leaves something that looks like a model.
     """
     shape = get_preset(preset)
+    tied = shape.tied if tied is None else tied
     check_dtype(dtype)
     if seed < 0:
         raise UsageError(f"bad seed {seed}: it must be 0 or more")
@@ -68,14 +70,9 @@ def _write_all(
     folder: Path, shape: Preset, specs: list[TensorSpec], shards: list[list[TensorSpec]],
     dtype: str, tied: bool, seed: int, written: list[Path],
 ) -> None:
-    small_files = {
-        "tokenizer_config.json": hf_files.tokenizer_config_json(shape),
-        "special_tokens_map.json": hf_files.special_tokens_map_json(shape),
-        "generation_config.json": hf_files.generation_config_json(shape),
-    }
-    written.append(write_bytes(folder / "tokenizer.model", tokenizer_model()))
-    for name, text in small_files.items():
-        written.append(write_text(folder / name, text))
+    for name, content in _tokenizer_files(shape).items():
+        write = write_bytes if isinstance(content, bytes) else write_text
+        written.append(write(folder / name, content))  # type: ignore[operator]
     filenames = shard_filenames(len(shards))
     for shard, filename in zip(shards, filenames):
         log.info("writing %s (%d tensors)", filename, len(shard))
@@ -83,6 +80,18 @@ def _write_all(
     if len(shards) > 1:
         written.append(write_text(folder / INDEX_NAME, index_json(shards, filenames, dtype)))
     written.append(write_text(folder / "config.json", config_json(shape, dtype, tied)))
+
+
+def _tokenizer_files(shape: Preset) -> dict[str, str | bytes]:
+    """SentencePiece families ship tokenizer.model; Llama 3 and Qwen2 a byte-level BPE tokenizer.json."""
+    if shape.family in bpe_files.FAMILIES:
+        return dict(bpe_files.small_files(shape))
+    return {
+        "tokenizer.model": tokenizer_model(),
+        "tokenizer_config.json": hf_files.tokenizer_config_json(shape),
+        "special_tokens_map.json": hf_files.special_tokens_map_json(shape),
+        "generation_config.json": hf_files.generation_config_json(shape),
+    }
 
 
 def _prepare_dir(folder: Path) -> Path:

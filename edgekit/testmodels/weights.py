@@ -27,6 +27,7 @@ from edgekit.testmodels.presets import DTYPES, Preset
 BLOCK = 1 << 22  # values per random block: part of the seed, so changing it changes every model
 STD = 0.02  # config.json's initializer_range; keeps a 48-layer forward pass well inside fp16
 NORM_NOISE = 0.02  # RMSNorm weights are 1.0 plus this much noise
+BIAS_STD = 0.5  # Qwen2's trained Q/K/V biases are large (|b| up to tens); these must visibly move the logits
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     is_norm: bool = False
+    is_bias: bool = False
 
     @property
     def numel(self) -> int:
@@ -43,16 +45,20 @@ class TensorSpec:
 
 
 def tensor_specs(preset: Preset, tied: bool = False) -> list[TensorSpec]:
-    """Every tensor, in LlamaForCausalLM's state_dict order (which decides the shard layout)."""
-    h, f, kv = preset.hidden_size, preset.intermediate_size, preset.num_key_value_heads * preset.head_dim
+    """Every tensor, in LlamaForCausalLM's (Qwen2ForCausalLM's) state_dict order (which decides the shard layout)."""
+    h, f = preset.hidden_size, preset.intermediate_size
+    q, kv = preset.num_attention_heads * preset.head_dim, preset.num_key_value_heads * preset.head_dim
     specs = [TensorSpec("model.embed_tokens.weight", (preset.vocab_size, h))]
     for i in range(preset.num_hidden_layers):
         p = f"model.layers.{i}"
         specs += [
-            TensorSpec(f"{p}.self_attn.q_proj.weight", (h, h)),  # (out, in), as torch.nn.Linear stores it
+            TensorSpec(f"{p}.self_attn.q_proj.weight", (q, h)),  # (out, in), as torch.nn.Linear stores it
+            *_bias(preset, f"{p}.self_attn.q_proj.bias", q),
             TensorSpec(f"{p}.self_attn.k_proj.weight", (kv, h)),
+            *_bias(preset, f"{p}.self_attn.k_proj.bias", kv),
             TensorSpec(f"{p}.self_attn.v_proj.weight", (kv, h)),
-            TensorSpec(f"{p}.self_attn.o_proj.weight", (h, h)),
+            *_bias(preset, f"{p}.self_attn.v_proj.bias", kv),
+            TensorSpec(f"{p}.self_attn.o_proj.weight", (h, q)),
             TensorSpec(f"{p}.mlp.gate_proj.weight", (f, h)),
             TensorSpec(f"{p}.mlp.up_proj.weight", (f, h)),
             TensorSpec(f"{p}.mlp.down_proj.weight", (h, f)),
@@ -63,6 +69,10 @@ def tensor_specs(preset: Preset, tied: bool = False) -> list[TensorSpec]:
     if not tied:
         specs.append(TensorSpec("lm_head.weight", (preset.vocab_size, h)))
     return specs
+
+
+def _bias(preset: Preset, name: str, size: int) -> list[TensorSpec]:
+    return [TensorSpec(name, (size,), is_bias=True)] if preset.qkv_bias else []
 
 
 # --- values ----------------------------------------------------------------------------------
@@ -76,7 +86,7 @@ def _block_f32(spec: TensorSpec, seed: int, index: int) -> np.ndarray:
     """Block ``index`` of the tensor's flattened float32 values."""
     count = min(BLOCK, spec.numel - index * BLOCK)
     x = np.random.default_rng([seed, _name_key(spec.name), index]).standard_normal(count, dtype=np.float32)
-    x *= NORM_NOISE if spec.is_norm else STD
+    x *= NORM_NOISE if spec.is_norm else BIAS_STD if spec.is_bias else STD
     if spec.is_norm:
         x += 1.0
     return x

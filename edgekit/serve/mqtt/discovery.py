@@ -54,6 +54,12 @@ SENSORS: tuple[Sensor, ...] = (
     # A counter that only grows (until a restart): total_increasing, so HA's statistics handle resets.
     Sensor("requests", "Requests served", "metrics", "requests_served", state_class="total_increasing",
            icon="mdi:counter"),
+    Sensor("cache_hits", "Prompt cache hits", "metrics", "cache_hits", state_class="total_increasing",
+           icon="mdi:cached"),
+    Sensor("cache_misses", "Prompt cache misses", "metrics", "cache_misses", state_class="total_increasing",
+           icon="mdi:cached", diagnostic=True),
+    Sensor("cache_disk", "Prompt cache on disk", "metrics", "cache_disk_mb", "MB", "data_size",
+           icon="mdi:harddisk", diagnostic=True),
 )
 
 

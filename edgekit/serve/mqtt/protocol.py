@@ -49,7 +49,7 @@ SAMPLING: dict[str, tuple[type, float, float | str]] = {
     "stream_interval_ms": (float, 0.0, 60000.0),
 }
 ENVELOPE_FIELDS = ("id", "reply_to", "stream")
-REQUEST_FIELDS = set(SAMPLING) | {"messages", "prompt", "stop", "json_schema", "tools", "tool_choice"} | set(ENVELOPE_FIELDS)
+REQUEST_FIELDS = set(SAMPLING) | {"messages", "prompt", "stop", "json_schema", "tools", "tool_choice", "warm"} | set(ENVELOPE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -201,14 +201,14 @@ def parse(data: dict[str, Any], reply: Reply, limits: LimitsConfig) -> Incoming:
     chars += len(json.dumps(tools)) if tools else 0
     if chars > limits.max_prompt_chars:
         raise TooLarge(f"prompt is {chars} characters, the limit is {limits.max_prompt_chars}")
-    stream = data.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest("'stream' must be true or false")
+    stream, warm = data.get("stream", False), data.get("warm", False)
+    if not isinstance(stream, bool) or not isinstance(warm, bool):
+        raise BadRequest("'stream' and 'warm' must be true or false")
     sampling = {name: _number(data, name, limits) for name in SAMPLING if data.get(name) is not None}
     sampling.setdefault("max_tokens", limits.default_max_tokens)
     request = Request(messages=messages, prompt=prompt, stop=_stop(data.get("stop"), limits),
                       json_schema=_schema(data.get("json_schema")), tools=tools,
-                      tool_choice=data.get("tool_choice", "auto"), id=reply.request_id, **sampling)
+                      tool_choice=data.get("tool_choice", "auto"), id=reply.request_id, warm=warm, **sampling)
     toolcalls.tool_plan(request, None)  # tool_choice and the tools' schemas: bad_request now, not after the queue
     return Incoming(reply, request, stream)
 
