@@ -143,9 +143,10 @@ def roomy(fresh_broker, tmp_path: Path, tiny_q8_0: Path) -> Iterator[tuple[Daemo
 
 
 @pytest.mark.skipif(os.environ.get("EDGEKIT_KNOWN_LOSS") != "1", reason=(
-    "known defect, issue 10 open: in about one run in two, after the SIGKILL and restart the resumed session "
-    "redelivers only the answered duplicate and the other in-flight requests never reach the new process "
-    "(0 of 47 answered within 300 s). Run with EDGEKIT_KNOWN_LOSS=1 to reproduce."))
+    "known defect, issue 10 open: the kill lands right after the broker has the first answer. Journaled before "
+    "the PUBACK, that answer was lost (its redelivery refused as a duplicate); journaled after it, as now, it is "
+    "answered twice in about half the runs. Needs the answer stored in the journal and sent again byte for byte. "
+    "Run with EDGEKIT_KNOWN_LOSS=1 to reproduce."))
 def test_50_requests_with_a_sigkill_mid_request_lose_none_and_answer_none_twice_over_3_runs(roomy) -> None:
     daemon, listener, reply = roomy
     for run in range(3):

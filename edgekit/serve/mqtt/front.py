@@ -280,7 +280,10 @@ class MqttFrontEnd:
         self._send_final(reply, payload, lambda: self.ledger.ack(delivery))
 
     def answer(self, answer: MqttAnswer, job: Job, outcome: Outcome) -> None:
-        """A job's final message: remembered first, acknowledged once the broker has the answer.
+        """A job's final message: remembered and acknowledged once the broker has the answer.
+
+        Remembered only then: a process killed between remembering and the broker's PUBACK lost the
+        answer, and its redelivered request was refused as a duplicate (issue 10's SIGKILL test).
 
         Anything failing here is answered ``internal``; if even that fails, the request is
         acknowledged (and logged) so that it is never redelivered to fail forever.
@@ -288,9 +291,7 @@ class MqttFrontEnd:
         try:
             payload = self._final_payload(job, outcome)
             remember = outcome.code not in NOT_JOURNALED and answer.reply.key is not None
-            if remember:
-                self.journal.record(answer.reply.key)
-            self._send_final(answer.reply, payload, lambda: self.ledger.commit(answer.key, answer, remember))
+            self._send_final(answer.reply, payload, lambda: self._confirmed(answer, remember))
         except Exception:
             log.exception("request %s: answering it failed", job.request_id)
             try:
@@ -299,6 +300,12 @@ class MqttFrontEnd:
             except Exception:
                 log.exception("request %s: even the internal error failed; acknowledged unanswered", job.request_id)
                 self.ledger.commit(answer.key, answer, False)
+
+    def _confirmed(self, answer: MqttAnswer, remember: bool) -> None:
+        """The broker has the answer: journal it (so a redelivery is a duplicate), then acknowledge."""
+        if remember:
+            self.journal.record(answer.reply.key)
+        self.ledger.commit(answer.key, answer, remember)
 
     def _final_payload(self, job: Job, outcome: Outcome) -> bytes:
         if outcome.code == "result":
