@@ -192,14 +192,16 @@ def test_mqtt_and_http_requests_interleaved_are_all_answered(web: httpx.Client, 
         body = {"model": name, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
         answers[key] = web.post("/api/generate", json=body).json()
 
-    threads = [threading.Thread(target=over_http, args=(f"http{i}",)) for i in range(2)]
+    # One HTTP request beside the MQTT one: the queue holds 2 waiting, and with the HTTP round trip now
+    # ~2 ms, three could all arrive before the worker takes the first (busy is the 503 test's subject).
+    threads = [threading.Thread(target=over_http, args=(f"http{i}",)) for i in range(1)]
     for thread in threads:
         thread.start()
     answers["mqtt"] = mqtt.ask({"prompt": "Hi", "max_tokens": 2}).final
     for thread in threads:
         thread.join(120)
     assert answers["mqtt"]["type"] == "result"
-    assert all(answers[f"http{i}"]["done"] for i in range(2)), answers
+    assert all(answers[f"http{i}"].get("done") for i in range(1)), answers
 
 
 def test_a_full_queue_is_503_with_retry_after_over_http_and_busy_over_mqtt(
