@@ -4,8 +4,6 @@ answers a tool call through the daemon's OpenAI-compatible API, as Home Assistan
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +11,7 @@ import jsonschema
 import openai
 import pytest
 
-from edgekit.serve.mqtt.mosquitto import free_port
-from tests.fixtures.http import model_name
+from tests.fixtures.http import http_only_daemon, model_name
 from tests.fixtures.models import converted
 from tests.serve_support import DaemonProcess
 
@@ -34,14 +31,7 @@ def llama3_gguf(tiny_llama3_checkpoint: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def llama3_daemon(llama3_gguf: Path) -> Iterator[DaemonProcess]:
-    folder = Path(tempfile.mkdtemp(prefix="edgekit-llama3-http-"))
-    daemon = DaemonProcess(folder, llama3_gguf, "none", "llama3-http", http_port=free_port())
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+    yield from http_only_daemon(llama3_gguf, "llama3-http")
 
 
 def test_converted_llama3_answers_a_tool_call_over_the_openai_api(llama3_daemon: DaemonProcess, llama3_gguf: Path) -> None:
