@@ -2,7 +2,9 @@
 generated model and a real Mosquitto; a doc that breaks fails here, named by file and line.
 
 The marker is a word after the fenced block's language (README.md, "Tests and benchmarks"):
-```sh runnable, ```sh runnable daemon, ```toml runnable config, ```toml runnable profile.
+```sh runnable, ```sh runnable daemon, ```sh runnable server, ```toml runnable config,
+```toml runnable profile. A `server` block starts a long-running command (`edgekit serve …`): it
+must answer on the HTTP address it names, then stop cleanly on SIGTERM, as systemd stops it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,7 @@ from edgekit.serve.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 DOCS = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
 FENCE = re.compile(r"^(`{3,})(\w*)\s*(.*)$")
-KINDS = {("sh", ""), ("sh", "daemon"), ("toml", "config"), ("toml", "profile")}
+KINDS = {("sh", ""), ("sh", "daemon"), ("sh", "server"), ("toml", "config"), ("toml", "profile")}
 DEVICE_ID = "kitchen-pi"  # the daemon the protocol examples talk to
 EXAMPLE_TIMEOUT_S = 300
 
@@ -90,7 +93,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_q4_k_m, tiny_gguf_f16, mosquitto) -> World:
+def world(tmp_path_factory, tiny_q4_k_m, tiny_gguf_f16, tiny_qwen2_f32, mosquitto) -> World:
     root = tmp_path_factory.mktemp("docs")
     bin_dir, config = root / "bin", root / "config"
     bin_dir.mkdir()
@@ -102,7 +105,8 @@ def world(tmp_path_factory, tiny_q4_k_m, tiny_gguf_f16, mosquitto) -> World:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "XDG_CONFIG_HOME": str(config),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "EDGEKIT_BROKER": mosquitto.url, "EDGEKIT_STATE_DIR": str(root / "state"), "HF_HUB_OFFLINE": "1"}
-    models = {"tinyllama-Q4_K_M.gguf": tiny_q4_k_m, "tinyllama-f16.gguf": tiny_gguf_f16}
+    models = {"tinyllama-Q4_K_M.gguf": tiny_q4_k_m, "tinyllama-f16.gguf": tiny_gguf_f16,
+              "qwen2.5-1.5b-instruct.Q4_K_M.gguf": tiny_qwen2_f32}  # a Qwen-templated stand-in
     return World(env, models, root)
 
 
@@ -141,7 +145,9 @@ def _wait_until_it_answers(serve: subprocess.Popen, broker: str, log: Path) -> N
 def run_example(example: Example, world: World) -> None:
     """Run or load ``example``; an AssertionError names its file and line and says what failed."""
     folder = world.folder(f"{example.path.stem}-{example.line}")
-    if example.language == "sh":
+    if example.kind == "server":
+        _run_server(example, folder, world.env)
+    elif example.language == "sh":
         _run_script(example, folder, world.env)
     elif example.kind == "config":
         _load_config(example, folder)
@@ -157,6 +163,44 @@ def _run_script(example: Example, folder: Path, env: dict[str, str]) -> None:
         pytest.fail(f"{example.where}: still running after {EXAMPLE_TIMEOUT_S} s", pytrace=False)
     assert done.returncode == 0, (f"{example.where}: exit status {done.returncode}\n--- stdout\n"
                                   f"{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
+
+
+HTTP_LISTEN = re.compile(r"--http\s+(?:([\w.]+):)?(\d+)")
+SERVER_START_S = 120
+
+
+def _run_server(example: Example, folder: Path, env: dict[str, str]) -> None:
+    """Start the block (a server that runs until stopped), wait until it answers, SIGTERM it, expect exit 0."""
+    listen = HTTP_LISTEN.search(example.text)
+    log_path = folder / "server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(["bash", "-euo", "pipefail", "-c", f"exec {example.text.strip()}"], cwd=folder,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert listen, f"{example.where}: a server block names the address it answers on (--http HOST:PORT)"
+        host = "127.0.0.1" if listen.group(1) in (None, "0.0.0.0") else listen.group(1)
+        _wait_for_http(server, f"http://{host}:{listen.group(2)}/api/version", log_path, example)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            pytest.fail(f"{example.where}: still running 60 s after SIGTERM", pytrace=False)
+    assert code == 0, f"{example.where}: exit status {code} after SIGTERM\n{log_path.read_text()[-3000:]}"
+
+
+def _wait_for_http(server: subprocess.Popen, url: str, log: Path, example: Example) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"{example.where}: exited: {log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{example.where}: {url} did not answer within {SERVER_START_S} s: {log.read_text()[-2000:]}")
 
 
 def _load_config(example: Example, folder: Path) -> None:
@@ -193,7 +237,7 @@ def test_documented_example_runs(example: Example, world: World, request: pytest
 def test_the_docs_mark_their_examples():
     marked = {e.path.name for e in ALL}
     assert {"README.md", "protocol.md", "profiles.md", "systemd.md", "fleet.md", "home-assistant.md"} <= marked
-    assert {e.kind for e in ALL} >= {"", "daemon", "config"}
+    assert {e.kind for e in ALL} >= {"", "daemon", "server", "config"}
 
 
 def test_a_broken_example_fails_and_names_its_line(world: World, tmp_path: Path):
