@@ -157,39 +157,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(info.to_dict(tensors=args.tensors))
         return 0
-    for label, value in _inspect_rows(info):
-        print(f"{label:<15}{value}")
-    if args.tensors:
-        print()
-        for t in info.tensors:
-            print(f"{t.name:<40} {t.type:<7} {str(list(t.shape)):<22} {t.nbytes:>14,}")
+    for line in info.describe(tensors=args.tensors):
+        print(line)
     return 0
-
-
-def _inspect_rows(info: Any) -> list[tuple[str, str]]:
-    """The human summary of a GGUFInfo, one (label, value) row per line."""
-    template = (info.chat_template or "").splitlines()
-    mix = "; ".join(f"{name} x{q.count} {q.nbytes / 1e6:.1f} MB" for name, q in info.quant_mix.items())
-    rows = [
-        ("file", f"{info.path} ({info.size / 1e6:.1f} MB, GGUF v{info.version})"),
-        ("architecture", f"{info.architecture}" + (f" ({info.name})" if info.name else "")),
-        ("parameters", _human_count(info.parameter_count)),
-        ("file type", f"{info.file_type or '?'}, {info.bits_per_weight:.2f} bits/weight"),
-        ("quant mix", mix),
-        ("context", f"{info.context_length}  (embedding {info.embedding_length}, {info.block_count} blocks, "
-                    f"{info.head_count}/{info.head_count_kv} heads, vocab {info.vocab_size})"),
-        ("tokenizer", str(info.tokenizer_model)),
-        ("chat template", (template[0] + (f"  (+{len(template) - 1} lines)" if len(template) > 1 else "")) if template else "none"),
-    ]
-    rows += [("provenance", f"{key} = {value}") for key, value in info.provenance.items()]
-    return rows
-
-
-def _human_count(n: int) -> str:
-    for size, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return str(n)
 
 
 # --- hardware: detect, plan, tune ---------------------------------------------------------

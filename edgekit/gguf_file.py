@@ -81,6 +81,29 @@ class GGUFInfo:
             data.pop("tensors")
         return data
 
+    def describe(self, tensors: bool = False) -> list[str]:
+        """Lines for `edgekit inspect`: one "label  value" line per fact; the tensor table on request."""
+        template = (self.chat_template or "").splitlines()
+        mix = "; ".join(f"{name} x{q.count} {q.nbytes / 1e6:.1f} MB" for name, q in self.quant_mix.items())
+        rows = [
+            ("file", f"{self.path} ({self.size / 1e6:.1f} MB, GGUF v{self.version})"),
+            ("architecture", f"{self.architecture}" + (f" ({self.name})" if self.name else "")),
+            ("parameters", _human_count(self.parameter_count)),
+            ("file type", f"{self.file_type or '?'}, {self.bits_per_weight:.2f} bits/weight"),
+            ("quant mix", mix),
+            ("context", f"{self.context_length}  (embedding {self.embedding_length}, {self.block_count} blocks, "
+                        f"{self.head_count}/{self.head_count_kv} heads, vocab {self.vocab_size})"),
+            ("tokenizer", str(self.tokenizer_model)),
+            ("chat template", (template[0] + (f"  (+{len(template) - 1} lines)" if len(template) > 1 else ""))
+             if template else "none"),
+        ]
+        rows += [("provenance", f"{key} = {value}") for key, value in self.provenance.items()]
+        lines = [f"{label:<15}{value}" for label, value in rows]
+        if tensors:
+            lines.append("")
+            lines += [f"{t.name:<40} {t.type:<7} {str(list(t.shape)):<22} {t.nbytes:>14,}" for t in self.tensors]
+        return lines
+
 
 
 def validate(path: str | os.PathLike[str]) -> GGUFInfo:
@@ -176,3 +199,10 @@ def _layer_bytes(tensors: list[TensorInfo]) -> dict[int, int]:
 
 def _bytes_of(tensors: list[TensorInfo], name: str) -> int:
     return next((t.nbytes for t in tensors if t.name == name), 0)
+
+
+def _human_count(n: int) -> str:
+    for size, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(n)
