@@ -74,7 +74,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def cmd_install_service(args: argparse.Namespace) -> int:
-    from edgekit.serve.service import BoxSettings, plan_installation, write_installation
+    from edgekit.serve.install_service import BoxSettings, plan_installation, write_installation
 
     box = BoxSettings(model=args.model, profile=args.profile, broker=args.broker, instance=args.instance,
                       device_id=args.device_id, password_file=args.password_file, http=args.http,
