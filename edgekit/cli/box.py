@@ -18,7 +18,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     profile, reason = choose_profile(hardware)
     if args.json:
         print_json({"hardware": hardware.to_dict(), "profile": profile.name, "reason": reason,
-                     "cmake_args": profile.build.cmake_args})
+                    "cmake_args": profile.build.cmake_args})
         return 0
     print(f"profile:  {reason}")
     for line in hardware.describe():

@@ -43,7 +43,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     files = disk_files(folder)
     if args.json:
         print_json([{"file": str(f.path), "bytes": f.size, "tokens": f.tokens, "last_used": f.mtime,
-                      "model": f.label} for f in files])
+                     "model": f.label} for f in files])
         return 0
     print(f"{folder}: {len(files)} saved states, {sum(f.size for f in files) / 2**20:.1f} MB")
     for f in files:
