@@ -30,33 +30,22 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    import tempfile
-
     from edgekit.atomic import check_writable_dir
-    from edgekit.convert import convert_checkpoint
+    from edgekit.convert import convert_checkpoint, convert_to_levels
 
     def show(name: str, done: int, total: int) -> None:
         status(f"[{done}/{total}] {name:<40}", final=done == total)
 
     levels = comma_list(str)(args.quant) if args.quant else []
-    if levels:
-        from edgekit.quantize import level_name, quantize_file
-
-        levels = [level_name(level) for level in levels]  # a typo fails now, not after the conversion
-    check_writable_dir(args.output)  # before minutes of work
-    with tempfile.TemporaryDirectory(dir=args.output.resolve().parent, prefix=".edgekit-convert-") as scratch:
-        # With --quant the converted file is an intermediate: -o names the quantized output
-        # (one level) or the stem of one output per level (OUT-Q4_K_M.gguf, ...).
-        converted = Path(scratch) / f"model.{args.outtype}.gguf" if levels else args.output
-        result = convert_checkpoint(args.hf_dir, converted, args.outtype, progress=show, merges=_merges(args.lora))
-        if not levels:
-            print(f"wrote {result.path} ({result.outtype}, {result.tensor_count} tensors, "
-                  f"{result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s)")
-            return 0
-        for level in levels:
-            out = args.output if len(levels) == 1 else args.output.with_name(f"{args.output.stem}-{level}{args.output.suffix}")
-            quantize_file(converted, level, out, progress=show_quantize)
+    if levels:  # -o names the quantized file, or the stem of one file per level
+        for out, level in convert_to_levels(args.hf_dir, args.output, levels, args.outtype, progress=show,
+                                            quantize_progress=show_quantize, merges=_merges(args.lora)):
             print(f"wrote {out} ({level}, {out.stat().st_size / 1e6:.1f} MB)")
+        return 0
+    check_writable_dir(args.output)  # before minutes of work
+    result = convert_checkpoint(args.hf_dir, args.output, args.outtype, progress=show, merges=_merges(args.lora))
+    print(f"wrote {result.path} ({result.outtype}, {result.tensor_count} tensors, "
+          f"{result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s)")
     return 0
 
 
