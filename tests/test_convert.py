@@ -17,7 +17,7 @@ import safetensors.numpy
 import sentencepiece as spm
 
 from edgekit.cli import main
-from edgekit.convert import convert, convert_checkpoint
+from edgekit.convert import convert, convert_checkpoint, convert_to_levels
 from edgekit.convert.checkpoint import open_checkpoint, to_float32
 from edgekit.convert.stream import StreamedTensor
 from edgekit.errors import ModelFormatError, UnsupportedModel
@@ -417,3 +417,14 @@ def test_cli_quant_several_levels_names_each_output(tiny_checkpoint: Path, tmp_p
     pytest.importorskip("edgekit.quantize")
     assert main(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "tiny.gguf"), "--quant", "Q8_0,Q4_K_M"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf"]
+
+
+def test_convert_to_levels_yields_each_file_as_it_is_written(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    pytest.importorskip("edgekit.quantize")
+    levels = convert_to_levels(tiny_checkpoint, tmp_path / "tiny.gguf", ["q8_0", "Q4_K_M"])
+    first = next(levels)
+    assert first == (tmp_path / "tiny-Q8_0.gguf", "Q8_0") and validate(first[0]).file_type == "Q8_0"
+    assert not (tmp_path / "tiny-Q4_K_M.gguf").exists()  # the second level is not written yet
+    assert list(levels) == [(tmp_path / "tiny-Q4_K_M.gguf", "Q4_K_M")]
+    assert validate(tmp_path / "tiny-Q4_K_M.gguf").file_type == "Q4_K_M"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf"]  # no scratch left

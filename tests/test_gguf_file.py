@@ -13,7 +13,8 @@ import pytest
 
 from edgekit.cli import main
 from edgekit.errors import ModelFormatError
-from edgekit.gguf_file import GGUFArray, validate
+from edgekit.gguf_file import validate
+from edgekit.gguf_reader import GGUFArray
 
 VOCAB = 100
 HIDDEN = 64

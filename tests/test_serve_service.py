@@ -13,15 +13,8 @@ import pytest
 from edgekit.cli import main
 from edgekit.errors import ConfigError
 from edgekit.serve.config import load_config
-from edgekit.serve.service import (
-    BoxSettings,
-    UnitSpec,
-    plan_installation,
-    render_env,
-    render_gpu_dropin,
-    render_unit,
-    write_installation,
-)
+from edgekit.serve.install_service import BoxSettings, plan_installation, write_installation
+from edgekit.serve.systemd_unit import UnitSpec, render_env, render_gpu_dropin, render_unit
 
 REPO = Path(__file__).resolve().parent.parent
 EDGEKIT = Path(sys.executable).parent / "edgekit"  # exists: verify checks ExecStart's binary

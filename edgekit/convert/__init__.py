@@ -2,7 +2,7 @@
 
 from edgekit.convert.llama import ARCHITECTURES, LlamaParams
 from edgekit.convert.stream import OUTTYPES
-from edgekit.convert.writer import ConvertResult, Progress, convert, convert_checkpoint, plan_conversion
+from edgekit.convert.writer import ConvertResult, Progress, convert, convert_checkpoint, convert_to_levels, plan_conversion
 
 __all__ = [
     "ARCHITECTURES",
@@ -12,5 +12,6 @@ __all__ = [
     "Progress",
     "convert",
     "convert_checkpoint",
+    "convert_to_levels",
     "plan_conversion",
 ]

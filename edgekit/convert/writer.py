@@ -11,10 +11,12 @@ import itertools
 import json
 import logging
 import re
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -83,6 +85,27 @@ def convert_checkpoint(hf_dir: Path, output: Path, outtype: str = "f16", progres
     )
     log.info("converted %s to %s (%d tensors, %.1f s)", hf_dir, output, result.tensor_count, result.seconds)
     return result
+
+
+def convert_to_levels(hf_dir: Path, output: Path, levels: Sequence[str], outtype: str = "f16", *,
+                      progress: Progress | None = None, quantize_progress: Callable[[Any], None] | None = None,
+                      merges: tuple[LoraMerge, ...] = ()) -> Iterator[tuple[Path, str]]:
+    """`convert --quant`: convert to a scratch file beside ``output``, then quantize it to each level.
+
+    ``output`` names the quantized file (one level) or the stem of one file per level
+    (OUT-Q4_K_M.gguf, ...); the converted file is not kept. Yields (path, level) as each is
+    written. The level names are checked first, so a typo fails before minutes of converting.
+    """
+    from edgekit.quantize import level_name, quantize_file  # llama_cpp: only when quantizing
+
+    levels = [level_name(level) for level in levels]
+    check_writable_dir(output)
+    with tempfile.TemporaryDirectory(dir=output.resolve().parent, prefix=".edgekit-convert-") as scratch:
+        converted = convert_checkpoint(hf_dir, Path(scratch) / f"model.{outtype}.gguf", outtype, progress, merges).path
+        for level in levels:
+            out = output if len(levels) == 1 else output.with_name(f"{output.stem}-{level}{output.suffix}")
+            quantize_file(converted, level, out, progress=quantize_progress)
+            yield out, level
 
 
 def plan_conversion(hf_dir: Path, outtype: str, merges: tuple[LoraMerge, ...] = ()) -> ConversionPlan:

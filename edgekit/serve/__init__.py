@@ -5,6 +5,8 @@ jobs.py       Job and the bounded JobQueue
 engines.py    opening the engine with the planned settings and a warm-up
 metrics.py    counters (per front end) and percentiles
 config.py     ServeConfig: edgekit.toml, EDGEKIT_* environment, flags; secrets from files
-notify.py     sd_notify; service.py systemd units
+notify.py     sd_notify
+systemd_unit.py    the systemd unit, its GPU drop-in and env file, rendered from tables
+install_service.py `edgekit install-service`: the unit, edgekit.toml and the env file one box needs
 mqtt/         the MQTT front end: protocol, link (paho), acks, journal, announce, discovery, client, mosquitto
 """
