@@ -21,11 +21,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgekit.engine.records import Chunk, Result
+from edgekit.engine.records import Result
 from edgekit.errors import BrokerError, UsageError
 from edgekit.serve.config import BrokerConfig
 from edgekit.serve.mqtt.link import connect_blocking, message_property, new_client, publish_properties, quick_ack
-from edgekit.serve.mqtt.protocol import raise_for_error, read_chunk, read_result
+from edgekit.serve.mqtt.protocol import raise_for_error, read_result
 
 __all__ = ["Answer", "RequestClient", "chat_body", "raise_for_error", "read_schema", "request", "timings_line"]
 
@@ -55,11 +55,6 @@ class Answer:
     def result(self) -> Result:
         """The final message read back as the engine's Result (protocol.read_result); an error raises."""
         return read_result(self.final)
-
-    @property
-    def records(self) -> list[Chunk]:
-        """The chunks read back as the engine's Chunks (their times on the engine's clock)."""
-        return [read_chunk(m) for m in self.chunks]
 
     @property
     def round_trip_ms(self) -> float:
