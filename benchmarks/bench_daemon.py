@@ -61,13 +61,12 @@ def measure(model: Path, broker, folder: Path) -> tuple[list[float], ...]:
                 engine.complete(request)
                 engine_ms = (time.perf_counter() - t0) * 1000
                 answer = client.ask(BODY)
-                assert answer.final["type"] == "result", answer.final
+                timings = answer.result.timings  # an error answer raises its error
                 refusal = client.ask(REFUSED)
                 if i >= WARMUP:
                     alone.append(engine_ms)
                     trips.append(answer.round_trip_ms)
-                    timings = answer.final["timings"]
-                    overhead.append(answer.round_trip_ms - (timings["total_ms"] - timings["queue_ms"]))
+                    overhead.append(answer.round_trip_ms - (timings.total_ms - timings.queue_ms))
                     refused.append(refusal.round_trip_ms)
     finally:
         daemon.stop()

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.engine.records import Result
 from edgekit.serve.mqtt.client import RequestClient
 from tests.serve_support import DaemonProcess
 
@@ -64,12 +65,11 @@ def model_section(folder: Path) -> dict[str, object]:
     return {"ctx": 2048, "profile": str(profile)}
 
 
-def ask(client: RequestClient, system: str, question: str = "Is the kitchen light on?") -> dict:
+def ask(client: RequestClient, system: str, question: str = "Is the kitchen light on?") -> Result:
+    """The answer's Result (an error answer raises its error)."""
     body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
             "max_tokens": 4}
-    final = client.ask(body, timeout_s=600).final
-    assert final["type"] == "result", final
-    return final
+    return client.ask(body, timeout_s=600).result
 
 
 def started(daemon: DaemonProcess) -> float:
@@ -97,8 +97,9 @@ def restart_round(model: Path, broker, folder: Path) -> dict[str, float]:
             warm = ask(client, system_prompt("A"))
     finally:
         assert daemon.stop() == 0, daemon.output()
-    return {"same_text": warm["text"] == cold["text"],"cold_ms": cold["timings"]["time_to_first_token_ms"], "warm_ms": warm["timings"]["time_to_first_token_ms"],
-            "prompt_tokens": cold["usage"]["prompt_tokens"], "cached": warm["usage"]["cached_prompt_tokens"],
+    return {"same_text": warm.text == cold.text, "cold_ms": cold.timings.time_to_first_token_ms,
+            "warm_ms": warm.timings.time_to_first_token_ms,
+            "prompt_tokens": cold.prompt_tokens, "cached": warm.timings.cached_prompt_tokens,
             "warm_up_ms": warm_ms(daemon), "start_cold_s": start_cold, "start_warm_s": start_warm}
 
 
@@ -113,11 +114,11 @@ def alternation(model: Path, broker, folder: Path) -> list[tuple[str, float, int
         with RequestClient(broker.url, daemon.prefix) as client:
             for i in range(ALTERNATIONS):
                 kind = "AB"[i % 2]
-                final = ask(client, system_prompt(kind), f"Question {i}: is the hall light on?")
-                usage, timings = final["usage"], final["timings"]
-                out.append((kind, timings["time_to_first_token_ms"], usage["cached_prompt_tokens"]))
+                result = ask(client, system_prompt(kind), f"Question {i}: is the hall light on?")
+                timings = result.timings
+                out.append((kind, timings.time_to_first_token_ms, timings.cached_prompt_tokens))
                 print(f"  {kind}: TTFT {out[-1][1]:.0f} ms, {out[-1][2]} cached, "
-                      f"{usage['prompt_tokens'] - out[-1][2]} evaluated in {timings['prompt_ms']:.0f} ms", flush=True)
+                      f"{result.prompt_tokens - out[-1][2]} evaluated in {timings.prompt_ms:.0f} ms", flush=True)
     finally:
         assert daemon.stop() == 0, daemon.output()
     return out

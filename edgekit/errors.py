@@ -108,6 +108,10 @@ class Cancelled(EdgekitError):
     code = "cancelled"
 
 
+class ProtocolError(EdgekitError):
+    """A daemon's message does not follow docs/protocol.md (a daemon of another version?)."""
+
+
 class BrokerError(EdgekitError):
     """The MQTT broker refused us or could not be reached."""
 

@@ -20,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgekit.engine import Chunk, Engine, Request, Result
 from edgekit.engine.text import TextAssembler
-from edgekit.errors import BadRequest, ContextOverflow, EngineError, ModelFormatError
+from edgekit.errors import BadRequest, ContextOverflow, EngineError, ModelFormatError, TooLarge
 from edgekit.plan import Settings
 
 # One thread: the suite shares two cores with everything else, and llama.cpp's spinning
@@ -145,6 +145,21 @@ def test_a_prompt_that_exactly_fits_runs_and_the_answer_is_capped_by_the_context
     result = own_engine.complete(Request(prompt=raw_prompt_of(own_engine, n_ctx - 1), max_tokens=50))
     assert result.prompt_tokens == n_ctx - 1
     assert result.completion_tokens <= 1 and result.finish_reason in ("length", "stop")
+
+
+def test_a_prompt_over_its_max_prompt_tokens_is_too_large_with_the_counts(engine: Engine):
+    prompt = raw_prompt_of(engine, 12)
+    with pytest.raises(TooLarge, match="prompt is 12 tokens, the limit is 11"):
+        engine.complete(Request(prompt=prompt, max_tokens=1, max_prompt_tokens=11))
+    assert engine.complete(Request(prompt=prompt, max_tokens=1, max_prompt_tokens=12)).prompt_tokens == 12
+
+
+def test_with_max_tokens_must_fit_the_context_holds_the_whole_answer_or_refuses(own_engine: Engine):
+    n_ctx = own_engine.info.n_ctx
+    prompt = raw_prompt_of(own_engine, n_ctx - 10)
+    with pytest.raises(ContextOverflow, match=f"prompt \\({n_ctx - 10} tokens\\) plus max_tokens \\(11\\)"):
+        own_engine.complete(Request(prompt=prompt, max_tokens=11, max_tokens_must_fit=True))
+    assert own_engine.complete(Request(prompt=prompt, max_tokens=10, max_tokens_must_fit=True)).prompt_tokens == n_ctx - 10
 
 
 def test_a_json_schema_constrains_the_output(engine: Engine):

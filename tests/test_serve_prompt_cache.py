@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from edgekit.engine.prompt_cache import disk_files
+from edgekit.engine.records import Result
 from edgekit.serve.mqtt.client import RequestClient
 from tests.serve_support import DaemonProcess, Listener
 
@@ -15,11 +16,11 @@ SYSTEM = "".join(f"Entity light.room_{i} is {('on', 'off')[i % 2]} at {i * 9 % 1
 OTHER = "".join(f"Sensor {i} in zone {i * 13 % 7} reads {i * 1.5:.1f} degrees. " for i in range(20))
 
 
-def ask(client: RequestClient, system: str, question: str) -> dict:
+def ask(client: RequestClient, system: str, question: str) -> Result:
+    """One chat request's Result (an error answer raises its error)."""
     answer = client.ask({"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
                          "max_tokens": 8})
-    assert answer.final["type"] == "result", answer.final
-    return answer.final
+    return answer.result
 
 
 def test_the_cache_is_warm_before_online_answers_warm_requests_and_survives_a_sigterm_restart(
@@ -31,11 +32,11 @@ def test_the_cache_is_warm_before_online_answers_warm_requests_and_survives_a_si
     try:
         with RequestClient(mosquitto.url, PREFIX, timeout_s=60) as client:
             first = ask(client, SYSTEM, "Is room 3 on?")  # warmed at boot: only the question is evaluated
-            warm = client.ask({"messages": [{"role": "system", "content": OTHER}], "warm": True}).final
+            warm = client.ask({"messages": [{"role": "system", "content": OTHER}], "warm": True}).result
             other = ask(client, OTHER, "How warm is zone 2?")
-        assert first["usage"]["cached_prompt_tokens"] >= 0.9 * first["usage"]["prompt_tokens"]
-        assert warm["type"] == "result" and warm["text"] == "" and warm["usage"]["completion_tokens"] == 0
-        assert other["usage"]["cached_prompt_tokens"] >= warm["usage"]["prompt_tokens"] - 8
+        assert first.timings.cached_prompt_tokens >= 0.9 * first.prompt_tokens
+        assert warm.text == "" and warm.completion_tokens == 0
+        assert other.timings.cached_prompt_tokens >= warm.prompt_tokens - 8
         metrics = Listener(mosquitto.url, f"{PREFIX}/metrics")
         fresh = metrics.until(lambda m: not m.retain, timeout_s=10).json
         metrics.close()
@@ -51,8 +52,8 @@ def test_the_cache_is_warm_before_online_answers_warm_requests_and_survives_a_si
             other_again = ask(client, OTHER, "How warm is zone 2?")
     finally:
         assert daemon.stop() == 0, daemon.output()
-    assert again["text"] == first["text"] and other_again["text"] == other["text"]
-    assert again["usage"]["cached_prompt_tokens"] >= 0.9 * again["usage"]["prompt_tokens"]
-    assert other_again["usage"]["cached_prompt_tokens"] >= 0.9 * other_again["usage"]["prompt_tokens"]
+    assert again.text == first.text and other_again.text == other.text
+    assert again.timings.cached_prompt_tokens >= 0.9 * again.prompt_tokens
+    assert other_again.timings.cached_prompt_tokens >= 0.9 * other_again.prompt_tokens
     restarts = re.findall(r"prompt cache: warmed in \d+ ms \((\d+) saved states restored", daemon.output())
     assert len(restarts) == 2 and int(restarts[1]) >= 2, daemon.output()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgekit.engine.records import Chunk, Result, Timings, ToolCall
-from edgekit.errors import BadRequest, TooLarge
+from edgekit.errors import BadRequest, Busy, ContextOverflow, Duplicate, EngineError, ProtocolError, TooLarge
 from edgekit.serve.mqtt import protocol
 from edgekit.serve.config import LimitsConfig
 from edgekit.serve.mqtt.protocol import Reply, Topics
@@ -212,3 +215,87 @@ def test_tool_calls_go_out_as_objects_in_chunks_and_results() -> None:
     message = json.loads(protocol.result_message("r1", result, "box", 0.0))
     assert message["finish_reason"] == "tool_calls" and message["tool_calls"] == [wire]
     assert "tool_calls" not in json.loads(protocol.result_message("r1", Result("r1", "x", "stop", 1, 1, Timings()), "box", 0.0))
+
+
+# --- a request as it arrives, and answers read back ------------------------------------------------
+
+
+def properties(**values: object) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+def read(payload: bytes, props: Properties | None, owner: str | None = None) -> protocol.Incoming:
+    return protocol.read_request(payload, props, owner, LIMITS, "edgekit/reply/")
+
+
+def test_a_request_is_read_from_its_payload_and_properties() -> None:
+    props = properties(ResponseTopic="edgekit/reply/t", CorrelationData=b"c1", MessageExpiryInterval=30)
+    incoming = read(b'{"id": "a1", "prompt": "Hi", "stream": true}', props)
+    assert incoming.error is None and incoming.request.prompt == "Hi" and incoming.request.id == "a1"
+    assert incoming.stream and incoming.expiry_s == 30
+    assert incoming.reply == Reply("edgekit/reply/t", b"c1", "a1", "\0edgekit/reply/t\0a1")
+
+
+def test_an_mqtt_3_request_names_its_reply_topic_in_the_payload() -> None:
+    incoming = read(b'{"id": "b", "prompt": "Hi", "reply_to": "edgekit/reply/old"}', None)
+    assert incoming.error is None and incoming.reply.topic == "edgekit/reply/old" and incoming.expiry_s is None
+
+
+def test_a_payload_that_is_not_json_is_refused_on_its_reply_topic_and_never_deduplicated() -> None:
+    incoming = read(b"{not json", properties(ResponseTopic="edgekit/reply/t", CorrelationData=b"c2"))
+    assert isinstance(incoming.error, BadRequest) and "not JSON" in str(incoming.error)
+    assert incoming.request is None and incoming.reply.topic == "edgekit/reply/t"
+    assert incoming.reply.request_id == b"c2".hex() and incoming.reply.key is None
+
+
+def test_a_reply_topic_outside_the_prefix_is_refused_towards_the_errors_topic() -> None:
+    incoming = read(b'{"id": "e", "prompt": "Hi"}', properties(ResponseTopic="lights/kitchen/set"))
+    assert incoming.reply.topic is None and "outside the allowed prefix" in str(incoming.error)
+    assert incoming.repeated("answered") is incoming  # its route's refusal stands
+
+
+def test_bad_fields_are_refused_on_the_reply_topic_naming_the_field() -> None:
+    incoming = read(b'{"prompt": "Hi", "temperature": 9}', properties(ResponseTopic="edgekit/reply/t"))
+    assert incoming.reply.topic == "edgekit/reply/t" and "temperature" in str(incoming.error)
+
+
+def test_a_repeated_id_is_refused_as_a_duplicate_naming_it() -> None:
+    incoming = read(b'{"id": "r", "prompt": "Hi"}', properties(ResponseTopic="edgekit/reply/t")).repeated("in progress")
+    assert isinstance(incoming.error, Duplicate) and incoming.request is None
+    assert str(incoming.error) == "id 'r' was already used by this requester (in progress): give each request a new id"
+
+
+def test_a_cancel_names_the_request_id() -> None:
+    assert protocol.read_cancel(b'{"id": 7}', LIMITS) == "7"
+    with pytest.raises(BadRequest, match="id"):
+        protocol.read_cancel(b'{"request": "7"}', LIMITS)
+
+
+def test_a_result_message_reads_back_as_the_result_with_the_queue_in_its_total() -> None:
+    call = ToolCall("call_1", "switch", {"on": True})
+    timings = Timings(time_to_first_token_ms=12.5, prompt_tokens=5, cached_prompt_tokens=3, prompt_ms=20.0,
+                      prompt_tokens_per_s=100.0, completion_tokens=2, generation_ms=18.0,
+                      generation_tokens_per_s=50.0, total_ms=40.0)
+    result = Result("r1", "hi", "tool_calls", 5, 2, timings, (call,))
+    back = protocol.read_result(json.loads(protocol.result_message("r1", result, "box", queue_ms=2.0)))
+    assert back == replace(result, timings=replace(timings, queue_ms=2.0, total_ms=42.0))
+
+
+def test_a_chunk_message_reads_back_as_the_chunk() -> None:
+    chunk = Chunk("r1", 3, "ab", 2, 12.5, (3.0, 9.5), (ToolCall("call_2", "switch", {"on": False}),))
+    assert protocol.read_chunk(json.loads(protocol.chunk_message("r1", 3, chunk))) == chunk
+
+
+@pytest.mark.parametrize("code, error", [("busy", Busy), ("context_overflow", ContextOverflow),
+                                         ("too_large", TooLarge), ("internal", EngineError)])
+def test_an_error_message_reads_back_as_its_error(code: str, error: type) -> None:
+    with pytest.raises(error, match=f"{code}: why"):
+        protocol.read_result(json.loads(protocol.error_message("r1", code, "why")))
+
+
+def test_a_message_that_is_not_a_result_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="not a result message"):
+        protocol.read_result({"id": "r1", "type": "result", "text": "hi"})

@@ -3,24 +3,23 @@
 The client (edgekit.serve.mqtt.client.RequestClient) times each exchange from publish to
 last message; the daemon's result carries the engine's own timings, with its queue
 added to total_ms. So end-to-end minus the daemon's total is what MQTT cost.
-The result message has rates, not durations, for the prompt and generation phases:
-their durations here are token counts divided by those rates.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
-from edgekit.engine.records import Chunk, Request, Result, Timings
+from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import UsageError
 
 
 @contextlib.contextmanager
 def mqtt_send(broker_url: str, prefix: str | None) -> Iterator[Any]:
     """A Send (see runner.Send) over one connection to the broker, for the daemon at ``prefix``."""
-    from edgekit.serve.mqtt.client import RequestClient, raise_for_error
+    from edgekit.serve.mqtt.client import RequestClient
     from edgekit.serve.config import load_config
 
     if not broker_url.startswith(("mqtt://", "mqtts://")):
@@ -30,8 +29,7 @@ def mqtt_send(broker_url: str, prefix: str | None) -> Iterator[Any]:
 
         def send(request: Request) -> tuple[list[Chunk], Result, float]:
             answer = client.ask(body_of(request))
-            raise_for_error(answer.final)
-            return records_of(request, answer.messages, answer.arrival_ms)
+            return records_of(answer.messages, answer.arrival_ms)
 
         yield send
 
@@ -46,31 +44,18 @@ def body_of(request: Request) -> dict[str, Any]:
     }
 
 
-def records_of(request: Request, messages: list[dict[str, Any]],
-               arrival_ms: list[float]) -> tuple[list[Chunk], Result, float]:
-    """Chunks timed by their arrival at the client, the daemon's Result, and the round trip."""
-    chunks = [
-        Chunk(request.id, i, m.get("text", ""), int(m.get("tokens", 1)), ms)
-        for i, (m, ms) in enumerate((m, ms) for m, ms in zip(messages, arrival_ms) if m.get("type") == "chunk")
-    ]
-    final = messages[-1]
-    t, usage = final.get("timings", {}), final.get("usage", {})
-    prompt_tokens, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-    pp_rate, tg_rate = float(t.get("prompt_tokens_per_s", 0)), float(t.get("generation_tokens_per_s", 0))
-    timings = Timings(
-        queue_ms=float(t.get("queue_ms", 0)),
-        # the client saw the first token when the first chunk arrived: TTFT as an IoT backend sees it
-        time_to_first_token_ms=chunks[0].elapsed_ms if chunks else float(t.get("time_to_first_token_ms", 0)),
-        prompt_tokens=prompt_tokens,
-        cached_prompt_tokens=int(usage.get("cached_prompt_tokens", 0)),
-        prompt_ms=float(t["prompt_ms"]) if "prompt_ms" in t else 1000 * prompt_tokens / pp_rate if pp_rate else 0.0,
-        prompt_tokens_per_s=pp_rate,
-        completion_tokens=completion,
-        generation_ms=float(t["generation_ms"]) if "generation_ms" in t
-        else 1000 * max(0, completion - 1) / tg_rate if tg_rate else 0.0,
-        generation_tokens_per_s=tg_rate,
-        total_ms=float(t.get("total_ms", 0)),
-    )
-    result = Result(request.id, final.get("text", ""), final.get("finish_reason", "stop"),
-                    prompt_tokens, completion, timings)
+def records_of(messages: list[dict[str, Any]], arrival_ms: list[float]) -> tuple[list[Chunk], Result, float]:
+    """Chunks timed by their arrival at the client, the daemon's Result, and the round trip.
+
+    The messages are read by the protocol's own reader; only the clock changes: each chunk's time is
+    its arrival (so the transport shows in the inter-token latency, and the engine's token times are
+    dropped), and the first token came when the first chunk arrived, as an IoT backend sees it.
+    """
+    from edgekit.serve.mqtt.protocol import read_chunk, read_result
+
+    arrived = [(m, ms) for m, ms in zip(messages, arrival_ms) if m.get("type") == "chunk"]
+    chunks = [replace(read_chunk(m), index=i, elapsed_ms=ms, token_ms=()) for i, (m, ms) in enumerate(arrived)]
+    result = read_result(messages[-1])
+    if chunks:
+        result = replace(result, timings=replace(result.timings, time_to_first_token_ms=chunks[0].elapsed_ms))
     return chunks, result, arrival_ms[-1]

@@ -22,7 +22,7 @@ from edgekit.engine import tools as toolcalls
 from edgekit.engine import worker
 from edgekit.engine.adapters import check_adapter, check_adapter_files
 from edgekit.engine.chat import ChatTemplate
-from edgekit.engine.prompt_cache import SHARED_BYTES, CacheStats, PromptCacheConfig
+from edgekit.engine.prompt_cache import CacheStats, PromptCacheConfig
 from edgekit.engine.process import WorkerDied, WorkerProcess, is_error, unwrap
 from edgekit.engine.records import Chunk, ModelInfo, Request, Result, Timings
 from edgekit.engine.worker import Job
@@ -59,9 +59,10 @@ class Engine:
         # between graph nodes of a prompt batch, with no message to wait for. The prompt
         # cache's counters follow it, so metrics never wait for a running request.
         self._cancel_fd = os.memfd_create("edgekit-cancel")
-        os.ftruncate(self._cancel_fd, SHARED_BYTES)
+        os.ftruncate(self._cancel_fd, worker.SHARED_SIZE)
         self._cancel_seq = worker.shared_flag(self._cancel_fd)
         self._cache_counters = worker.shared_counters(self._cancel_fd)
+        self._counters = worker.shared_engine_counters(self._cancel_fd)
         self._cancel_seq.value = -1
         self._run_lock = threading.Lock()  # one request (or tokenize) in the child at a time
         self._state_lock = threading.Lock()  # guards the request bookkeeping below
@@ -142,6 +143,11 @@ class Engine:
                 return unwrap(current.recv(), "warmed")
             except WorkerDied:
                 raise self._crashed(current, "warming the prompt cache") from None
+
+    @property
+    def tokenize_count(self) -> int:
+        """Texts the worker has tokenized (each request's prompt, each tokenize()): a prompt costs one."""
+        return int(self._counters.tokenized)
 
     def cache_stats(self) -> CacheStats | None:
         """The prompt cache's hits, misses and bytes (None when the engine runs without one); never waits."""

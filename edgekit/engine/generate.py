@@ -21,13 +21,13 @@ import numpy as np
 from edgekit.engine.forced import ForcedText
 from edgekit.engine.kv_state import capture_state, restore_state
 from edgekit.engine.prompt_cache import PromptCache, common_prefix
-from edgekit.engine.records import Chunk, FinishReason, Result, Timings, ToolCall
+from edgekit.engine.records import Chunk, FinishReason, Request, Result, Timings, ToolCall
 from edgekit.engine.sampling import SamplerChain
 from edgekit.engine.text import TextAssembler
 from edgekit.engine.tool_grammar import tool_grammar
 from edgekit.engine.tool_output import CallStream
 from edgekit.engine.worker import Job
-from edgekit.errors import BadRequest, ContextOverflow, EngineError
+from edgekit.errors import BadRequest, ContextOverflow, EngineError, TooLarge
 
 _NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL callback: removes ours after the prompt
 
@@ -49,8 +49,10 @@ class _Progress:
 class Runner:
     """Serves jobs one after another on one Llama, keeping its KV cache between them."""
 
-    def __init__(self, llm: Any, cancel_seq: Any, adapters: Any = None, cache: PromptCache | None = None) -> None:
+    def __init__(self, llm: Any, cancel_seq: Any, adapters: Any = None, cache: PromptCache | None = None,
+                 counters: Any = None) -> None:
         self._llm = llm
+        self._counters = counters  # worker.EngineCounters in shared memory, or None
         self._adapters = adapters  # edgekit.engine.adapters.Adapters, or None (no LoRA support needed)
         self._adapter_active = False  # the prompt cache's saved states are the bare model's only
         self._cache_all = cache
@@ -69,8 +71,8 @@ class Runner:
         """Evaluate the prompt (reusing the cached prefix), then sample until a finish reason."""
         self._seq, self._request_id = job.seq, job.request.id
         progress = _Progress(t_start=time.perf_counter())
+        tokens = self._tokenize_prompt(job)  # first: a refused prompt changes nothing here
         adapter = self._use_adapter(job.request)
-        tokens = self._tokenize_prompt(job)
         progress.prompt_tokens = len(tokens)
         if job.request.warm:  # fill the cache with the prompt's state, generate nothing
             reason: FinishReason = "stop" if self._prefill(tokens, progress) else "cancelled"
@@ -123,21 +125,18 @@ class Runner:
         return {"states": states, "bytes": size, "ms": (time.perf_counter() - t0) * 1000}
 
     def tokenize(self, text: str, add_bos: bool, special: bool) -> list[int]:
+        if self._counters is not None:
+            self._counters.tokenized += 1
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
     def _cancelled(self) -> bool:
         return self._cancel_seq.value == self._seq
 
     def _tokenize_prompt(self, job: Job) -> list[int]:
+        """The prompt's tokens, checked against the context and the request's limits here, where they
+        are counted: a daemon's limits cost no tokenizing of their own."""
         tokens = self.tokenize(job.prompt, job.add_bos, special=True)
-        n_ctx = self._n_ctx
-        if not tokens:
-            raise BadRequest("the prompt is empty: send some text")
-        if len(tokens) + 1 > n_ctx:  # the prompt and at least one answer token must fit
-            raise ContextOverflow(
-                f"prompt is {len(tokens)} tokens, context is {n_ctx} (the answer needs at least 1 more): "
-                "shorten the prompt or raise --ctx"
-            )
+        check_prompt(len(tokens), job.request, self._n_ctx)
         return tokens
 
     def _prefill(self, tokens: Sequence[int], progress: _Progress) -> bool:
@@ -404,6 +403,20 @@ def aligned_keep(n_tokens: int, keep: int) -> int:
     """
     extra = -(n_tokens - keep) % ROW_BLOCK
     return keep - extra if 0 < extra <= 2 and keep >= extra else keep
+
+
+def check_prompt(count: int, request: Request, n_ctx: int) -> None:
+    """A prompt of ``count`` tokens within the request's limits and the context; our errors otherwise."""
+    if not count:
+        raise BadRequest("the prompt is empty: send some text")
+    if request.max_prompt_tokens is not None and count > request.max_prompt_tokens:
+        raise TooLarge(f"prompt is {count} tokens, the limit is {request.max_prompt_tokens}")
+    if request.max_tokens_must_fit and count + request.max_tokens > n_ctx:
+        raise ContextOverflow(f"prompt ({count} tokens) plus max_tokens ({request.max_tokens}) is over the "
+                              f"context of {n_ctx} tokens: shorten the prompt or ask for fewer tokens")
+    if count + 1 > n_ctx:  # the prompt and at least one answer token must fit
+        raise ContextOverflow(f"prompt is {count} tokens, context is {n_ctx} (the answer needs at least 1 more): "
+                              "shorten the prompt or raise --ctx")
 
 
 def usable_context(llm: Any) -> int:

@@ -63,6 +63,12 @@ class Request:
     stream_interval_ms: float = 100.0
     adapter: str | None = None  # a LoRA loaded with the model (Settings.lora), by name; None: the bare model
     adapter_scale: float | None = None  # None: the adapter's own scale from Settings.lora
+    # Limits checked where the prompt is tokenized (once, in the engine's child), set by a daemon:
+    # its limits.max_prompt_tokens (too_large above it), and whether the context must hold the prompt
+    # plus max_tokens (context_overflow, never an answer cut short in silence). Without them the
+    # answer stops where the context ends (finish_reason "length").
+    max_prompt_tokens: int | None = None
+    max_tokens_must_fit: bool = False
     # Only put the prompt into the prompt cache (restored or evaluated) and answer with no text:
     # MQTT's `warm` request, Ollama's load request. max_tokens and sampling are ignored.
     warm: bool = False

@@ -5,7 +5,7 @@ this process and not the caller. llama_cpp is imported inside main(), so the par
 never loads libllama. The parent starts us as ``python -m edgekit.engine
 CONN_FD HEARTBEAT_FD CANCEL_FD`` (a plain subprocess: unlike multiprocessing's spawn,
 it never re-imports the caller's __main__); CANCEL_FD is a memfd holding the shared
-cancel flag and the prompt cache's counters, and the first message on CONN_FD is
+cancel flag, the prompt cache's counters and ours (EngineCounters), and the first message on CONN_FD is
 (model path, Settings, PromptCacheConfig or None).
 
 Messages, child -> parent: ("ready", ModelInfo) | ("error", error class name, message)
@@ -50,6 +50,15 @@ class Job:
     tools: ToolPlan | None = None  # the calls the answer may hold (grammar and parser)
 
 
+class EngineCounters(ctypes.Structure):
+    """What the child counts for the parent, in the shared memfd after the prompt cache's counters."""
+
+    _fields_ = [("tokenized", ctypes.c_long)]  # texts tokenized: each request's prompt, each tokenize()
+
+
+SHARED_SIZE = SHARED_BYTES + ctypes.sizeof(EngineCounters)  # the memfd: cancel flag, cache counters, ours
+
+
 def shared_flag(fd: int) -> ctypes.c_long:
     """A C long in shared memory (the memfd ``fd``): the cancel flag both processes see."""
     return ctypes.c_long.from_buffer(mmap.mmap(fd, SHARED_BYTES))
@@ -60,6 +69,11 @@ def shared_counters(fd: int) -> Counters:
     return Counters.from_buffer(mmap.mmap(fd, SHARED_BYTES), COUNTERS_OFFSET)
 
 
+def shared_engine_counters(fd: int) -> EngineCounters:
+    """The engine's own counters, after the prompt cache's in the same memfd."""
+    return EngineCounters.from_buffer(mmap.mmap(fd, SHARED_SIZE), SHARED_BYTES)
+
+
 def run_from_argv(argv: list[str]) -> None:
     """``python -m edgekit.engine CONN_FD HEARTBEAT_FD CANCEL_FD``."""
     conn, heartbeat = Connection(int(argv[0])), Connection(int(argv[1]))
@@ -68,11 +82,13 @@ def run_from_argv(argv: list[str]) -> None:
         model_path, settings, cache_config = conn.recv()
     except (EOFError, OSError):
         return
-    main(model_path, settings, conn, heartbeat, cancel_seq, cache_config, shared_counters(int(argv[2])))
+    main(model_path, settings, conn, heartbeat, cancel_seq, cache_config, shared_counters(int(argv[2])),
+         shared_engine_counters(int(argv[2])))
 
 
 def main(model_path: str, settings: Settings, conn: Any, heartbeat: Any, cancel_seq: Any,
-         cache_config: PromptCacheConfig | None = None, counters: Counters | None = None) -> None:
+         cache_config: PromptCacheConfig | None = None, counters: Counters | None = None,
+         engine_counters: EngineCounters | None = None) -> None:
     """Load the model, say "ready" (or why not), then serve until "close" or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it cancels)
     threading.Thread(target=_answer_pings, args=(heartbeat,), daemon=True, name="heartbeat").start()
@@ -89,7 +105,7 @@ def main(model_path: str, settings: Settings, conn: Any, heartbeat: Any, cancel_
 
     conn.send(("ready", info))
     try:
-        _serve(Runner(llm, cancel_seq, adapters, cache), conn)
+        _serve(Runner(llm, cancel_seq, adapters, cache, engine_counters or EngineCounters()), conn)
     finally:
         if cache is not None:
             cache.close()

@@ -2,6 +2,7 @@
 
 core.py       Core: engine ownership, the queue and worker, drain, reload, watchdog; Outcome, Sink, FrontEnd
 jobs.py       Job and the bounded JobQueue
+requests.py   edgekit's request object checked against the limits: the same rules for MQTT and HTTP
 engines.py    opening the engine with the planned settings and a warm-up
 metrics.py    counters (per front end) and percentiles
 config.py     ServeConfig: edgekit.toml, EDGEKIT_* environment, flags; secrets from files

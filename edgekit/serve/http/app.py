@@ -25,9 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgekit.engine.records import Request
 from edgekit.errors import BadRequest
-from edgekit.serve.mqtt import protocol  # edgekit's own request object: one set of rules for both
 from edgekit.serve.config import LimitsConfig
 from edgekit.serve.http.jobs import FRONT_END, ApiError
+from edgekit.serve.requests import check_request
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,12 @@ def engine_request(http: HttpRequest, fields: dict[str, Any]) -> Request:
     """An engine Request from the fields of edgekit's own request object (docs/protocol.md), checked
     against the daemon's limits by the same rules as an MQTT request: 400 (or 413) naming the field."""
     try:
-        incoming = protocol.parse({k: v for k, v in fields.items() if v is not None},
-                                  protocol.Reply(None, None, uuid.uuid4().hex), http.app.state.settings.limits)
+        asked = check_request({k: v for k, v in fields.items() if v is not None}, http.app.state.settings.limits,
+                              uuid.uuid4().hex)
     except BadRequest as exc:
         http.app.state.core.metrics.error(exc.code, FRONT_END)
         raise ApiError(413 if exc.code == "too_large" else 400, str(exc)) from None
-    return incoming.request
+    return asked.request
 
 
 class Guard:

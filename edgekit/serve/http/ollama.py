@@ -23,6 +23,7 @@ from edgekit.engine.records import Chunk, Result
 from edgekit.serve.http import models
 from edgekit.serve.http.app import check_model, engine_request, json_body
 from edgekit.serve.http.jobs import ApiError, Finished, HttpJob, first_event, result_of
+from edgekit.serve.requests import ROLES
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 OPTIONS = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
            "min_p": "min_p", "seed": "seed", "stop": "stop", "repeat_penalty": "repeat_penalty",
            "stream_interval_ms": "stream_interval_ms"}
-ROLES = ("system", "user", "assistant", "tool")
 JSON_OBJECT = {"type": "object"}  # format "json": any JSON object
 
 

@@ -1,7 +1,7 @@
 """The MQTT 5 front end of `edgekit serve`, and its client.
 
 front.py      MqttFrontEnd: requests from the broker into the core, answers back, losing none
-protocol.py   topics, request parsing and validation, reply messages (docs/protocol.md)
+protocol.py   the wire format: topics, requests read (payload + properties), answers written and read back
 acks.py       acknowledgement after the answer: Ledger, Confirmations
 journal.py    answered request keys on disk: answered once across SIGKILL
 link.py       paho clients: MQTT 5, TLS, credentials, TCP_NODELAY / TCP_QUICKACK

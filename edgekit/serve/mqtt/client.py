@@ -21,29 +21,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgekit.errors import (
-    BadRequest,
-    BrokerError,
-    Busy,
-    Cancelled,
-    ContextOverflow,
-    Duplicate,
-    EdgekitError,
-    EngineError,
-    Expired,
-    TimedOut,
-    TooLarge,
-    UsageError,
-)
+from edgekit.engine.records import Result
+from edgekit.errors import BrokerError, UsageError
 from edgekit.serve.config import BrokerConfig
 from edgekit.serve.mqtt.link import connect_blocking, message_property, new_client, publish_properties, quick_ack
+from edgekit.serve.mqtt.protocol import raise_for_error, read_result
 
-# The protocol's error codes -> the exception the client raises for them.
-ERRORS: dict[str, type[EdgekitError]] = {
-    "bad_request": BadRequest, "context_overflow": ContextOverflow, "busy": Busy, "expired": Expired,
-    "cancelled": Cancelled, "too_large": TooLarge, "internal": EngineError, "timeout": TimedOut,
-    "duplicate": Duplicate,
-}
+__all__ = ["Answer", "RequestClient", "chat_body", "raise_for_error", "read_schema", "request", "timings_line"]
+
 REPLY_ROOT = "edgekit/reply"  # under the daemon's default allowed reply prefix
 
 
@@ -67,20 +52,17 @@ class Answer:
         return [m for m in self.messages if m.get("type") == "chunk"]
 
     @property
+    def result(self) -> Result:
+        """The final message read back as the engine's Result (protocol.read_result); an error raises."""
+        return read_result(self.final)
+
+    @property
     def round_trip_ms(self) -> float:
         return self.arrival_ms[-1]
 
     @property
     def first_message_ms(self) -> float:
         return self.arrival_ms[0]
-
-
-def raise_for_error(message: dict[str, Any]) -> None:
-    """Turn a protocol error message into the matching EdgekitError."""
-    if message.get("type") == "error":
-        error = message.get("error", {})
-        cls = ERRORS.get(error.get("code"), EdgekitError)
-        raise cls(f"{error.get('code')}: {error.get('message')}")
 
 
 class RequestClient:
@@ -222,9 +204,10 @@ def read_schema(path: Path) -> dict[str, Any]:
 
 
 def timings_line(final: dict[str, Any], round_trip_ms: float) -> str:
-    """One line for stderr: where the time went."""
-    t, usage = final.get("timings", {}), final.get("usage", {})
-    return (f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} generated tokens; "
-            f"queue {t.get('queue_ms', 0):.1f} ms, first token {t.get('time_to_first_token_ms', 0):.1f} ms, "
-            f"{t.get('generation_tokens_per_s', 0):.1f} tok/s; round trip {round_trip_ms:.1f} ms"
+    """One line for stderr: where the time went (``final``: a result message)."""
+    result = read_result(final)
+    t = result.timings
+    return (f"{result.prompt_tokens} prompt + {result.completion_tokens} generated tokens; "
+            f"queue {t.queue_ms:.1f} ms, first token {t.time_to_first_token_ms:.1f} ms, "
+            f"{t.generation_tokens_per_s:.1f} tok/s; round trip {round_trip_ms:.1f} ms"
             f" ({final.get('device', '?')})")

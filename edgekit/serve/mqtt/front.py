@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgekit.engine.records import Chunk
-from edgekit.errors import BadRequest, Busy, Duplicate, EdgekitError
+from edgekit.errors import BadRequest, Busy, EdgekitError
 from edgekit.serve.config import ServeConfig, broker_address
 from edgekit.serve.core import Core, Outcome, model_name
 from edgekit.serve.jobs import Job
@@ -207,48 +207,28 @@ class MqttFrontEnd:
     # --- requests in ----------------------------------------------------------------------------
 
     def _take_request(self, message: mqtt.MQTTMessage, owner: str | None) -> None:
-        """Decode, check, deduplicate, queue: every path ends in one answer (or a redelivery folded in)."""
+        """Read, deduplicate, queue: every path ends in one answer (or a redelivery folded in)."""
         if self._draining:
             return  # not acknowledged: the broker hands it to our next session (or another daemon)
         delivery = self._delivery(message)
-        response_topic = message_property(message, "ResponseTopic")
-        correlation = message_property(message, "CorrelationData")
-        try:
-            data = protocol.decode(message.payload, self.config.limits)
-        except BadRequest as exc:
-            self._refuse(self._routable(protocol.reply_of({}, response_topic, correlation, owner))[0], exc, delivery)
-            return
-        reply = protocol.reply_of(data, response_topic, correlation, owner)
-        routable, problem = self._routable(reply)
-        state = self.ledger.duplicate(reply.key, delivery, message.dup)
+        incoming = protocol.read_request(message.payload, message.properties, owner, self.config.limits,
+                                         self.config.topics.reply_prefix)
+        state = self.ledger.duplicate(incoming.reply.key, delivery, message.dup)
         if state is not None:
-            log.info("request %s: a repeat (dup flag %s) of one %s", reply.request_id, message.dup, state)
+            log.info("request %s: a repeat (dup flag %s) of one %s", incoming.reply.request_id, message.dup, state)
             if message.dup:
                 return
-            problem = problem or Duplicate(f"id {reply.request_id!r} was already used by this requester "
-                                           f"({state}): give each request a new id")
-        try:
-            if problem is not None:
-                raise problem
-            incoming = protocol.parse(data, reply, self.config.limits)
-        except BadRequest as exc:
-            self._refuse(routable, exc, delivery)
-            return
-        self._accept(incoming, delivery, message_property(message, "MessageExpiryInterval"))
+            incoming = incoming.repeated(state)
+        if incoming.error is not None:
+            self._refuse(incoming.reply, incoming.error, delivery)
+        else:
+            self._accept(incoming, delivery)
 
-    def _routable(self, reply: Reply) -> tuple[Reply, BadRequest | None]:
-        """The reply itself, or, when its topic is missing or not allowed, a route to {node}/errors and why."""
-        try:
-            protocol.check_reply_topic(reply, self.config.topics.reply_prefix)
-        except BadRequest as exc:
-            return Reply(None, reply.correlation, reply.request_id, owner=reply.owner), exc
-        return reply, None
-
-    def _accept(self, incoming: protocol.Incoming, delivery: Delivery, expiry_s: int | None) -> None:
+    def _accept(self, incoming: protocol.Incoming, delivery: Delivery) -> None:
         key = incoming.reply.key or f"\0{incoming.request.id}"
         answer = MqttAnswer(self, incoming.reply, key, list(delivery))
         self.ledger.add(key, answer)
-        expires_at = time.monotonic() + expiry_s if expiry_s is not None else None
+        expires_at = time.monotonic() + incoming.expiry_s if incoming.expiry_s is not None else None
         try:
             self.core.submit(incoming.request, answer, front_end=self.name, stream=incoming.stream,
                              expires_at=expires_at, owner=incoming.reply.owner)
@@ -259,8 +239,8 @@ class MqttFrontEnd:
     def _take_cancel(self, payload: bytes, owner: str | None) -> None:
         """Cancel the sender's own request: {prefix}/cancel/<client id> reaches only that client's jobs."""
         try:
-            request_id = str(protocol.decode(payload, self.config.limits)["id"])
-        except (BadRequest, KeyError) as exc:
+            request_id = protocol.read_cancel(payload, self.config.limits)
+        except BadRequest as exc:
             log.warning("ignoring a cancel without an id: %s", exc)
             return
         jobs = self.core.jobs_of(owner, request_id)

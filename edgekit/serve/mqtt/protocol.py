@@ -1,7 +1,8 @@
-"""The MQTT protocol of `edgekit serve`: topics, request parsing, reply building.
+"""The MQTT wire format of `edgekit serve`: topics, reading requests, writing answers and reading them back.
 
-Pure functions over bytes and dicts, no MQTT client: the daemon and the request
-client both use them, and docs/protocol.md describes the same rules with examples.
+Pure functions over bytes, dicts and paho's properties, no MQTT client: the daemon writes
+what the request client and the benchmarks read, and docs/protocol.md describes the same
+rules with examples. A request's fields are checked by serve/requests.py, as HTTP's are.
 """
 
 from __future__ import annotations
@@ -10,13 +11,25 @@ import json
 import math
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from edgekit.engine import tools as toolcalls
-from edgekit.engine.records import Chunk, Request, Result
-from edgekit.errors import BadRequest, TooLarge
+from edgekit.engine.records import Chunk, Request, Result, Timings, ToolCall
+from edgekit.errors import (
+    BadRequest,
+    Busy,
+    Cancelled,
+    ContextOverflow,
+    Duplicate,
+    EdgekitError,
+    EngineError,
+    Expired,
+    ProtocolError,
+    TimedOut,
+    TooLarge,
+)
 from edgekit.serve.config import LimitsConfig
+from edgekit.serve.requests import check_request
 
 # Topic names: {prefix} is the request prefix (shared by a fleet), {node} is this
 # daemon's own prefix ({prefix} alone, or {prefix}/<device id> inside a fleet).
@@ -28,28 +41,18 @@ TOPICS: dict[str, str] = {
     "errors": "{node}/errors",  # errors of requests that named no (usable) reply topic
 }
 
-ROLES = ("system", "user", "assistant", "tool")
-MESSAGE_FIELDS = {"role", "content", "tool_calls", "tool_call_id", "name"}
-ERROR_CODES = ("bad_request", "context_overflow", "busy", "expired", "cancelled", "too_large", "timeout",
-               "duplicate", "internal")
 MAX_DEPTH = 32  # JSON nesting a request may use (a JSON schema included)
 MAX_INT = 2**63  # integers beyond +-this are refused (Python would parse 4,300 digits, slowly)
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads lets "\\ud800" through: not UTF-8, cannot be echoed
+ENVELOPE = frozenset({"id", "reply_to"})  # MQTT's own fields beside edgekit's request object (serve/requests.py)
 
-# Numeric fields (sampling, and how often to stream): (type, lowest, highest); a str bound
-# names a LimitsConfig field.
-SAMPLING: dict[str, tuple[type, float, float | str]] = {
-    "max_tokens": (int, 1, "max_tokens"),
-    "temperature": (float, 0.0, "max_temperature"),
-    "top_p": (float, 0.0, 1.0),
-    "top_k": (int, 0, "max_top_k"),
-    "min_p": (float, 0.0, 1.0),
-    "repeat_penalty": (float, 0.0, 10.0),
-    "seed": (int, 0, 2**32 - 1),
-    "stream_interval_ms": (float, 0.0, 60000.0),
+# The error codes of error messages, and the exception each is read back as.
+ERRORS: dict[str, type[EdgekitError]] = {
+    "bad_request": BadRequest, "context_overflow": ContextOverflow, "busy": Busy, "expired": Expired,
+    "cancelled": Cancelled, "too_large": TooLarge, "timeout": TimedOut, "duplicate": Duplicate,
+    "internal": EngineError,
 }
-ENVELOPE_FIELDS = ("id", "reply_to", "stream")
-REQUEST_FIELDS = set(SAMPLING) | {"messages", "prompt", "stop", "json_schema", "tools", "tool_choice", "warm"} | set(ENVELOPE_FIELDS)
+ERROR_CODES = tuple(ERRORS)
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,67 @@ class Reply:
 
 @dataclass(frozen=True)
 class Incoming:
-    """A parsed, validated request."""
+    """A request as it arrived: where it is answered, and the checked request or why it is refused."""
 
-    reply: Reply
-    request: Request
-    stream: bool
+    reply: Reply  # topic None: no usable reply topic, so a refusal goes to {node}/errors
+    request: Request | None = None  # None when refused
+    stream: bool = False
+    expiry_s: int | None = None  # MQTT 5 MessageExpiryInterval: "expired" if it waits in the queue longer
+    error: BadRequest | None = None  # why it is refused
+
+    def repeated(self, state: str) -> Incoming:
+        """A fresh request repeating an id its requester used (``state``: "in progress" or "answered"):
+        refused as a duplicate, unless its reply topic is refused already."""
+        if self.reply.topic is None:
+            return self
+        error = Duplicate(f"id {self.reply.request_id!r} was already used by this requester ({state}): "
+                          "give each request a new id")
+        return replace(self, request=None, error=error)
+
+
+def read_request(payload: bytes, properties: Any, owner: str | None, limits: LimitsConfig,
+                 reply_prefix: str) -> Incoming:
+    """A request's payload and MQTT 5 properties (paho's, or None) -> the request, or why it is refused.
+
+    Never raises for bad input: every refusal names the route its error answer takes.
+    ``owner`` is the client id of {prefix}/request/<client id>; ``reply_prefix`` the allowed reply topics'.
+    """
+    response_topic, correlation = _property(properties, "ResponseTopic"), _property(properties, "CorrelationData")
+    try:
+        data = decode(payload, limits)
+    except BadRequest as exc:  # nothing read, nothing to deduplicate by
+        reply = replace(reply_of({}, response_topic, correlation, owner), key=None)
+        return Incoming(_routable(reply, reply_prefix)[0], error=exc)
+    reply, problem = _routable(reply_of(data, response_topic, correlation, owner), reply_prefix)
+    if problem is not None:
+        return Incoming(reply, error=problem)
+    try:
+        incoming = parse(data, reply, limits)
+    except BadRequest as exc:
+        return Incoming(reply, error=exc)
+    return replace(incoming, expiry_s=_property(properties, "MessageExpiryInterval"))
+
+
+def read_cancel(payload: bytes, limits: LimitsConfig) -> str:
+    """A cancel's payload -> the id of the request to cancel; BadRequest without one."""
+    data = decode(payload, limits)
+    if "id" not in data:
+        raise BadRequest("a cancel needs the \"id\" of the request to cancel")
+    return str(data["id"])
+
+
+def _property(properties: Any, name: str) -> Any:
+    """A PUBLISH property, or None (MQTT 3.1.1 senders have none)."""
+    return getattr(properties, name, None) if properties is not None else None
+
+
+def _routable(reply: Reply, reply_prefix: str) -> tuple[Reply, BadRequest | None]:
+    """The reply itself, or, when its topic is missing or not allowed, the route to {node}/errors and why."""
+    try:
+        check_reply_topic(reply, reply_prefix)
+    except BadRequest as exc:
+        return replace(reply, topic=None), exc
+    return reply, None
 
 
 def decode(payload: bytes, limits: LimitsConfig) -> dict[str, Any]:
@@ -186,78 +245,10 @@ def check_reply_topic(reply: Reply, allowed_prefix: str) -> None:
 
 
 def parse(data: dict[str, Any], reply: Reply, limits: LimitsConfig) -> Incoming:
-    """Validate a request object against the limits; bad_request or too_large naming the field."""
-    unknown = sorted(set(data) - REQUEST_FIELDS)
-    if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r} (known: {', '.join(sorted(REQUEST_FIELDS))})")
-    messages, prompt = _messages(data.get("messages")), data.get("prompt")
-    if (messages is None) == (prompt is None):
-        raise BadRequest("give exactly one of 'messages' (chat) or 'prompt' (raw text)")
-    if prompt is not None and not isinstance(prompt, str):
-        raise BadRequest("'prompt' must be a string")
-    tools = _tools(data.get("tools"))
-    # Tools and earlier calls are rendered into the prompt: they count as its text.
-    chars = len(prompt or "") + sum(len(m.get("content") or "") + len(json.dumps(m.get("tool_calls", ""))) for m in messages or ())
-    chars += len(json.dumps(tools)) if tools else 0
-    if chars > limits.max_prompt_chars:
-        raise TooLarge(f"prompt is {chars} characters, the limit is {limits.max_prompt_chars}")
-    stream, warm = data.get("stream", False), data.get("warm", False)
-    if not isinstance(stream, bool) or not isinstance(warm, bool):
-        raise BadRequest("'stream' and 'warm' must be true or false")
-    sampling = {name: _number(data, name, limits) for name in SAMPLING if data.get(name) is not None}
-    sampling.setdefault("max_tokens", limits.default_max_tokens)
-    request = Request(messages=messages, prompt=prompt, stop=_stop(data.get("stop"), limits),
-                      json_schema=_schema(data.get("json_schema")), tools=tools,
-                      tool_choice=data.get("tool_choice", "auto"), id=reply.request_id, warm=warm, **sampling)
-    toolcalls.tool_plan(request, None)  # tool_choice and the tools' schemas: bad_request now, not after the queue
-    return Incoming(reply, request, stream)
-
-
-def _messages(value: Any) -> tuple[dict[str, Any], ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value:
-        raise BadRequest("'messages' must be a non-empty list of {\"role\", \"content\"} objects")
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or not {"role", "content"} <= set(m) <= MESSAGE_FIELDS:
-            raise BadRequest(f"messages[{i}] must have 'role' and 'content' (and only {', '.join(sorted(MESSAGE_FIELDS))})")
-        if m["role"] not in ROLES:
-            raise BadRequest(f"messages[{i}]: role must be one of {', '.join(ROLES)}")
-    toolcalls.check_messages(tuple(value))
-    return tuple(dict(m) for m in value)
-
-
-def _tools(value: Any) -> tuple[dict[str, Any], ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise BadRequest('\'tools\' must be a list of {"type": "function", "function": {"name", "description", "parameters"}}')
-    return tuple(value)
-
-
-def _number(data: dict[str, Any], name: str, limits: LimitsConfig) -> int | float:
-    kind, low, high = SAMPLING[name]
-    high = getattr(limits, high) if isinstance(high, str) else high
-    value = data[name]
-    ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or not low <= value <= high:
-        raise BadRequest(f"'{name}' must be {'an integer' if kind is int else 'a number'} from {low} to {high}")
-    return kind(value)
-
-
-def _stop(value: Any, limits: LimitsConfig) -> tuple[str, ...]:
-    stops = [value] if isinstance(value, str) else value if value is not None else []
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
-        raise BadRequest("'stop' must be a string or a list of non-empty strings")
-    if len(stops) > limits.max_stop or any(len(s) > limits.max_stop_chars for s in stops):
-        raise BadRequest(f"'stop': at most {limits.max_stop} strings of {limits.max_stop_chars} characters")
-    return tuple(stops)
-
-
-def _schema(value: Any) -> dict[str, Any] | None:
-    if value is not None and not isinstance(value, dict):
-        raise BadRequest("'json_schema' must be a JSON Schema object")
-    return value
+    """Check a request object against the limits (serve/requests.py's rules, beside MQTT's envelope);
+    bad_request or too_large naming the field."""
+    asked = check_request(data, limits, reply.request_id, ENVELOPE)
+    return Incoming(reply, asked.request, asked.stream)
 
 
 # --- replies --------------------------------------------------------------------------------
@@ -307,6 +298,58 @@ def result_message(request_id: str, result: Result, device_id: str, queue_ms: fl
 def error_message(request_id: str | None, code: str, message: str) -> bytes:
     assert code in ERROR_CODES, code
     return _dump({"id": request_id, "type": "error", "error": {"code": code, "message": message}})
+
+
+# --- answers read back (the request client, `edgekit bench --via mqtt://`, tests) ----------------------
+
+
+def raise_for_error(message: dict[str, Any]) -> None:
+    """An error message as the EdgekitError of its code; nothing for any other message."""
+    if message.get("type") == "error":
+        error = message.get("error", {})
+        cls = ERRORS.get(error.get("code"), EdgekitError)
+        raise cls(f"{error.get('code')}: {error.get('message')}")
+
+
+def read_chunk(message: dict[str, Any]) -> Chunk:
+    """A chunk message (chunk_message) back as its Chunk: elapsed_ms and token_ms on the engine's clock."""
+    try:
+        return Chunk(message["id"], message["seq"], message["text"], message["tokens"], message["elapsed_ms"],
+                     tuple(message["token_ms"]), _tool_calls(message))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"not a chunk message ({type(exc).__name__}: {exc}): {_excerpt(message)}") from None
+
+
+def read_result(message: dict[str, Any]) -> Result:
+    """A final message (result_message) back as its Result; an error message raises its EdgekitError.
+
+    timings.queue_ms is the daemon's queue and total_ms includes it, as sent.
+    """
+    raise_for_error(message)
+    try:
+        t, usage = message["timings"], message["usage"]
+        timings = Timings(
+            queue_ms=t["queue_ms"], time_to_first_token_ms=t["time_to_first_token_ms"],
+            prompt_tokens=usage["prompt_tokens"], cached_prompt_tokens=usage["cached_prompt_tokens"],
+            prompt_ms=t["prompt_ms"], prompt_tokens_per_s=t["prompt_tokens_per_s"],
+            completion_tokens=usage["completion_tokens"], generation_ms=t["generation_ms"],
+            generation_tokens_per_s=t["generation_tokens_per_s"], total_ms=t["total_ms"])
+        return Result(message["id"], message["text"], message["finish_reason"], usage["prompt_tokens"],
+                      usage["completion_tokens"], timings, _tool_calls(message))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"not a result message ({type(exc).__name__}: {exc}): {_excerpt(message)}") from None
+
+
+def _tool_calls(message: dict[str, Any]) -> tuple[ToolCall, ...]:
+    return tuple(ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
+                 for c in message.get("tool_calls", ()))
+
+
+def _excerpt(message: Any) -> str:
+    return json.dumps(message, default=str)[:200]
+
+
+# --- status and metrics ------------------------------------------------------------------------
 
 
 def status_message(state: str, reason: str | None, device_id: str, **info: Any) -> bytes:
