@@ -159,11 +159,9 @@ class MqttFrontEnd:
         for flow in flows:
             pending = Pending()
             self.ledger.add(flow.key, pending)
-            properties = publish_properties(flow.correlation)
-            message = Message(flow.topic, flow.payload, properties=properties, qos=2,
-                              before_send=self._journal_flow(flow.key, flow.topic, flow.payload, flow.correlation),
-                              on_confirmed=lambda key=flow.key, pending=pending: self._confirmed(key, pending, True))
-            self.client.resume(flow.mid, flow.topic, flow.payload, properties, released=flow.state == "released")
+            message = self._flow_message(flow.key, flow.topic, flow.payload, flow.correlation,
+                                         lambda key=flow.key, pending=pending: self._confirmed(key, pending, True))
+            self.client.resume(flow.mid, flow.topic, flow.payload, message.properties, flow.state == "released")
             self.outbox.resume(flow.mid, message)
         if flows:
             log.info("finishing %d answer(s) a killed process left unfinished (%d released)", len(flows),
@@ -370,18 +368,18 @@ class MqttFrontEnd:
         """
         if flow_key is None:
             self.send(reply, payload, on_confirmed)
-            return
-        topic = reply.topic or self.topics["errors"]
-        self.outbox.send(Message(topic, payload, properties=publish_properties(reply.correlation), qos=2,
-                                 before_send=self._journal_flow(flow_key, topic, payload, reply.correlation),
-                                 on_confirmed=on_confirmed))
+        else:
+            topic = reply.topic or self.topics["errors"]
+            self.outbox.send(self._flow_message(flow_key, topic, payload, reply.correlation, on_confirmed))
 
-    def _journal_flow(self, key: str, topic: str, payload: bytes, correlation: bytes | None) -> Any:
-        """The before_send of an answer's QoS 2 PUBLISH: the flow journaled under the packet id it goes with."""
+    def _flow_message(self, key: str, topic: str, payload: bytes, correlation: bytes | None,
+                      on_confirmed: Any) -> Message:
+        """A final answer at QoS 2 whose flow is journaled under ``key`` and the packet id it goes with."""
         def sent(mid: int) -> None:
             self.journal.sent(Flow(key, mid, topic, payload, correlation))
             crash_point("sent")
-        return sent
+        return Message(topic, payload, properties=publish_properties(correlation), qos=2, before_send=sent,
+                       on_confirmed=on_confirmed)
 
     def send(self, reply: Reply, payload: bytes, on_confirmed: Any = None) -> None:
         """Chunks (and answers not remembered) at QoS 1: a repeated chunk has the same seq, and clients keep
