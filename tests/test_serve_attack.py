@@ -237,7 +237,8 @@ def test_an_exploding_schema_ends_timeout_within_the_limit_and_the_next_request_
     assert final["type"] == "error" and final["error"]["code"] == "timeout", final
     assert elapsed < 3 + 5 + 10, elapsed  # the limit, the grace before the worker is killed, a busy box
     ids = send(listener, reply, 1)
-    assert gather(listener, set(ids), timeout_s=60, settle_s=0)[0]["type"] == "result"
+    after = gather(listener, set(ids), timeout_s=60, settle_s=0)[0]
+    assert after["type"] == "result", after
 
 
 # --- issue 11, item 5: repeats, missing reply topics, the context ------------------------------------------
