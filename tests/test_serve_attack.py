@@ -9,7 +9,6 @@ clients interfering through edgekit/reply/, and silent connection failures.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -142,11 +141,6 @@ def roomy(fresh_broker, tmp_path: Path, tiny_q8_0: Path) -> Iterator[tuple[Daemo
     daemon.stop()
 
 
-@pytest.mark.skipif(os.environ.get("EDGEKIT_KNOWN_LOSS") != "1", reason=(
-    "known defect, issue 10 open: the kill lands right after the broker has the first answer. Journaled before "
-    "the PUBACK, that answer was lost (its redelivery refused as a duplicate); journaled after it, as now, it is "
-    "answered twice in about half the runs. Needs the answer stored in the journal and sent again byte for byte. "
-    "Run with EDGEKIT_KNOWN_LOSS=1 to reproduce."))
 def test_50_requests_with_a_sigkill_mid_request_lose_none_and_answer_none_twice_over_3_runs(roomy) -> None:
     daemon, listener, reply = roomy
     for run in range(3):
@@ -156,6 +150,31 @@ def test_50_requests_with_a_sigkill_mid_request_lose_none_and_answer_none_twice_
         daemon.start()
         got = [first.json] + gather(listener, set(ids) - {first.json["id"]}, timeout_s=300)  # a busy box: slow
         once_each(got, ids)
+
+
+@pytest.mark.parametrize("step", ["sent", "pubrec", "released", "pubcomp", "done"])
+def test_a_daemon_killed_at_each_step_of_an_answers_qos_2_flow_answers_once_after_a_restart(
+        step: str, fresh_broker, tmp_path: Path, tiny_q8_0: Path) -> None:
+    """sent: journaled, PUBLISH not out; pubrec: the broker has it, release not journaled; released: journaled,
+    PUBREL not out; pubcomp: delivered, not journaled; done: journaled, request not acknowledged."""
+    daemon = DaemonProcess(tmp_path / "d", tiny_q8_0, fresh_broker.url, DEVICE)
+    reply = f"edgekit/reply/{uuid.uuid4().hex}"
+    listener = Listener(fresh_broker.url, reply, persistent=True)
+    try:
+        daemon.start(env={"EDGEKIT_CRASH_AT": step})
+        ids = send(listener, reply, 3)
+        assert daemon.process.wait(timeout=120) == -9, daemon.output()  # it killed itself at the step
+        daemon.start()
+        got = gather(listener, set(ids), timeout_s=120, settle_s=3)
+        once_each(got, ids)
+        if step != "done":  # the first answer's flow was unfinished: resumed with its packet id, not run again
+            assert "finishing 1 answer(s) a killed process left unfinished" in daemon.output(), daemon.output()
+        assert daemon.stop() == 0
+        daemon.start()  # every request was acknowledged: nothing comes again
+        assert finals(listener.collect(3)) == []
+    finally:
+        listener.close()
+        daemon.stop()
 
 
 def test_a_backlog_of_40_published_while_the_daemon_is_down_is_answered_after_it_starts(roomy) -> None:
@@ -218,7 +237,8 @@ def test_an_exploding_schema_ends_timeout_within_the_limit_and_the_next_request_
     assert final["type"] == "error" and final["error"]["code"] == "timeout", final
     assert elapsed < 3 + 5 + 10, elapsed  # the limit, the grace before the worker is killed, a busy box
     ids = send(listener, reply, 1)
-    assert gather(listener, set(ids), timeout_s=60, settle_s=0)[0]["type"] == "result"
+    after = gather(listener, set(ids), timeout_s=60, settle_s=0)[0]
+    assert after["type"] == "result", after
 
 
 # --- issue 11, item 5: repeats, missing reply topics, the context ------------------------------------------

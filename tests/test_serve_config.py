@@ -54,7 +54,7 @@ def test_a_wrong_type_is_an_error_naming_the_setting(tmp_path: Path) -> None:
     ('[topics]\nshare_group = "a/b"\n', "share_group"),
     ("[limits]\nqueue_size = 0\n", "queue_size"),
     ('[broker]\ncert_file = "c.pem"\n', "key_file"),
-    ("[broker]\nanswer_qos = 2\n", "QoS 1"),
+    ("[broker]\nanswer_qos = 2\n", "QoS 2"),
     ('[broker]\nurl = "mqtt://user:pw@h"\n', "credentials do not go in the URL"),
     ('[broker]\nurl = "mqtt://two words"\n', "not a host name"),
     ('[broker]\nurl = "mqtt://h:70000"\n', "port"),

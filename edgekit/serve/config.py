@@ -189,8 +189,8 @@ BROKER_SCHEMES = {"mqtt": (False, 1883), "tcp": (False, 1883), "mqtts": (True, 8
 HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?)*\.?")
 # Settings that existed once: a config naming them gets the reason, not just "unknown setting".
 RETIRED = {
-    "broker.answer_qos": "answers now always go at QoS 1, deduplicated by the answered-ids journal "
-                         "(a QoS 2 packet id left by a killed daemon could swallow a new answer): remove the line",
+    "broker.answer_qos": "final answers always go at QoS 2 with each step of the flow journaled, so a restarted "
+                         "daemon finishes it instead of answering twice (chunks at QoS 1): remove the line",
 }
 
 

@@ -39,9 +39,14 @@ RETRY_S = 0.2  # wait before sending a refused message again
 FIRST_WINDOW = 10  # in flight until the broker's CONNACK tells its Receive Maximum
 
 
+# PUBCOMP reason code that still ends a QoS 2 flow well: the broker no longer holds the packet id,
+# because it completed the flow before (a restart resuming it) or lost our session (docs/protocol.md).
+FLOW_FINISHED = 0x92
+
+
 @dataclass
 class Message:
-    """One QoS 1 publish of ours, and what to do once the broker has it."""
+    """One publish of ours (QoS 1, or 2 for a final answer), and what to do once the broker has it."""
 
     topic: str
     payload: bytes
@@ -49,15 +54,18 @@ class Message:
     properties: Any = None
     on_confirmed: Callable[[], None] | None = None
     retry_at: float = 0.0
+    qos: int = 1
+    before_send: Callable[[int], None] | None = None  # journals the flow under its packet id before it leaves
 
 
 class Outbox:
-    """Every QoS 1 message we publish, kept within the broker's Receive Maximum, confirmed on a thread of its own.
+    """Every QoS 1 and 2 message we publish, kept within the broker's Receive Maximum, confirmed on a thread of its own.
 
     The broker says in its CONNACK how many QoS>0 messages it takes from us unacknowledged
     (Mosquitto: max_inflight_messages, 20 by default); past that it refuses with 0x97.
-    We never exceed it: the rest wait here in order. A message refused anyway (a PUBACK
-    reason code >= 0x80) is not confirmed: quota and passing errors are sent again, others
+    We never exceed it: the rest wait here in order. A message refused anyway (a PUBACK,
+    or at QoS 2 a PUBREC, reason code >= 0x80) is not confirmed: quota and passing errors
+    are sent again (at QoS 2 as a new flow: before_send journals its new packet id), others
     are logged and confirmed (acknowledging a request whose answer can never be delivered
     beats having it redelivered forever). Confirmations journal and acknowledge requests
     (an fsync): they run here, never on paho's network thread. One thread owns all state,
@@ -96,6 +104,11 @@ class Outbox:
         """paho's on_publish (network thread): hand over, do nothing slow here."""
         self._events.put(("acked", (mid, reason)))
 
+    def resume(self, mid: int, message: Message) -> None:
+        """A message already in paho's store under ``mid`` (a resumed QoS 2 flow): in flight, confirmed as any other."""
+        self._add_count(1)
+        self._events.put(("resume", (mid, message)))
+
     def __len__(self) -> int:
         return self._count
 
@@ -128,6 +141,9 @@ class Outbox:
             self._waiting.append(value)
         elif kind == "window":
             self.window = max(1, value)
+        elif kind == "resume":
+            mid, message = value
+            self._in_flight[mid] = message
         elif kind == "acked":
             mid, reason = value
             message = self._in_flight.pop(mid, None)
@@ -141,7 +157,7 @@ class Outbox:
             message.retry_at = time.monotonic() + RETRY_S
             self._waiting.insert(0, message)
             return
-        if reason >= 0x80:
+        if reason >= 0x80 and not (message.qos == 2 and reason == FLOW_FINISHED):
             log.warning("the broker refused a message to %s (reason code 0x%02x: check its ACL); "
                         "going on without it", message.topic, reason)
         self._done(message)
@@ -157,13 +173,28 @@ class Outbox:
         while self._waiting and len(self._in_flight) < self.window and self._waiting[0].retry_at <= now:
             message = self._waiting.pop(0)
             try:
-                info = self._publish(message.topic, message.payload, qos=1, retain=message.retain,
-                                     properties=message.properties)
+                info = self._publish_one(message)
             except (ValueError, TypeError) as exc:  # paho refuses the topic (too long, say): never deliverable
                 log.warning("cannot publish to %.80s: %s; going on without it", message.topic, exc)
                 self._done(message)
                 continue
             self._in_flight[info.mid] = message
+
+    def _publish_one(self, message: Message) -> Any:
+        """Publish; a QoS 2 flow whose journal cannot be written goes at QoS 1 (at least once) rather than not at all.
+
+        Never at QoS 2 unjournaled: a packet id the broker holds and a restart does not know of
+        would swallow a later message that reuses it.
+        """
+        try:
+            return self._publish(message.topic, message.payload, qos=message.qos, retain=message.retain,
+                                 properties=message.properties, before_send=message.before_send)
+        except OSError as exc:
+            log.error("cannot journal the answer to %.80s (%s): sending it at QoS 1, so a daemon restart may "
+                      "repeat it", message.topic, exc)
+            message.qos, message.before_send = 1, None
+            return self._publish(message.topic, message.payload, qos=1, retain=message.retain,
+                                 properties=message.properties, before_send=None)
 
 
 class Ledger:

@@ -4,7 +4,8 @@ Threads: paho's network loop (callbacks: take requests, cancels, Home Assistant'
 birth), a confirmation thread (journals and acknowledges once the broker has our
 answer) and a metrics timer; answers are published from the core's worker thread
 through each request's Sink (MqttAnswer). docs/protocol.md describes the protocol;
-acks.py why acknowledgements wait for the answer.
+acks.py why acknowledgements wait for the answer; journal.py how a final answer's QoS 2
+flow survives a SIGKILL.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from edgekit.serve.core import Core, Outcome, model_name
 from edgekit.serve.jobs import Job
 from edgekit.serve.mqtt import announce, discovery, protocol
 from edgekit.serve.mqtt.acks import Delivery, Ledger, Message, Outbox, Pending
-from edgekit.serve.mqtt.journal import Journal
+from edgekit.serve.mqtt.journal import Flow, Journal, crash_point
 from edgekit.serve.mqtt.link import (
     connect_properties,
     describe_connect_error,
@@ -90,6 +91,7 @@ class MqttFrontEnd:
         self.client = self._new_client()
         self.outbox = Outbox(self.client.publish)
         self.ledger = Ledger(self.client.ack, self.journal)
+        self._resume_flows()
         host, port, _tls = broker_address(self.config.broker.url)
         receive_maximum = self.config.limits.queue_size + 1 + RECEIVE_HEADROOM
         log.info("connecting to %s as %s", self.config.broker.url, self.config.client_id)
@@ -144,7 +146,35 @@ class MqttFrontEnd:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_pubrec = self._on_pubrec
         return client
+
+    def _resume_flows(self) -> None:
+        """Answers a killed process left half-sent: paho finishes them with their own packet ids on connect.
+
+        Their requests come again from the broker (never acknowledged): each is folded into
+        its flow (Ledger "in progress") and acknowledged once the flow completes, never run again.
+        """
+        flows = self.journal.open_flows()
+        for flow in flows:
+            pending = Pending()
+            self.ledger.add(flow.key, pending)
+            message = self._flow_message(flow.key, flow.topic, flow.payload, flow.correlation,
+                                         lambda key=flow.key, pending=pending: self._confirmed(key, pending, True))
+            self.client.resume(flow.mid, flow.topic, flow.payload, message.properties, flow.state == "released")
+            self.outbox.resume(flow.mid, message)
+        if flows:
+            log.info("finishing %d answer(s) a killed process left unfinished (%d released)", len(flows),
+                     sum(flow.state == "released" for flow in flows))
+
+    def _on_pubrec(self, mid: int) -> None:
+        """The broker has answer ``mid`` (paho's network thread): journal the release before the PUBREL leaves."""
+        crash_point("pubrec")
+        try:
+            self.journal.released(mid)
+        except OSError:  # the PUBREL goes anyway: holding it would hold the answer forever
+            log.exception("cannot journal the release of packet %d: a restart now could repeat its answer", mid)
+        crash_point("released")
 
     def _connection_problem(self, text: str) -> None:
         """One WARNING per cause (again after PROBLEM_REPEAT_S): paho retries with backoff meanwhile."""
@@ -168,6 +198,9 @@ class MqttFrontEnd:
         self._connected, self._problem = True, (None, 0.0)
         log.info("connected to %s (session present: %s, in-flight window %d)", self.config.broker.url,
                  flags.session_present, window)
+        if not flags.session_present and len(self.outbox):
+            log.warning("the broker lost our session: unfinished answers are published anew, released ones "
+                        "count as delivered (the broker may have dropped them)")
         client.subscribe([(topic, 1) for topic in self._subscriptions()])  # a lost session forgets them
         self._publish_status("stopping" if self._draining else "online", None)
         self.publish_discovery()
@@ -271,7 +304,8 @@ class MqttFrontEnd:
         try:
             payload = self._final_payload(job, outcome)
             remember = outcome.code not in NOT_JOURNALED and answer.reply.key is not None
-            self._send_final(answer.reply, payload, lambda: self._confirmed(answer, remember))
+            self._send_final(answer.reply, payload, lambda: self._confirmed(answer.key, answer, remember),
+                             flow_key=answer.key if remember else None)
         except Exception:
             log.exception("request %s: answering it failed", job.request_id)
             try:
@@ -281,11 +315,13 @@ class MqttFrontEnd:
                 log.exception("request %s: even the internal error failed; acknowledged unanswered", job.request_id)
                 self.ledger.commit(answer.key, answer, False)
 
-    def _confirmed(self, answer: MqttAnswer, remember: bool) -> None:
-        """The broker has the answer: journal it (so a redelivery is a duplicate), then acknowledge."""
+    def _confirmed(self, key: str, pending: Pending, remember: bool) -> None:
+        """The broker has the answer (PUBCOMP): journal it (so a redelivery is a duplicate), then acknowledge."""
         if remember:
-            self.journal.record(answer.reply.key)
-        self.ledger.commit(answer.key, answer, remember)
+            crash_point("pubcomp")
+            self.journal.record(key)
+            crash_point("done")
+        self.ledger.commit(key, pending, remember)
 
     def _final_payload(self, job: Job, outcome: Outcome) -> bytes:
         if outcome.code == "result":
@@ -304,14 +340,30 @@ class MqttFrontEnd:
             log.exception("answering the failure failed too; acknowledging the message")
             self.ledger.ack(delivery)
 
-    def _send_final(self, reply: Reply, payload: bytes, on_confirmed: Any) -> None:
-        """A final message; on_confirmed runs once the broker has it (sent again if refused for quota)."""
-        self.send(reply, payload, on_confirmed)
+    def _send_final(self, reply: Reply, payload: bytes, on_confirmed: Any, flow_key: str | None = None) -> None:
+        """A final message; on_confirmed runs once the broker has it (sent again if refused for quota).
+
+        With ``flow_key`` (an answer to remember) at QoS 2, each step journaled under that key
+        so that a restart finishes the flow instead of answering again; others at QoS 1.
+        """
+        if flow_key is None:
+            self.send(reply, payload, on_confirmed)
+        else:
+            topic = reply.topic or self.topics["errors"]
+            self.outbox.send(self._flow_message(flow_key, topic, payload, reply.correlation, on_confirmed))
+
+    def _flow_message(self, key: str, topic: str, payload: bytes, correlation: bytes | None,
+                      on_confirmed: Any) -> Message:
+        """A final answer at QoS 2 whose flow is journaled under ``key`` and the packet id it goes with."""
+        def sent(mid: int) -> None:
+            self.journal.sent(Flow(key, mid, topic, payload, correlation))
+            crash_point("sent")
+        return Message(topic, payload, properties=publish_properties(correlation), qos=2, before_send=sent,
+                       on_confirmed=on_confirmed)
 
     def send(self, reply: Reply, payload: bytes, on_confirmed: Any = None) -> None:
-        """Chunks and answers at QoS 1 (a QoS 2 packet id left by a killed process could swallow a new
-        answer): a repeated chunk has the same seq, a final answer the same id, and the journal stops
-        a redelivered request from being answered twice."""
+        """Chunks (and answers not remembered) at QoS 1: a repeated chunk has the same seq, and clients keep
+        the first of each."""
         topic = reply.topic or self.topics["errors"]
         self.outbox.send(Message(topic, payload, properties=publish_properties(reply.correlation),
                                  on_confirmed=on_confirmed))

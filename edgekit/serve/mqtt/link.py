@@ -3,6 +3,12 @@
 MQTT 5, TLS and credentials from the config, and TCP_NODELAY on the socket: with
 Nagle's algorithm on, a request/response round trip through Mosquitto on loopback
 takes 44-88 ms (Nagle waits for the delayed ACK); with it off, well under 1 ms.
+
+The daemon's final answers need three things paho 2.1 has no public API for (journal.py
+says why): the packet id of a QoS 2 publish before it leaves, a hook on PUBREC before the
+PUBREL leaves, and flows of a killed process resumed with their own packet ids. _Client
+reaches into paho's internals for them; pyproject.toml pins paho's minor version and
+tests/test_serve_link.py fails loudly if an upgrade moves them.
 """
 
 from __future__ import annotations
@@ -10,12 +16,15 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edgekit.errors import BrokerError
 from edgekit.serve.config import BrokerConfig, broker_address, broker_password
@@ -24,9 +33,70 @@ log = logging.getLogger(__name__)
 
 
 class _Client(mqtt.Client):
-    """paho's client, telling us why a (re)connect failed: loop_forever() swallows the OSError."""
+    """paho's client, telling us why a (re)connect failed (loop_forever() swallows the OSError),
+    and with the QoS 2 hooks the daemon's answers need."""
 
     on_connect_error: Callable[[OSError], None] | None = None
+    on_pubrec: Callable[[int], None] | None = None  # on paho's network thread, before the PUBREL leaves
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._before_send = threading.local()
+
+    def publish(self, topic: str, payload: Any = None, qos: int = 0, retain: bool = False,  # type: ignore[override]
+                properties: Properties | None = None,
+                before_send: Callable[[int], None] | None = None) -> mqtt.MQTTMessageInfo:
+        """paho's publish; ``before_send(packet id)`` runs once the id is chosen, before the PUBLISH can leave.
+
+        If it raises, nothing is sent or kept.
+        """
+        self._before_send.hook = before_send
+        try:
+            return super().publish(topic, payload, qos, retain, properties)
+        finally:
+            self._before_send.hook = None
+
+    def _mid_generate(self) -> int:
+        """The next packet id not held by a message in flight (paho's own would reuse a resumed flow's)."""
+        with self._mid_generate_mutex:
+            for _ in range(65535):
+                self._last_mid = self._last_mid % 65535 + 1
+                if self._last_mid not in self._out_messages:
+                    break
+            mid = self._last_mid
+        hook = getattr(self._before_send, "hook", None)
+        if hook is not None:
+            hook(mid)
+        return mid
+
+    def resume(self, mid: int, topic: str, payload: bytes, properties: Properties | None, released: bool) -> None:
+        """A QoS 2 flow a killed process left: on (re)connect paho sends the PUBLISH again with DUP set and
+        this packet id (the broker, holding the id, delivers it once), or, once released, only the PUBREL."""
+        message = mqtt.MQTTMessage(mid, topic.encode())
+        message.payload, message.qos, message.dup, message.properties = payload, 2, True, properties
+        message.state = mqtt.mqtt_ms_wait_for_pubcomp if released else mqtt.mqtt_ms_wait_for_pubrec
+        with self._out_message_mutex:
+            self._out_messages[mid] = message
+
+    def _handle_pubrec(self) -> mqtt.MQTTErrorCode:
+        """Journal the release before paho sends the PUBREL; a refusal (reason >= 0x80) ends the flow.
+
+        MQTT 5, 4.3.3: after a PUBREC with a reason code of 0x80 or more there is no PUBREL and the
+        packet id is free again; paho 2.1 ignores the code and releases anyway, so the broker's
+        PUBCOMP (0x92, id not found) would hide a quota refusal. It goes to on_publish instead.
+        """
+        packet = self._in_packet["packet"]
+        mid, = struct.unpack("!H", packet[:2])
+        reason = packet[2] if self._in_packet["remaining_length"] > 2 else 0
+        with self._out_message_mutex:
+            message = self._out_messages.get(mid)
+            if message is not None and message.state == mqtt.mqtt_ms_wait_for_pubrec:
+                if reason >= 0x80:
+                    return self._do_on_publish(mid, ReasonCode(PacketTypes.PUBREC, identifier=reason),
+                                               Properties(PacketTypes.PUBREC))
+                if self.on_pubrec is not None:
+                    self.on_pubrec(mid)
+        return super()._handle_pubrec()
 
     def reconnect(self) -> mqtt.MQTTErrorCode:
         try:
