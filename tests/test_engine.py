@@ -20,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgekit.engine import Chunk, Engine, Request, Result
 from edgekit.engine.text import TextAssembler
-from edgekit.errors import BadRequest, ContextOverflow, EngineError, ModelFormatError
+from edgekit.errors import BadRequest, ContextOverflow, EngineError, ModelFormatError, TooLarge
 from edgekit.plan import Settings
 
 # One thread: the suite shares two cores with everything else, and llama.cpp's spinning
@@ -145,6 +145,21 @@ def test_a_prompt_that_exactly_fits_runs_and_the_answer_is_capped_by_the_context
     result = own_engine.complete(Request(prompt=raw_prompt_of(own_engine, n_ctx - 1), max_tokens=50))
     assert result.prompt_tokens == n_ctx - 1
     assert result.completion_tokens <= 1 and result.finish_reason in ("length", "stop")
+
+
+def test_fit_max_tokens_refuses_a_prompt_whose_answer_would_not_fit(own_engine: Engine):
+    n_ctx = own_engine.info.n_ctx
+    prompt = raw_prompt_of(own_engine, n_ctx - 10)
+    with pytest.raises(ContextOverflow, match=rf"prompt \({n_ctx - 10} tokens\) plus max_tokens \(11\)"):
+        own_engine.complete(Request(prompt=prompt, max_tokens=11, fit_max_tokens=True))
+    assert own_engine.complete(Request(prompt=prompt, max_tokens=10, fit_max_tokens=True)).prompt_tokens == n_ctx - 10
+
+
+def test_max_prompt_tokens_counts_the_tokens_the_engine_evaluates(own_engine: Engine):
+    prompt = raw_prompt_of(own_engine, 40)
+    with pytest.raises(TooLarge, match="prompt is 40 tokens, the limit is 39"):
+        own_engine.complete(Request(prompt=prompt, max_tokens=1, max_prompt_tokens=39))
+    assert own_engine.complete(Request(prompt=prompt, max_tokens=1, max_prompt_tokens=40)).prompt_tokens == 40
 
 
 def test_a_json_schema_constrains_the_output(engine: Engine):

@@ -21,13 +21,13 @@ import numpy as np
 from edgekit.engine.forced import ForcedText
 from edgekit.engine.kv_state import capture_state, restore_state
 from edgekit.engine.prompt_cache import PromptCache, common_prefix
-from edgekit.engine.records import Chunk, FinishReason, Result, Timings, ToolCall
+from edgekit.engine.records import Chunk, FinishReason, Request, Result, Timings, ToolCall
 from edgekit.engine.sampling import SamplerChain
 from edgekit.engine.text import TextAssembler
 from edgekit.engine.tool_grammar import tool_grammar
 from edgekit.engine.tool_output import CallStream
 from edgekit.engine.worker import Job
-from edgekit.errors import BadRequest, ContextOverflow, EngineError
+from edgekit.errors import BadRequest, ContextOverflow, EngineError, TooLarge
 
 _NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL callback: removes ours after the prompt
 
@@ -130,14 +130,9 @@ class Runner:
 
     def _tokenize_prompt(self, job: Job) -> list[int]:
         tokens = self.tokenize(job.prompt, job.add_bos, special=True)
-        n_ctx = self._n_ctx
         if not tokens:
             raise BadRequest("the prompt is empty: send some text")
-        if len(tokens) + 1 > n_ctx:  # the prompt and at least one answer token must fit
-            raise ContextOverflow(
-                f"prompt is {len(tokens)} tokens, context is {n_ctx} (the answer needs at least 1 more): "
-                "shorten the prompt or raise --ctx"
-            )
+        check_fits(len(tokens), job.request, self._n_ctx)
         return tokens
 
     def _prefill(self, tokens: Sequence[int], progress: _Progress) -> bool:
@@ -404,6 +399,18 @@ def aligned_keep(n_tokens: int, keep: int) -> int:
     """
     extra = -(n_tokens - keep) % ROW_BLOCK
     return keep - extra if 0 < extra <= 2 and keep >= extra else keep
+
+
+def check_fits(count: int, request: Request, n_ctx: int) -> None:
+    """A prompt of ``count`` tokens within the request's limits and the context (records.Request says which)."""
+    if request.max_prompt_tokens is not None and count > request.max_prompt_tokens:
+        raise TooLarge(f"prompt is {count} tokens, the limit is {request.max_prompt_tokens}")
+    if request.fit_max_tokens and not request.warm and count + request.max_tokens > n_ctx:
+        raise ContextOverflow(f"prompt ({count} tokens) plus max_tokens ({request.max_tokens}) is over the "
+                              f"context of {n_ctx} tokens: shorten the prompt or ask for fewer tokens")
+    if count + 1 > n_ctx:  # the prompt and at least one answer token must fit
+        raise ContextOverflow(f"prompt is {count} tokens, context is {n_ctx} (the answer needs at least 1 more): "
+                              "shorten the prompt or raise --ctx")
 
 
 def usable_context(llm: Any) -> int:

@@ -66,6 +66,12 @@ class Request:
     # Only put the prompt into the prompt cache (restored or evaluated) and answer with no text:
     # MQTT's `warm` request, Ollama's load request. max_tokens and sampling are ignored.
     warm: bool = False
+    # The daemon's limits, checked in the worker on the very tokens it evaluates (one tokenize, no
+    # round trip before the request): more prompt tokens than max_prompt_tokens is TooLarge; with
+    # fit_max_tokens, a prompt whose tokens plus max_tokens overflow the context is ContextOverflow
+    # (else the answer stops at the context's end with finish_reason "length").
+    max_prompt_tokens: int | None = None
+    fit_max_tokens: bool = False
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 

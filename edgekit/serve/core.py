@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import EdgekitError, EngineError
 from edgekit.serve.config import ServeConfig
-from edgekit.serve.engines import EngineLike, check_fits, open_engine, seconds_per_token, time_limit_s
+from edgekit.serve.engines import EngineLike, open_engine, seconds_per_token, time_limit_s
 from edgekit.serve.jobs import Job, JobQueue
 from edgekit.serve.metrics import Metrics
 from edgekit.serve.notify import Notifier
@@ -359,7 +359,9 @@ class Core:
         job.time_limit_s = time_limit_s(request, self.engine.info.n_ctx, self._per_token_s,
                                         self.config.limits.max_request_s)
         job.started = time.monotonic()
-        check_fits(self.engine, request, self.config.limits.max_prompt_tokens)
+        # The limits are checked in the engine's worker, on the tokens it evaluates: a tokenize round
+        # trip before each request cost two process wake-ups (HTTP overhead p50 ~0.7 ms, far more at p99).
+        request = replace(request, max_prompt_tokens=self.config.limits.max_prompt_tokens, fit_max_tokens=True)
         if not job.stream:  # only the Result is wanted: no wake-ups for chunks
             request = replace(request, stream_interval_ms=math.inf)
         seq = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgekit.engine.records import Chunk, Request, Result
-from edgekit.errors import ConfigError, ContextOverflow, TooLarge
+from edgekit.errors import ConfigError
 from edgekit.plan import Settings
 from edgekit.serve.config import CacheConfig, ModelConfig
 
@@ -29,9 +29,6 @@ class EngineLike(Protocol):
     def complete(self, request: Request) -> Result: ...
     def alive(self) -> bool: ...
     def close(self) -> None: ...
-    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]: ...
-    def render_prompt(self, messages: Any) -> str: ...
-    def prompt_text(self, request: Request) -> tuple[str, bool]: ...
     def cache_stats(self) -> Any: ...  # edgekit.engine.prompt_cache.CacheStats, or None without a cache
 
 
@@ -58,19 +55,6 @@ def open_engine(model: ModelConfig, cache: CacheConfig | None = None, cache_dir:
         raise
     log.info("serving %s (%s, n_ctx %d)", model.path, engine.info.quant, engine.info.n_ctx)
     return engine
-
-
-def check_fits(engine: EngineLike, request: Request, max_prompt_tokens: int | None) -> None:
-    """The prompt as the model will see it (one tokenize in the engine) within limits.max_prompt_tokens,
-    and with max_tokens within the context: context_overflow, never an answer cut short in silence."""
-    text, add_bos = engine.prompt_text(request)  # tools and earlier calls included
-    count = len(engine.tokenize(text, add_bos=add_bos, special=request.prompt is None))
-    if max_prompt_tokens is not None and count > max_prompt_tokens:
-        raise TooLarge(f"prompt is {count} tokens, the limit is {max_prompt_tokens}")
-    n_ctx = engine.info.n_ctx
-    if count + request.max_tokens > n_ctx:
-        raise ContextOverflow(f"prompt ({count} tokens) plus max_tokens ({request.max_tokens}) is over the "
-                              f"context of {n_ctx} tokens: shorten the prompt or ask for fewer tokens")
 
 
 def seconds_per_token(engine: EngineLike) -> float:
