@@ -12,6 +12,7 @@ import ollama
 import openai
 import pytest
 
+from edgekit.serve.mqtt.mosquitto import free_port
 from tests.fixtures.http import DEVICE_SCHEMA, model_name
 from tests.serve_support import DaemonProcess
 
@@ -202,6 +203,24 @@ def test_a_generate_load_request_warms_its_system_field(client: ollama.Client, n
     body = {"model": name, "prompt": "Is room 3 on?", "system": warmed, "stream": False, "options": {"num_predict": 1}}
     hot = httpx.post(f"{http_daemon.url}/api/generate", json=body, timeout=120).json()
     assert hot["prompt_eval_cached_count"] >= load.prompt_eval_count - 8
+
+
+def test_a_load_request_without_a_system_prompt_warms_the_daemons_warm_prompts(tmp_path: Path,
+                                                                              tiny_tools_gguf: Path) -> None:
+    warm, name = entities("of the warm_prompts"), model_name(tiny_tools_gguf)
+    daemon = DaemonProcess(tmp_path, tiny_tools_gguf, "none", "warm-prompts", http_port=free_port(),
+                           cache={"warm_prompts": [warm]})
+    daemon.start()
+    try:
+        client = ollama.Client(host=daemon.url, timeout=120)
+        chat_counts(daemon, name, [{"role": "system", "content": entities("elsewhere")}, HELLO[0]])  # context moves on
+        load = client.chat(model=name, messages=[])
+        assert load.done_reason == "load" and load.prompt_eval_count > 64  # the warm prompt, as a system message
+        question = {"role": "user", "content": "Is room 3 on?"}
+        hot = chat_counts(daemon, name, [{"role": "system", "content": warm}, question])
+        assert hot["prompt_eval_cached_count"] >= load.prompt_eval_count - 8
+    finally:
+        assert daemon.stop() == 0, daemon.output()
 
 
 def chat_counts(daemon: DaemonProcess, name: str, messages: list[dict]) -> dict:

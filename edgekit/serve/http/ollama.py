@@ -97,8 +97,8 @@ async def generate(http: HttpRequest) -> Response:
     name = check_model(http, data.get("model"))
     prompt = data.get("prompt")
     if not prompt:  # Ollama's load request (keep_alive 0: unload)
-        system = data.get("system")
-        return await _load_only(http, data, name, {"response": ""}, [{"role": "system", "content": system}] if system else [])
+        system = [{"role": "system", "content": data["system"]}] if data.get("system") else []
+        return await _load_only(http, data, name, {"response": ""}, system)
     if not isinstance(prompt, str):
         raise ApiError(400, "'prompt' must be a string")
     if data.get("images"):
