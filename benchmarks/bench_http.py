@@ -107,6 +107,9 @@ def test_http_front_end_overhead(benchmark, tiny_q8_0: Path, tmp_path: Path) -> 
     print(line("HTTP stack alone (GET /api/version)", figures["stack"]))
     print(line("Ollama overhead with httpx as the client", figures["httpx_overhead"]))
     overhead_p99 = percentile(figures["ollama_overhead"], 99)
-    print(f"HTTP overhead p99: {overhead_p99:.2f} ms (goal <= {GOAL_P99_MS} ms)")
+    tails = percentile(figures["ollama"], 99) - percentile(figures["alone"], 99)  # bench_daemon.py's headline
+    benchmark.extra_info["p99_minus_engine_p99"] = tails
+    print(f"Ollama p99 - engine alone p99: {tails:.2f} ms (as bench_daemon.py compares MQTT)")
+    print(f"HTTP overhead p99: {overhead_p99:.2f} ms (paired per request; goal <= {GOAL_P99_MS} ms)")
     if STRICT:
         assert overhead_p99 <= GOAL_P99_MS
