@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import ollama
+import openai
 import pytest
 
+from edgekit.serve.mqtt.mosquitto import free_port
 from tests.fixtures.http import DEVICE_SCHEMA, model_name
 from tests.serve_support import DaemonProcess
 
@@ -146,12 +149,94 @@ def test_keep_alive_0_unloads_the_model_and_the_next_request_loads_it(client: ol
                                                                      http_daemon: DaemonProcess) -> None:
     assert engine_processes(http_daemon)  # the model lives in the engine's child process
     assert client.chat(model=name, messages=HELLO, keep_alive=0, options={"num_predict": 1}).done
-    deadline = time.monotonic() + 30
-    while (client.ps().models or engine_processes(http_daemon)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_unloaded(client, http_daemon)
     assert client.ps().models == [] and engine_processes(http_daemon) == []  # its memory is freed
     assert client.chat(model=name, messages=HELLO, options={"num_predict": 1}).done  # loads it again
     assert [m.model for m in client.ps().models] == [f"{name}:latest"] and engine_processes(http_daemon)
+
+
+def test_show_answers_from_the_file_while_the_model_is_unloaded(client: ollama.Client, name: str,
+                                                               http_daemon: DaemonProcess) -> None:
+    loaded = client.show(name)
+    assert client.chat(model=name, messages=[], keep_alive=0).done_reason == "unload"
+    wait_unloaded(client, http_daemon)
+    shown = client.show(name)  # read from the GGUF's header: no engine to ask
+    arch = shown.modelinfo["general.architecture"]
+    assert shown.modelinfo[f"{arch}.context_length"] == loaded.modelinfo[f"{arch}.context_length"] > 0
+    assert shown.capabilities == loaded.capabilities == ["completion", "tools"]
+    assert shown.template == loaded.template and shown.details == loaded.details
+    assert "edgekit.context_length" not in shown.modelinfo  # the context it runs with is known once loaded
+    assert client.ps().models == []  # show did not load it
+    reloaded = client.chat(model=name, messages=[])  # Ollama's load request
+    assert reloaded.done and reloaded.done_reason == "load" and reloaded.message.content == ""
+    assert [m.model for m in client.ps().models] == [f"{name}:latest"]
+
+
+def entities(home: str, count: int = 20) -> str:
+    """A Home-Assistant-like system prompt, long enough for the prompt cache (min_tokens 64)."""
+    return f"Home {home}: you control it. " + "".join(
+        f"Entity light.room_{i} is {('on', 'off')[i % 2]} at {i * 9 % 100} percent. " for i in range(count))
+
+
+def test_a_chat_load_request_with_a_system_prompt_warms_it_for_the_next_chat(client: ollama.Client, name: str,
+                                                                            http_daemon: DaemonProcess) -> None:
+    warmed, fresh = entities(uuid.uuid4().hex), entities(uuid.uuid4().hex)
+    load = client.chat(model=name, messages=[{"role": "system", "content": warmed}])
+    assert load.done and load.done_reason == "load" and load.message.content == "" and load.eval_count is None
+    assert load.prompt_eval_count > 64  # the system prompt was evaluated into the prompt cache
+    question = {"role": "user", "content": "Is room 3 on?"}
+    cold = chat_counts(http_daemon, name, [{"role": "system", "content": fresh}, question])  # never warmed
+    hot = chat_counts(http_daemon, name, [{"role": "system", "content": warmed}, question])
+    assert cold["prompt_eval_cached_count"] < 16
+    assert hot["prompt_eval_cached_count"] >= load.prompt_eval_count - 8  # all but the turn's header
+    assert hot["prompt_eval_count"] > hot["prompt_eval_cached_count"]  # the question itself was evaluated
+    usage = openai.OpenAI(base_url=f"{http_daemon.url}/v1", api_key="none").chat.completions.create(
+        model=name, messages=[{"role": "system", "content": warmed}, question], max_tokens=1).usage
+    assert usage.prompt_tokens_details.cached_tokens >= load.prompt_eval_count - 8  # OpenAI's name for it
+
+
+def test_a_generate_load_request_warms_its_system_field(client: ollama.Client, name: str,
+                                                        http_daemon: DaemonProcess) -> None:
+    warmed = entities(uuid.uuid4().hex)
+    load = client.generate(model=name, prompt="", system=warmed)
+    assert load.done and load.done_reason == "load" and load.response == "" and load.prompt_eval_count > 64
+    body = {"model": name, "prompt": "Is room 3 on?", "system": warmed, "stream": False, "options": {"num_predict": 1}}
+    hot = httpx.post(f"{http_daemon.url}/api/generate", json=body, timeout=120).json()
+    assert hot["prompt_eval_cached_count"] >= load.prompt_eval_count - 8
+
+
+def test_a_load_request_without_a_system_prompt_warms_the_daemons_warm_prompts(tmp_path: Path,
+                                                                              tiny_tools_gguf: Path) -> None:
+    warm, name = entities("of the warm_prompts"), model_name(tiny_tools_gguf)
+    daemon = DaemonProcess(tmp_path, tiny_tools_gguf, "none", "warm-prompts", http_port=free_port(),
+                           cache={"warm_prompts": [warm]})
+    daemon.start()
+    try:
+        client = ollama.Client(host=daemon.url, timeout=120)
+        chat_counts(daemon, name, [{"role": "system", "content": entities("elsewhere")}, HELLO[0]])  # context moves on
+        load = client.chat(model=name, messages=[])
+        assert load.done_reason == "load" and load.prompt_eval_count > 64  # the warm prompt, as a system message
+        question = {"role": "user", "content": "Is room 3 on?"}
+        hot = chat_counts(daemon, name, [{"role": "system", "content": warm}, question])
+        assert hot["prompt_eval_cached_count"] >= load.prompt_eval_count - 8
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+
+
+def chat_counts(daemon: DaemonProcess, name: str, messages: list[dict]) -> dict:
+    """An /api/chat answer's prompt counts, with prompt_eval_cached_count (newer Ollama's field, which the
+    ollama client 0.6 does not keep)."""
+    body = {"model": name, "messages": messages, "stream": False, "options": {"num_predict": 1}}
+    answer = httpx.post(f"{daemon.url}/api/chat", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def wait_unloaded(client: ollama.Client, daemon: DaemonProcess) -> None:
+    """Until /api/ps is empty and the engine's process has exited (keep_alive 0 unloads after the answer)."""
+    deadline = time.monotonic() + 30
+    while (client.ps().models or engine_processes(daemon)) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def engine_processes(daemon: DaemonProcess) -> list[int]:

@@ -411,7 +411,7 @@ def check_prompt(count: int, request: Request, n_ctx: int) -> None:
         raise BadRequest("the prompt is empty: send some text")
     if request.max_prompt_tokens is not None and count > request.max_prompt_tokens:
         raise TooLarge(f"prompt is {count} tokens, the limit is {request.max_prompt_tokens}")
-    if request.max_tokens_must_fit and count + request.max_tokens > n_ctx:
+    if request.max_tokens_must_fit and not request.warm and count + request.max_tokens > n_ctx:
         raise ContextOverflow(f"prompt ({count} tokens) plus max_tokens ({request.max_tokens}) is over the "
                               f"context of {n_ctx} tokens: shorten the prompt or ask for fewer tokens")
     if count + 1 > n_ctx:  # the prompt and at least one answer token must fit

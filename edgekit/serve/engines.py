@@ -79,13 +79,18 @@ def warm_prompt_cache(engine: Any, cache: CacheConfig) -> None:
     warmed = engine.warm_cache(cache.warm_recent)
     evaluated = 0
     for text in cache.warm_prompts:
-        messages = ({"role": "system", "content": text},)
-        request = Request(messages=messages) if engine.info.chat_template else Request(prompt=text)
-        result = engine.warm(request)
+        result = engine.warm(warm_request(text, bool(engine.info.chat_template)))
         evaluated += result.prompt_tokens - result.timings.cached_prompt_tokens
     log.info("prompt cache: warmed in %.0f ms (%d saved states restored, %.1f MB; %d warm_prompts, "
              "%d tokens evaluated)", (time.perf_counter() - t0) * 1000, warmed["states"], warmed["bytes"] / 2**20,
              len(cache.warm_prompts), evaluated)
+
+
+def warm_request(text: str, chat: bool) -> Request:
+    """One of [cache] warm_prompts as the engine's warm request: a system message (a raw prompt for a
+    model without a chat template), so that it is the prefix of the chats that begin with it."""
+    messages = ({"role": "system", "content": text},)
+    return Request(messages=messages, warm=True) if chat else Request(prompt=text, warm=True)
 
 
 def settings_for(model: ModelConfig, prompt_cache_mb: int = 0) -> Settings:

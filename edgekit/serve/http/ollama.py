@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from edgekit import __version__
 from edgekit.engine.records import Chunk, Result
+from edgekit.serve.engines import warm_request
 from edgekit.serve.http import models
 from edgekit.serve.http.app import check_model, engine_request, json_body
 from edgekit.serve.http.jobs import ApiError, Finished, HttpJob, first_event, result_of
@@ -45,15 +46,15 @@ async def version(http: HttpRequest) -> Response:
 
 
 async def tags(http: HttpRequest) -> Response:
-    return JSONResponse({"models": [models.ollama_entry(http)]})
+    return JSONResponse({"models": [models.ollama_entry(http, *await models.described(http))]})
 
 
 async def ps(http: HttpRequest) -> Response:
     """The loaded model with its context; empty after keep_alive 0 unloaded it."""
-    info = models.loaded_info(http)
+    header, info = await models.described(http)
     if info is None:
         return JSONResponse({"models": []})
-    entry = {**models.ollama_entry(http), "expires_at": "2318-01-01T00:00:00Z", "size_vram": 0,
+    entry = {**models.ollama_entry(http, header, info), "expires_at": "2318-01-01T00:00:00Z", "size_vram": 0,
              "context_length": info.n_ctx}
     return JSONResponse({"models": [entry]})
 
@@ -61,7 +62,7 @@ async def ps(http: HttpRequest) -> Response:
 async def show(http: HttpRequest) -> Response:
     data = await json_body(http)
     check_model(http, data.get("model") or data.get("name"))
-    return JSONResponse(models.ollama_show(http))
+    return JSONResponse(models.ollama_show(http, *await models.described(http)))
 
 
 async def pull(http: HttpRequest) -> Response:
@@ -85,8 +86,9 @@ async def chat(http: HttpRequest) -> Response:
     # tool_choice is not Ollama's: edgekit reads it from options (the ollama client passes options through).
     fields = {"messages": _messages(data.get("messages")), "tools": data.get("tools") or None,
               "tool_choice": options.get("tool_choice") if data.get("tools") else None, **_common(http, data)}
-    if not data.get("messages"):  # Ollama: an empty chat loads (or with keep_alive 0 unloads) the model
-        return await _load_only(http, data, name, {"message": {"role": "assistant", "content": ""}})
+    if all(m["role"] == "system" for m in fields["messages"] or ()):  # nothing to answer: Ollama's load request
+        system = fields["messages"] or []
+        return await _load_only(http, data, name, {"message": {"role": "assistant", "content": ""}}, system)
     return await _answer(http, data, name, fields, _chat_piece, _chat_final)
 
 
@@ -94,8 +96,9 @@ async def generate(http: HttpRequest) -> Response:
     data = await json_body(http)
     name = check_model(http, data.get("model"))
     prompt = data.get("prompt")
-    if not prompt:  # Ollama: an empty prompt loads (or with keep_alive 0 unloads) the model
-        return await _load_only(http, data, name, {"response": ""})
+    if not prompt:  # Ollama's load request (keep_alive 0: unload)
+        system = [{"role": "system", "content": data["system"]}] if data.get("system") else []
+        return await _load_only(http, data, name, {"response": ""}, system)
     if not isinstance(prompt, str):
         raise ApiError(400, "'prompt' must be a string")
     if data.get("images"):
@@ -248,11 +251,42 @@ async def _lines(http: HttpRequest, job: HttpJob, event: Chunk | Finished, name:
         models.after_request(http, keep_alive)
 
 
-async def _load_only(http: HttpRequest, data: dict[str, Any], name: str, empty: dict[str, Any]) -> Response:
+async def _load_only(http: HttpRequest, data: dict[str, Any], name: str, empty: dict[str, Any],
+                     system: list[dict[str, Any]]) -> Response:
+    """Ollama's load request (a chat with no messages but system ones, a generate with no prompt): load the
+    model and warm the prompt cache with the request's system prompt, else with the daemon's warm_prompts,
+    as MQTT's warm request does; keep_alive 0 unloads it instead. Answered as Ollama does, with no text."""
     keep_alive = keep_alive_s(data.get("keep_alive"))
-    unload = keep_alive == 0
-    await models.load_or_unload(http, unload)
-    return JSONResponse(_stamp(name, {**empty, "done": True, "done_reason": "unload" if unload else "load"}))
+    if keep_alive == 0:
+        await models.load_or_unload(http, unload=True)
+        return JSONResponse(_stamp(name, {**empty, "done": True, "done_reason": "unload"}))
+    requests = [engine_request(http, {"messages": system, "warm": True})] if system else _warm_prompts(http)
+    if not requests:
+        await models.load_or_unload(http, unload=False)
+    warmed = [await _run_warm(http, request) for request in requests]  # each loads the model if it must
+    counts = {"prompt_eval_count": sum(r.prompt_tokens for r in warmed),
+              "prompt_eval_cached_count": sum(r.timings.cached_prompt_tokens for r in warmed)} if warmed else {}
+    return JSONResponse(_stamp(name, {**empty, "done": True, "done_reason": "load", **counts}))
+
+
+def _warm_prompts(http: HttpRequest) -> list[Any]:
+    """The daemon's [cache] warm_prompts as warm requests (none when the prompt cache is off)."""
+    config = getattr(http.app.state.core, "config", None)
+    cache = getattr(config, "cache", None)
+    if cache is None or not cache.enabled or not cache.warm_prompts:
+        return []
+    header = models.file_info(models.model_path(http))
+    chat = bool(header.chat_template) if header is not None else True
+    return [warm_request(text, chat) for text in cache.warm_prompts]
+
+
+async def _run_warm(http: HttpRequest, request: Any) -> Result:
+    """One warm request through the daemon's queue, like any other (busy, cancel on disconnect, metrics)."""
+    job = HttpJob(http.app.state.core, request, False)
+    try:
+        return await result_of(http, job)
+    finally:
+        job.close()
 
 
 def _chat_piece(chunk: Chunk) -> dict[str, Any] | None:
@@ -288,7 +322,8 @@ def _done(result: Result) -> dict[str, Any]:
     t = result.timings
     reason = "length" if result.finish_reason == "length" else "stop"  # Ollama says stop after tool calls too
     return {"done": True, "done_reason": reason, "total_duration": _ns(t.total_ms), "load_duration": 0,
-            "prompt_eval_count": result.prompt_tokens, "prompt_eval_duration": _ns(t.prompt_ms),
+            "prompt_eval_count": result.prompt_tokens, "prompt_eval_cached_count": t.cached_prompt_tokens,
+            "prompt_eval_duration": _ns(t.prompt_ms),
             "eval_count": result.completion_tokens, "eval_duration": _ns(t.generation_ms)}
 
 

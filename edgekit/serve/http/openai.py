@@ -180,7 +180,8 @@ def _sse(body: dict[str, Any]) -> bytes:
 
 def _usage(result: Result) -> dict[str, int]:
     return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": result.timings.cached_prompt_tokens}}
 
 
 def _finish_reason(result: Result) -> str:

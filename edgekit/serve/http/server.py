@@ -18,6 +18,7 @@ import uvicorn
 
 from edgekit.errors import ConfigError
 from edgekit.serve.config import ServeConfig, http_address, http_api_key
+from edgekit.serve.http import models
 from edgekit.serve.http.app import HttpSettings, build_app
 from edgekit.serve.http.jobs import FRONT_END
 
@@ -51,6 +52,7 @@ class HttpFrontEnd:
     def start(self, core: Any) -> None:
         sock = self._bind()
         self.port = sock.getsockname()[1]
+        models.file_info(self.settings.model_path)  # the header /api/show and /api/tags read, once, now
         config = uvicorn.Config(build_app(core, self.settings), log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=STOP_TIMEOUT_S, server_header=False)
         self._server = uvicorn.Server(config)
