@@ -225,23 +225,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from edgekit.hardware import detect
-    from edgekit.profiles import resolve_profile
-    from edgekit.tune import Sweep, check_output, tune, write_profile
-
+    from edgekit.plan import target_for
     from edgekit.profiles import user_profiles
+    from edgekit.tune import Sweep, check_output, tune, write_profile
 
     output = args.output
     if output is None:  # the user's own folder, on the profile search path: --profile local finds it
         output = user_profiles() / "local.toml"
         output.parent.mkdir(parents=True, exist_ok=True)
     check_output(output)
-    hardware = detect()
-    base, reason = resolve_profile(args.profile, hardware)
-    print(f"edgekit: tuning from {reason}", file=sys.stderr)
+    target = target_for(args.profile, this_box=True)  # tuning measures this machine, whatever the profile
+    print(f"edgekit: tuning from {target.profile_reason}", file=sys.stderr)
     sweep = Sweep(threads=tuple(args.threads) if args.threads else None,
                   batch_sizes=tuple(args.batch) if args.batch else Sweep().batch_sizes)
-    result = tune(args.model, base, hardware, name=output.stem, sweep=sweep,
+    result = tune(args.model, target.profile, target.hardware, name=output.stem, sweep=sweep,
                   progress=lambda line: print(f"edgekit: {line}", file=sys.stderr))
     write_profile(result, output)
     s = result.settings
@@ -263,14 +260,14 @@ def _run_settings(args: argparse.Namespace) -> Any:
                         lora=_adapters(getattr(args, "lora", None)))
     s = plan.settings
     threads = "; ".join(r for r in plan.reasons if " threads: " in r) or f"{s.n_threads} threads from the profile"
-    print(f"edgekit: profile {plan.profile} for {plan.box}: n_ctx {s.n_ctx}, {threads}", file=sys.stderr)
+    print(f"edgekit: profile {plan.profile} for {plan.box}: {threads}; settings: {s.summary()}", file=sys.stderr)
     return s
 
 
 def _adapters(specs: list[str] | None) -> tuple[Any, ...]:
     """--lora NAME=adapter.gguf[:SCALE] (repeatable) as the adapters the engine loads."""
     from edgekit.convert.lora import parse_lora_arg
-    from edgekit.plan import LoraAdapter
+    from edgekit.settings import LoraAdapter
 
     return tuple(LoraAdapter(name, str(path), scale) for name, path, scale in map(parse_lora_arg, specs or []))
 
@@ -313,10 +310,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--system needs the chat template: with --raw, put the system text in the prompt")
     schema = None
     if args.json_schema is not None:
-        try:
-            schema = json.loads(args.json_schema.read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--json-schema {args.json_schema}: {exc}") from None
+        from edgekit.strict import read_json_object
+
+        schema = read_json_object(args.json_schema, "--json-schema", UsageError, fix="give a JSON Schema")
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
     request = Request(
         prompt=args.prompt if args.raw else None,

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import gguf
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys, LlamaFileType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
 from edgekit.errors import ModelFormatError
+from edgekit.quant_levels import UNQUANTIZED, level_of_file_type
 
 # struct formats of GGUF's fixed-size value types (all little-endian).
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
@@ -120,8 +121,7 @@ class GGUFInfo:
     @property
     def is_quantized(self) -> bool:
         """True when some weight matrix is stored in a quantized type (not F32/F16/BF16)."""
-        plain = {"F32", "F16", "BF16", "F64"}
-        return any(name not in plain for name in self.quant_mix)
+        return any(name not in UNQUANTIZED for name in self.quant_mix)
 
     def to_dict(self, tensors: bool = False) -> dict[str, Any]:
         """Plain data for JSON; the tensor table only on request (it is long)."""
@@ -420,7 +420,7 @@ def _describe(path: Path, size: int, version: int, metadata: dict[str, Any], ten
         path=path, size=size, version=version, architecture=arch,
         name=metadata.get(Keys.General.NAME),
         parameter_count=sum(t.n_elements for t in tensors),
-        file_type=_file_type_name(metadata.get(Keys.General.FILE_TYPE)),
+        file_type=_level_name(metadata.get(Keys.General.FILE_TYPE)),
         quant_mix=_quant_mix(tensors),
         tensor_bytes=tensor_bytes,
         context_length=context,
@@ -455,12 +455,9 @@ def _length(value: Any) -> int | None:
     return len(value) if isinstance(value, list) else None
 
 
-def _file_type_name(value: Any) -> str | None:
-    try:
-        name = LlamaFileType(value).name
-    except (ValueError, TypeError):
-        return None
-    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+def _level_name(value: Any) -> str | None:
+    level = level_of_file_type(value)
+    return level.name if level else None
 
 
 def _quant_mix(tensors: list[TensorInfo]) -> dict[str, QuantShare]:

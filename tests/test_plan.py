@@ -324,7 +324,7 @@ def test_auto_threads_leave_the_busy_cores_to_their_work(small3b):
 
 def test_a_fixed_thread_count_in_the_profile_is_kept_on_a_busy_box(small3b):
     base = load_profile("rpi5-8gb")
-    fixed = replace(base, run=replace(base.run, threads=4, threads_batch=4))
+    fixed = replace(base, run=replace(base.run, n_threads=4, n_threads_batch=4))
     plan = plan_for(small3b["Q4_K_M"], fixed, replace(board("rpi5-8gb"), busy_cores=3.0))
     assert (plan.settings.n_threads, plan.settings.n_threads_batch) == (4, 4)
 
