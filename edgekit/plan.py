@@ -23,7 +23,7 @@ from edgekit.settings import LoraAdapter, Settings, auto_threads, settings_from_
 MIN_CTX = 64
 HARDWARE_ROOT_ENV = "EDGEKIT_HARDWARE_ROOT"  # a captured board's /proc and /sys: plan for it, not this box
 
-__all__ = ["LoraAdapter", "Settings", "auto_threads", "Plan", "Budget", "Target", "MemoryEstimate", "estimate_memory", "plan_for",
+__all__ = ["Plan", "Budget", "Target", "MemoryEstimate", "estimate_memory", "plan_for",
            "budget_for", "settings_for", "target_for", "nominal_hardware"]
 
 

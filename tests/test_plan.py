@@ -20,8 +20,9 @@ from edgekit.errors import DoesNotFit, UsageError
 from edgekit.gguf_file import validate
 from edgekit.hardware import GPU, detect
 from edgekit.memory import MiB, estimate_memory
-from edgekit.plan import Settings, plan_for
+from edgekit.plan import plan_for
 from edgekit.profiles import load_profile
+from edgekit.settings import Settings
 
 BOARDS = Path(__file__).parent / "boards"
 LLAMA2_7B = dict(n_layer=32, n_embd=4096, n_ff=11008, n_head=32, n_head_kv=32, n_ctx=4096)

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles between its modules, no two classes of one name.
+"""The package's shape: no import cycles between its modules, no two classes of one name, every
+third-party module it imports declared in pyproject.toml and every declared dependency used.
 
 Read statically (ast): module-level imports only, as Python runs them at import time; imports
 under ``if TYPE_CHECKING:`` and inside functions (deliberately deferred, e.g. llama_cpp only in
@@ -8,6 +9,10 @@ the engine's child) do not count.
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 
@@ -114,3 +119,51 @@ def test_no_two_classes_share_a_name():
             if isinstance(node, ast.ClassDef):
                 where[node.name].append(name)
     assert {n: m for n, m in where.items() if len(m) > 1} == {}
+
+
+# Declared for a module we do not import by name: (distribution, why)
+INDIRECT = {"protobuf": "sentencepiece's sentencepiece_model_pb2 (testmodels/tokenizer.py) imports google.protobuf"}
+# Optional modules (an extra) that a box without that extra has not installed: module -> distribution
+NOT_INSTALLED_HERE = {"pynvml": "nvidia-ml-py"}
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """Top-level modules the package imports anywhere (deferred imports included) -> the modules importing them."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                tops = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top != "edgekit" and top not in sys.stdlib_module_names:
+                    found[top].add(name)
+    return found
+
+
+def _declared() -> tuple[set[str], set[str]]:
+    """(dependencies, optional extras' dependencies other than test) of pyproject.toml, normalised."""
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    extras = {d for extra, deps in project["optional-dependencies"].items() if extra != "test" for d in deps}
+    return {_dist(d) for d in project["dependencies"]}, {_dist(d) for d in extras}
+
+
+def _dist(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_every_imported_third_party_module_is_a_declared_dependency_and_every_dependency_is_used():
+    required, optional = _declared()
+    providers = importlib.metadata.packages_distributions()
+    used: set[str] = set()
+    undeclared = []
+    for module, importers in sorted(_third_party_imports().items()):
+        dists = {_dist(d) for d in providers.get(module, [])} or {NOT_INSTALLED_HERE.get(module, "")} - {""}
+        used |= dists
+        if not dists & (required | optional):
+            undeclared.append(f"{module} (from {', '.join(sorted(importers))}; installed by {dists or 'nothing'})")
+    assert undeclared == []
+    assert required - used - set(INDIRECT) == set()

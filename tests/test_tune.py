@@ -9,8 +9,8 @@ import pytest
 from edgekit.cli import main
 from edgekit.errors import OutputError
 from edgekit.hardware import detect
-from edgekit.plan import Settings
 from edgekit.profiles import load_profile
+from edgekit.settings import Settings
 from edgekit.tune import SettingSpeed, Sweep, thread_candidates, tune, write_profile
 
 BOARDS = Path(__file__).parent / "boards"
