@@ -25,6 +25,10 @@ UNQUANTIZED = frozenset(t.name for t, (block, _) in GGML_QUANT_SIZES.items() if 
 # IQ3_XXS/IQ3_XS put some tensors in IQ2_S, so they need one too.
 NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "Q2_K_S", "IQ3_XXS", "IQ3_XS"})
 
+# Levels llama.h names (files of them can be read) that llama_model_quantize cannot write in the pinned
+# build: it answers "invalid output file type" (tests/test_quant_levels.py tries every level).
+NO_QUANTIZER = frozenset({"NVFP4"})
+
 # Short names llama-quantize also accepts (tools/quantize/quantize.cpp).
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 

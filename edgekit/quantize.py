@@ -30,7 +30,7 @@ import llama_cpp
 from edgekit import gguf_file
 from edgekit.atomic import atomic_path, check_writable_dir
 from edgekit.errors import OutputError, QuantizeError, UsageError
-from edgekit.quant_levels import ALIASES, LEVELS, UNQUANTIZED
+from edgekit.quant_levels import ALIASES, LEVELS, NO_QUANTIZER, UNQUANTIZED
 from edgekit.settings import default_threads
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ def level_name(level: str) -> str:
     name = level.strip().upper()
     name = ALIASES.get(name, name)
     known = quant_levels()
+    if name in NO_QUANTIZER:
+        raise UsageError(f"{name}: the llama.cpp edgekit is built with cannot write it; choose another level, e.g. Q4_K_M")
     if name not in known:
         raise UsageError(f"unknown quant level {level!r}; valid levels: {', '.join(known)}")
     if LEVELS[name].needs_imatrix:
@@ -86,8 +88,8 @@ def level_name(level: str) -> str:
 
 def quant_levels() -> list[str]:
     """The levels this build can write: the table's, as far as the pinned llama-cpp-python knows them."""
-    return sorted(name for name, level in LEVELS.items()
-                  if getattr(llama_cpp, f"LLAMA_FTYPE_{'ALL' if name == 'F32' else 'MOSTLY'}_{name}", None) == level.file_type)
+    return sorted(name for name, level in LEVELS.items() if name not in NO_QUANTIZER
+                  and getattr(llama_cpp, f"LLAMA_FTYPE_{'ALL' if name == 'F32' else 'MOSTLY'}_{name}", None) == level.file_type)
 
 
 def default_output(src: Path, level: str, out_dir: Path | None = None) -> Path:

@@ -14,7 +14,7 @@ from edgekit import gguf_file
 from edgekit.engine.worker import _level_name
 from edgekit.errors import UsageError
 from edgekit.profiles import load_profile
-from edgekit.quant_levels import LEVELS, NEEDS_IMATRIX, UNQUANTIZED, level_of_file_type
+from edgekit.quant_levels import LEVELS, NEEDS_IMATRIX, NO_QUANTIZER, UNQUANTIZED, level_of_file_type
 from edgekit.quantize import level_name, quant_levels, quantize_file
 
 PACKAGE = Path(__file__).resolve().parent.parent / "edgekit"
@@ -37,7 +37,7 @@ def test_the_levels_quantize_offers_are_llama_cpps_own():
     theirs = {n.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_"): v
               for n, v in vars(llama_cpp).items() if n.startswith("LLAMA_FTYPE_") and n != "LLAMA_FTYPE_GUESSED"}
     assert ours == {name: theirs[name] for name in ours}
-    assert set(theirs) & set(LEVELS) == set(ours)  # every level both know is offered
+    assert set(theirs) & set(LEVELS) - NO_QUANTIZER == set(ours)  # every level both know and llama.cpp writes
     assert {"Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_S", "Q2_K", "IQ4_NL", "IQ4_XS", "F16", "BF16", "F32"} <= set(ours)
 
 
@@ -60,6 +60,12 @@ def test_every_level_is_a_valid_profile_default(tmp_path, name):
     path = tmp_path / "box.toml"
     path.write_text(f'name = "box"\nquant = "{name}"\n')
     assert load_profile(path).quant == name
+
+
+@pytest.mark.parametrize("name", sorted(NO_QUANTIZER))
+def test_levels_llama_cpp_cannot_write_are_refused_by_name(name):
+    with pytest.raises(UsageError, match="cannot write it"):
+        level_name(name)
 
 
 @pytest.mark.slow
