@@ -31,7 +31,7 @@ _TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False,
 class Source:
     """Where the values come from, for the messages, and how they are read."""
 
-    prefix: str  # starts every message: "profile /etc/edgekit/profiles/pi.toml: " or "setting "
+    prefix: str  # starts every message: "profile /etc/edgekit/profiles/pi.toml: " or "config: "
     from_strings: bool = False  # values may be strings to convert (environment variables); "" means None
     retired: Mapping[str, str] = field(default_factory=dict)  # key -> why it went and what to do
 

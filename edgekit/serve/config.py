@@ -209,7 +209,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
     for dest, (section, name) in FLAG_FIELDS.items():
         if flags and flags.get(dest) is not None:
             tree.setdefault(section, {})[name] = flags[dest]
-    config = build(ServeConfig, tree, Source("setting ", from_strings=True, retired=RETIRED))
+    config = build(ServeConfig, tree, Source("config: ", from_strings=True, retired=RETIRED))
     _check(config)
     return config
 
