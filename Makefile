@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine; each does its own setup (scripts/install.sh).
-.PHONY: install demo test bench
+.PHONY: install demo test bench wheel-smoke
 
 install:
 	./scripts/install.sh
@@ -12,3 +12,6 @@ test: install
 
 bench: install
 	.venv/bin/python -m pytest benchmarks -q --benchmark-enable --benchmark-json=bench-results/benchmarks.json -s
+
+wheel-smoke: install
+	./scripts/wheel_smoke.sh

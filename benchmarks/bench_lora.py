@@ -23,7 +23,7 @@ from edgekit.convert import convert
 from edgekit.convert.lora import LoraMerge, open_peft
 from edgekit.convert.lora_gguf import convert_lora
 from edgekit.engine import Engine, Request
-from edgekit.plan import LoraAdapter, Settings
+from edgekit.settings import LoraAdapter, Settings
 from edgekit.quantize import quantize_file
 from edgekit.testmodels import make_test_lora
 from tests.fixtures.models import checkpoint, converted, quantized

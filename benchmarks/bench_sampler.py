@@ -23,7 +23,7 @@ from edgekit.bench.sampler import INTERVAL_S, Sampler, read_cost_s
 from edgekit.bench.stats import compare_rounds
 from edgekit.engine import Engine
 from edgekit.engine.records import Request
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(os.environ.get("EDGEKIT_SAMPLER_ROOT") or REPO / "tests/boards/jetson-orin-nano-8gb")

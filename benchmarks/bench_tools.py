@@ -29,7 +29,7 @@ import pytest
 
 from edgekit.bench.stats import compare_rounds
 from edgekit.engine import Engine, Request, Result
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 
 THREADS = int(os.environ.get("EDGEKIT_BENCH_THREADS", "2"))
 ROUNDS = int(os.environ.get("EDGEKIT_BENCH_ROUNDS", "6"))

@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import Keys, LlamaFileType
+from gguf import Keys
 
 from edgekit.errors import ModelFormatError
 from edgekit.gguf_reader import GGUFArray, TensorInfo, read_tables
+from edgekit.quant_levels import UNQUANTIZED, level_of_file_type
 
 _MAX_CONTEXT = 1 << 24  # context_length beyond 16M tokens is corrupt (llama.cpp would size buffers by it)
 
@@ -68,8 +69,7 @@ class GGUFInfo:
     @property
     def is_quantized(self) -> bool:
         """True when some weight matrix is stored in a quantized type (not F32/F16/BF16)."""
-        plain = {"F32", "F16", "BF16", "F64"}
-        return any(name not in plain for name in self.quant_mix)
+        return any(name not in UNQUANTIZED for name in self.quant_mix)
 
     def to_dict(self, tensors: bool = False) -> dict[str, Any]:
         """Plain data for JSON; the tensor table only on request (it is long)."""
@@ -133,7 +133,7 @@ def _describe(path: Path, size: int, version: int, metadata: dict[str, Any], ten
         path=path, size=size, version=version, architecture=arch,
         name=metadata.get(Keys.General.NAME),
         parameter_count=sum(t.n_elements for t in tensors),
-        file_type=_file_type_name(metadata.get(Keys.General.FILE_TYPE)),
+        file_type=_level_name(metadata.get(Keys.General.FILE_TYPE)),
         quant_mix=_quant_mix(tensors),
         tensor_bytes=tensor_bytes,
         context_length=context,
@@ -168,12 +168,9 @@ def _length(value: Any) -> int | None:
     return len(value) if isinstance(value, list) else None
 
 
-def _file_type_name(value: Any) -> str | None:
-    try:
-        name = LlamaFileType(value).name
-    except (ValueError, TypeError):
-        return None
-    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+def _level_name(value: Any) -> str | None:
+    level = level_of_file_type(value)
+    return level.name if level else None
 
 
 def _quant_mix(tensors: list[TensorInfo]) -> dict[str, QuantShare]:

@@ -149,8 +149,9 @@ class Hardware:
         return data
 
 
-def detect(root: Path = Path("/"), gpus: list[GPU] | None = None) -> Hardware:
-    """Read the box below ``root``; ``gpus`` overrides GPU discovery (tests, capture tools)."""
+def detect(root: Path = Path("/"), gpus: list[GPU] | None = None, *, watch_load: bool = True) -> Hardware:
+    """Read the box below ``root``; ``gpus`` overrides GPU discovery (tests, capture tools).
+    ``watch_load=False`` skips the LOAD_SAMPLE_S look at other work (busy_cores stays 0)."""
     root = Path(root)
     cpuinfo = _read(root / "proc/cpuinfo") or ""
     cpus = _cpus(root, cpuinfo)
@@ -176,7 +177,7 @@ def detect(root: Path = Path("/"), gpus: list[GPU] | None = None) -> Hardware:
         l4t_release=l4t,
         gpus=found_gpus,
         unified_memory=jetson,
-        busy_cores=_busy_cores(root, len(cpus)),
+        busy_cores=_busy_cores(root, len(cpus)) if watch_load else 0.0,
     )
 
 

@@ -18,9 +18,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from edgekit.errors import UnsupportedModel
 from edgekit.gguf_file import GGUFInfo
+from edgekit.quant_levels import LEVELS
 
 if TYPE_CHECKING:
-    from edgekit.plan import Settings  # plan imports this module: typing only
+    from edgekit.settings import Settings
 
 _STATUS_UNITS = {"kB": 1 << 10, "mB": 1 << 20}
 
@@ -262,17 +263,10 @@ def runtime_bytes(shape: Shape, gpu: bool) -> int:
     return RUNTIME_BASE + shape.n_vocab * VOCAB_BYTES_PER_TOKEN + (CUDA_RUNTIME_RAM if gpu else 0)
 
 
-def level_bits_per_weight(level: str) -> float:
-    """Bits per weight of a level's main ggml type: "Q4_K_M" -> Q4_K -> 4.5."""
-    main = level.removesuffix("_S").removesuffix("_M").removesuffix("_L")
-    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[main]]
-    return 8 * size / block
-
-
 def smaller_level_that_fits(info: GGUFInfo, shortfall: int) -> str | None:
     """The best level below ``info``'s whose smaller weights would make up ``shortfall`` bytes."""
     for level in SUGGESTED_LEVELS:
-        bits = level_bits_per_weight(level)
+        bits = LEVELS[level].bits_per_weight
         saving = info.tensor_bytes - info.parameter_count * bits / 8
         if bits < info.bits_per_weight - 0.25 and saving >= shortfall:
             return level

@@ -18,40 +18,13 @@ from edgekit.gguf_file import GGUFInfo, validate
 from edgekit.hardware import GPU, Hardware, detect
 from edgekit.memory import MiB, MemoryEstimate, estimate_memory, shape_of, smaller_level_that_fits
 from edgekit.profiles import Profile, choose_profile, load_profile, matches
+from edgekit.settings import LoraAdapter, Settings, auto_threads, settings_from_run
 
 MIN_CTX = 64
+HARDWARE_ROOT_ENV = "EDGEKIT_HARDWARE_ROOT"  # a captured board's /proc and /sys: plan for it, not this box
 
-__all__ = ["LoraAdapter", "Settings", "Plan", "Budget", "Target", "MemoryEstimate", "estimate_memory", "plan_for",
+__all__ = ["Plan", "Budget", "Target", "MemoryEstimate", "estimate_memory", "plan_for",
            "budget_for", "settings_for", "target_for", "nominal_hardware"]
-
-
-@dataclass(frozen=True)
-class LoraAdapter:
-    """A GGUF LoRA adapter loaded once beside the model (edgekit convert-lora); requests pick it by name."""
-
-    name: str
-    path: str
-    scale: float = 1.0  # the scale a request gets unless it gives its own
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Resolved llama.cpp settings for one model on one box: what the engine is started with."""
-
-    n_ctx: int = 2048
-    n_threads: int | None = None  # generation threads; None = llama.cpp's default
-    n_threads_batch: int | None = None  # prompt-processing threads
-    n_gpu_layers: int = 0  # -1 = all
-    n_batch: int = 512
-    n_ubatch: int = 512
-    flash_attn: bool = True  # llama.cpp's own default (auto) on CPU: faster prompt and generation here
-    type_k: str = "f16"  # KV-cache type, as llama.cpp names it: f16, q8_0, q4_0
-    type_v: str = "f16"
-    use_mmap: bool = True
-    use_mlock: bool = False
-    seed: int = 0
-    lora: tuple[LoraAdapter, ...] = ()  # run-time adapters (llama_adapter_lora_init), none applied by default
-    prompt_cache_mb: int = 0  # RAM the engine's prompt cache may hold saved KV states in (part of the plan)
 
 
 @dataclass(frozen=True)
@@ -80,14 +53,12 @@ class Plan:
 
     def describe(self) -> list[str]:
         """Lines for `edgekit plan`: the box, the choice, the settings, the memory and the reasons."""
-        s, e = self.settings, self.estimate
-        layers = "all" if s.n_gpu_layers < 0 else str(s.n_gpu_layers)
+        e = self.estimate
         return [
             *([f"profile:  {self.profile_reason}"] if self.profile_reason else []),
             *([f"box:      {self.box}"] if self.box else []),
             f"model:    {self.model}",
-            f"settings: n_ctx {s.n_ctx}, threads {s.n_threads}/{s.n_threads_batch}, gpu layers {layers}, "
-            f"batch {s.n_batch}/{s.n_ubatch}, flash_attn {s.flash_attn}, kv {s.type_k}/{s.type_v}, mmap {s.use_mmap}",
+            f"settings: {self.settings.summary()}",
             f"memory:   weights {_mb(e.weights_ram + e.repacked)} MB + kv {_mb(e.kv_ram)} + compute {_mb(e.compute_ram)}"
             f" + runtime {_mb(e.runtime)}" + (f" + prompt cache {_mb(e.prompt_cache)}" if e.prompt_cache else "")
             + (f" + adapters {_mb(e.adapters)}" if e.adapters else "")
@@ -125,34 +96,38 @@ class Target:
 
 def settings_for(
     models: str | os.PathLike[str] | GGUFInfo | list[Any],
-    profile: str | None = None,
+    profile: str | Profile | None = None,
     *,
     ctx: int | None = None,
     this_box: bool = False,
     root: Path | None = None,
+    hardware: Hardware | None = None,
     target: Target | None = None,
     prompt_cache_mb: int = 0,
     lora: tuple[LoraAdapter, ...] = (),
 ) -> Plan:
-    """The one way every command (plan, run, chat, serve, bench, recommend) resolves its settings:
-    the plan for ``profile``'s box (this machine without a profile, or with ``this_box``).
-    ``target`` (from target_for) saves detecting the box again when planning several files."""
-    target = target or target_for(profile, this_box=this_box, root=root)
+    """The one way every command (plan, run, chat, serve, install-service, bench, tune, recommend)
+    resolves its settings: the plan for ``profile``'s box (this machine without a profile, or with
+    ``this_box``). ``target`` (from target_for) saves detecting the box again when planning several files."""
+    target = target or target_for(profile, this_box=this_box, root=root, hardware=hardware)
     plan = plan_for(models, target.profile, target.hardware, ctx=ctx, prompt_cache_mb=prompt_cache_mb, lora=lora)
     return replace(plan, box=target.box, profile_reason=target.profile_reason)
 
 
-def target_for(profile: str | Profile | None = None, *, this_box: bool = False, root: Path | None = None) -> Target:
-    """Which box to plan for: a captured root, this machine when it is one of ``profile``'s boxes
-    (or when asked), else the profile's nominal box, so a Pi's plan is made with a Pi's memory."""
-    here = detect(root or Path("/"))
-    where = f"captured at {root}" if root else "this machine"
+def target_for(profile: str | Profile | None = None, *, this_box: bool = False, root: Path | None = None,
+               hardware: Hardware | None = None) -> Target:
+    """Which box to plan for: ``hardware`` when given (already detected), a captured root, this machine
+    when it is one of ``profile``'s boxes (or when asked), else the profile's nominal box, so a Pi's plan
+    is made with a Pi's memory. $EDGEKIT_HARDWARE_ROOT names a captured root for every command at once."""
+    root = root or (Path(os.environ[HARDWARE_ROOT_ENV]) if os.environ.get(HARDWARE_ROOT_ENV) else None)
+    here = hardware or detect(root or Path("/"))
+    where = "as detected" if hardware else f"captured at {root}" if root else "this machine"
     if profile is None:
         chosen, reason = choose_profile(here)
         return Target(chosen, reason, here, f"{here.summary()} ({where})")
     named = profile if isinstance(profile, Profile) else load_profile(profile)
     reason = f"{named.name} (chosen with --profile)"
-    if this_box or root or matches(named.match, here):
+    if this_box or root or hardware or matches(named.match, here):
         return Target(named, reason, here, f"{here.summary()} ({where})")
     nominal = nominal_hardware(named)
     return Target(named, reason, nominal, (
@@ -241,39 +216,27 @@ def _main_gpu(hw: Hardware) -> Any:
 def _base_settings(profile: Profile, hw: Hardware, infos: list[GGUFInfo], ctx: int | None) -> tuple[Settings, list[str]]:
     run, reasons = profile.run, []
     threads, threads_batch = auto_threads(hw)
-    if run.threads == "auto":
+    if run.n_threads == "auto":
         reasons.append(f"{threads} generation threads: the big cores ({_cores(hw)}){_room(hw, threads < hw.big_cores)}")
     else:
-        threads = run.threads
-    if run.threads_batch == "auto":
+        threads = run.n_threads
+    if run.n_threads_batch == "auto":
         reasons.append(f"{threads_batch} prompt threads: all physical cores{_room(hw, threads_batch < hw.physical_cores)}")
     else:
-        threads_batch = run.threads_batch
+        threads_batch = run.n_threads_batch
     n_ctx = ctx or run.n_ctx
     reasons.append(f"n_ctx {n_ctx} from {'--ctx' if ctx else 'profile ' + profile.name}")
     trained = min((shape_of(i).n_ctx_train for i in infos if shape_of(i).n_ctx_train), default=0)
     if trained and n_ctx > trained:
         reasons.append(f"n_ctx capped from {n_ctx} to {trained}, the context the model was trained for")
         n_ctx = trained
-    settings = Settings(
-        n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads_batch, n_gpu_layers=0,
-        n_batch=min(run.n_batch, n_ctx), n_ubatch=min(run.n_ubatch, n_ctx), flash_attn=run.flash_attn,
-        type_k=run.type_k, type_v=run.type_v, use_mmap=run.use_mmap, use_mlock=run.use_mlock,
-    )
+    settings = settings_from_run(run, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads_batch, n_gpu_layers=0,
+                                 n_batch=min(run.n_batch, n_ctx), n_ubatch=min(run.n_ubatch, n_ctx))
     return settings, reasons
 
 
-def auto_threads(hw: Hardware) -> tuple[int, int]:
-    """Generation and prompt threads for "auto": the big cores and all physical cores, less the
-    cores other work keeps busy. llama.cpp's threads wait for each other at every step, so one
-    thread sharing its core with a busy process slows them all (25 -> 9 tok/s beside `yes`)."""
-    busy = round(hw.busy_cores)
-    free = max(1, hw.physical_cores - busy)
-    return max(1, min(hw.big_cores, free)), free
-
-
 def _room(hw: Hardware, reduced: bool) -> str:
-    return f", less {round(hw.busy_cores)} busy with other work (a profile's run.threads fixes the count)" if reduced else ""
+    return f", less {round(hw.busy_cores)} busy with other work (a profile's run.n_threads fixes the count)" if reduced else ""
 
 
 def _cores(hw: Hardware) -> str:

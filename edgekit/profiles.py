@@ -8,28 +8,30 @@ docs/profiles.md describes every field.
 from __future__ import annotations
 
 import os
-import tomllib
-import types
-import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from gguf import LlamaFileType
-
 from edgekit.errors import ConfigError
+from edgekit.quant_levels import LEVELS
+from edgekit.settings import Run
+from edgekit.strict import Source, build, read_toml
 
 if TYPE_CHECKING:
     from edgekit.hardware import Hardware
 
-Auto = Literal["auto"]
 GpuRule = Literal["any", "none", "cuda", "integrated"]
 
-# llama.cpp's accepted KV-cache types (common/arg.cpp kv_cache_types), lower-case as it names them.
-KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+# The shipped profiles: package data, so a wheel install finds them as a checkout does.
 PACKAGE_PROFILES = Path(__file__).resolve().parent / "data" / "profiles"
 SECTIONS = ("match", "run", "memory", "build", "box")
-REPO_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+# Keys a profile had once: a file naming them gets the new name, not just "unknown key".
+RENAMED = {f"run.{old}": f"renamed run.n_{old} (the name the engine's settings use): rename the key"
+           for old in ("threads", "threads_batch")}
+
+
+def _quant_level(value: str) -> str | None:
+    return None if value in LEVELS else "is not a llama.cpp quant level (e.g. Q4_K_M)"
 
 
 @dataclass(frozen=True)
@@ -44,24 +46,6 @@ class Match:
     min_vram_mb: int | None = field(default=None, metadata={"range": (0, 1 << 24)})
     max_vram_mb: int | None = field(default=None, metadata={"range": (0, 1 << 24)})
     priority: int = field(default=0, metadata={"range": (-100, 100)})
-
-
-@dataclass(frozen=True)
-class Run:
-    """llama.cpp settings before they are resolved against the box and the model."""
-
-    threads: int | Auto = field(default="auto", metadata={"range": (1, 1024)})
-    threads_batch: int | Auto = field(default="auto", metadata={"range": (1, 1024)})
-    n_gpu_layers: int | Auto = field(default=0, metadata={"range": (-1, 100_000)})
-    n_ctx: int = field(default=2048, metadata={"range": (64, 1 << 20)})
-    min_ctx: int = field(default=512, metadata={"range": (64, 1 << 20)})
-    n_batch: int = field(default=512, metadata={"range": (1, 1 << 16)})
-    n_ubatch: int = field(default=512, metadata={"range": (1, 1 << 16)})
-    flash_attn: bool = True
-    type_k: str = field(default="f16", metadata={"choices": KV_CACHE_TYPES})
-    type_v: str = field(default="f16", metadata={"choices": KV_CACHE_TYPES})
-    use_mmap: bool = True
-    use_mlock: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,7 +77,7 @@ class Profile:
 
     name: str
     description: str = ""
-    quant: str = field(default="Q4_K_M", metadata={"quant": True})  # default quant level
+    quant: str = field(default="Q4_K_M", metadata={"check": _quant_level})  # default quant level
     match: Match = Match()
     run: Run = Run()
     memory: Memory = Memory()
@@ -108,9 +92,9 @@ def user_profiles() -> Path:
 
 
 def search_path() -> list[Path]:
-    """Folders searched for NAME.toml, first hit wins: $EDGEKIT_PROFILES, the user's, /etc, the repo, the package."""
+    """Folders searched for NAME.toml, first hit wins: $EDGEKIT_PROFILES, the user's, /etc, the package's."""
     env = [Path(p) for p in os.environ.get("EDGEKIT_PROFILES", "").split(os.pathsep) if p]
-    return [*env, user_profiles(), Path("/etc/edgekit/profiles"), REPO_PROFILES, PACKAGE_PROFILES]
+    return [*env, user_profiles(), Path("/etc/edgekit/profiles"), PACKAGE_PROFILES]
 
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
@@ -154,14 +138,6 @@ def choose_profile(hardware: Hardware, profiles: list[Profile] | None = None) ->
     if _specificity(best.match) == 0:
         return best, f"no specific profile matches {hardware.summary()} -> {best.name}"
     return best, f"{hardware.summary()} -> {best.name}"
-
-
-def resolve_profile(name_or_path: str | None, hardware: Hardware) -> tuple[Profile, str]:
-    """The profile a command runs with: the one named (--profile), else the best match."""
-    if name_or_path:
-        profile = load_profile(name_or_path)
-        return profile, f"{profile.name} (chosen with --profile)"
-    return choose_profile(hardware)
 
 
 def matches(rule: Match, hw: Hardware) -> bool:
@@ -224,81 +200,10 @@ def _toml_value(value: Any) -> str:
 
 
 def _load_file(path: Path) -> Profile:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"profile {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"profile {path} is not valid TOML: {exc}") from None
-    profile = _build(Profile, data, path, "")
+    source = Source(f"profile {path}: ", retired=RENAMED)
+    profile = build(Profile, read_toml(path, "profile"), source)
     _check_profile(profile, path)
     return replace(profile, source=path)
-
-
-def _build(cls: type, table: dict[str, Any], path: Path, section: str) -> Any:
-    """Construct dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
-    values = {}
-    for key, value in table.items():
-        where = f"{section}{key}"
-        if key not in known:
-            raise ConfigError(f"profile {path}: unknown key {where!r} (known: {', '.join(known)})")
-        spec = known[key]
-        kind = hints[key]
-        if isinstance(kind, type) and hasattr(kind, "__dataclass_fields__"):
-            if not isinstance(value, dict):
-                raise ConfigError(f"profile {path}: [{where}] must be a table")
-            values[key] = _build(kind, value, path, f"{where}.")
-        else:
-            values[key] = _check_value(value, kind, spec.metadata, path, where)
-    if cls is Profile and "name" not in values:
-        raise ConfigError(f"profile {path}: missing key 'name'")
-    return cls(**values)
-
-
-def _check_value(value: Any, kind: Any, meta: Any, path: Path, where: str) -> Any:
-    if not _is_instance(value, kind):
-        raise ConfigError(f"profile {path}: {where} = {value!r} is not {_describe_type(kind)}")
-    if isinstance(value, list):
-        value = tuple(value)
-    if isinstance(value, int) and not isinstance(value, bool) and "range" in meta:
-        low, high = meta["range"]
-        if not low <= value <= high:
-            raise ConfigError(f"profile {path}: {where} = {value} is out of range {low}..{high}")
-    if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"profile {path}: {where} = {value!r} is not one of {', '.join(meta['choices'])}")
-    if meta.get("quant") and not hasattr(LlamaFileType, f"MOSTLY_{value}"):
-        raise ConfigError(f"profile {path}: {where} = {value!r} is not a llama.cpp quant level (e.g. Q4_K_M)")
-    return value
-
-
-def _is_instance(value: Any, kind: Any) -> bool:
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_instance(value, k) for k in typing.get_args(kind))
-    if origin is Literal:
-        return value in typing.get_args(kind)
-    if origin is tuple:
-        item = typing.get_args(kind)[0]
-        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
-    if kind is type(None):
-        return value is None
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
-
-
-def _describe_type(kind: Any) -> str:
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe_type(k) for k in typing.get_args(kind) if k is not type(None))
-    if origin is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(kind))
-    if origin is tuple:
-        return f"a list of {_describe_type(typing.get_args(kind)[0])}"
-    return {int: "an integer", str: "a string", bool: "true or false"}.get(kind, str(kind))
 
 
 def _check_profile(p: Profile, path: Path) -> None:

@@ -26,32 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from gguf import LlamaFileType
 
 from edgekit import gguf_file
 from edgekit.atomic import atomic_path, check_writable_dir
 from edgekit.errors import OutputError, QuantizeError, UsageError
+from edgekit.quant_levels import ALIASES, LEVELS, NO_QUANTIZER, UNQUANTIZED
+from edgekit.settings import default_threads
 
 log = logging.getLogger(__name__)
-
-# One source of truth: llama.cpp's LLAMA_FTYPE_* constants, e.g. LLAMA_FTYPE_MOSTLY_Q4_K_M -> "Q4_K_M";
-# only those gguf-py knows too (LlamaFileType), since we validate every output with it.
-LEVELS: dict[str, int] = {
-    name.removeprefix("LLAMA_FTYPE_MOSTLY_"): value
-    for name, value in vars(llama_cpp).items()
-    if name.startswith("LLAMA_FTYPE_MOSTLY_") and name.removeprefix("LLAMA_FTYPE_") in LlamaFileType.__members__
-} | {"F32": llama_cpp.LLAMA_FTYPE_ALL_F32}
-
-# Short names llama-quantize also accepts (tools/quantize/quantize.cpp).
-ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
-
-# Levels whose tensors llama.cpp refuses to quantize without an importance matrix
-# ("Missing importance matrix for tensor ... in a very low-bit quantization", src/llama-quant.cpp).
-# IQ3_XXS/IQ3_XS put some tensors in IQ2_S, so they need one too.
-NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "Q2_K_S", "IQ3_XXS", "IQ3_XS"})
-
-# Input types that are not yet quantized: quantizing from anything else loses quality twice.
-UNQUANTIZED = frozenset({"F32", "F16", "BF16"})
 
 _TENSOR_LINE = re.compile(rb"\[\s*(\d+)\s*/\s*(\d+)\s*\]")
 _STEM_PRECISION = re.compile(r"[-_.](f32|f16|bf16|fp16|fp32)$", re.IGNORECASE)
@@ -60,7 +42,7 @@ _lock = threading.Lock()  # llama.cpp's log callback is global: one quantization
 
 
 @dataclass(frozen=True)
-class Progress:
+class QuantizeProgress:
     """Where a quantize call is: level i of n, tensor j of m, seconds since the level began."""
 
     level: str
@@ -84,21 +66,30 @@ class QuantResult:
     seconds: float
 
 
-ProgressFn = Callable[[Progress], None]
+ProgressFn = Callable[[QuantizeProgress], None]
 
 
 def level_name(level: str) -> str:
     """Normalize a user's level name ("q4_k_m" -> "Q4_K_M"), or say which names exist."""
     name = level.strip().upper()
     name = ALIASES.get(name, name)
-    if name not in LEVELS:
-        raise UsageError(f"unknown quant level {level!r}; valid levels: {', '.join(sorted(LEVELS))}")
-    if name in NEEDS_IMATRIX:
+    known = quant_levels()
+    if name in NO_QUANTIZER:
+        raise UsageError(f"{name}: the llama.cpp edgekit is built with cannot write it; choose another level, e.g. Q4_K_M")
+    if name not in known:
+        raise UsageError(f"unknown quant level {level!r}; valid levels: {', '.join(known)}")
+    if LEVELS[name].needs_imatrix:
         raise UsageError(
             f"{name} needs an imatrix (importance matrix), which edgekit does not compute; "
             "use Q2_K, Q3_K_S or a higher level"
         )
     return name
+
+
+def quant_levels() -> list[str]:
+    """The levels this build can write: the table's, as far as the pinned llama-cpp-python knows them."""
+    return sorted(name for name, level in LEVELS.items() if name not in NO_QUANTIZER
+                  and getattr(llama_cpp, f"LLAMA_FTYPE_{'ALL' if name == 'F32' else 'MOSTLY'}_{name}", None) == level.file_type)
 
 
 def default_output(src: Path, level: str, out_dir: Path | None = None) -> Path:
@@ -175,7 +166,7 @@ def _check_output(src: Path, target: Path) -> None:
 def _indexed(progress: ProgressFn | None, index: int, count: int) -> Callable[..., None]:
     def report(level: str, tensor: int, tensors: int, elapsed: float, done: bool = False) -> None:
         if progress is not None:
-            progress(Progress(level, index + 1, count, tensor, tensors, elapsed, done))
+            progress(QuantizeProgress(level, index + 1, count, tensor, tensors, elapsed, done))
 
     return report
 
@@ -189,7 +180,7 @@ def _quantize_one(
     allow_requantize: bool,
     report: Callable[..., None],
 ) -> QuantResult:
-    job = {"src": os.fspath(src), "ftype": LEVELS[level], "nthread": threads or os.cpu_count() or 1,
+    job = {"src": os.fspath(src), "ftype": LEVELS[level].file_type, "nthread": threads or default_threads()[1],
            "allow_requantize": allow_requantize}
     start = time.perf_counter()
     report(level, 0, len(info.tensors), 0.0)

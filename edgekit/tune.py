@@ -19,8 +19,9 @@ from edgekit.atomic import check_writable_dir, write_text
 from edgekit.hardware import Hardware
 from edgekit.memory import estimate_memory
 from edgekit.gguf_file import validate
-from edgekit.plan import Plan, Settings, plan_for
+from edgekit.plan import Plan, settings_for
 from edgekit.profiles import Profile, profile_to_toml
+from edgekit.settings import Settings, run_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ BATCH_SIZES = (128, 256, 512)
 PROMPT_WORDS = 96  # about 100-130 tokens with a Llama tokenizer
 GENERATE_TOKENS = 24
 WARMUP_TOKENS = 2
+TUNED = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_gpu_layers")  # what a sweep measures
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Sweep:
 
 
 @dataclass(frozen=True)
-class Measurement:
+class SettingSpeed:
     """Speed of one setting: prompt processing and generation, tokens per second."""
 
     settings: Settings
@@ -57,24 +59,24 @@ class TuneResult:
 
     plan: Plan
     settings: Settings
-    measurements: tuple[Measurement, ...]
+    measurements: tuple[SettingSpeed, ...]
     profile: Profile
 
 
-Measure = Callable[[Path, Settings, Sweep], Measurement]
-Progress = Callable[[str], None]
+Measure = Callable[[Path, Settings, Sweep], SettingSpeed]
+Say = Callable[[str], None]  # one line of progress for a person
 
 
 def tune(
     model: Path, base: Profile, hardware: Hardware, *, name: str = "local", sweep: Sweep = Sweep(),
-    measure: Measure | None = None, progress: Progress = log.info,
+    measure: Measure | None = None, progress: Say = log.info,
 ) -> TuneResult:
     """Sweep settings for ``model`` on this box, starting from ``base``; nothing is written."""
     measure = measure or measure_with_engine
-    plan = plan_for(model, base, hardware)
-    done: list[Measurement] = []
+    plan = settings_for(model, base, hardware=hardware)
+    done: list[SettingSpeed] = []
 
-    def run(settings: Settings) -> Measurement:
+    def run(settings: Settings) -> SettingSpeed:
         result = measure(plan.model, settings, sweep)
         done.append(result)
         progress(f"{_label(settings)}: prompt {result.prompt_tokens_per_s:.1f} tok/s, "
@@ -137,15 +139,15 @@ def _layer_settings(best: Settings, sweep: Sweep, plan: Plan) -> list[Settings]:
     return [replace(best, n_gpu_layers=-1 if c >= top and best.n_gpu_layers == -1 else c) for c in counts]
 
 
-def _lookup(done: list[Measurement], settings: Settings) -> Measurement | None:
+def _lookup(done: list[SettingSpeed], settings: Settings) -> SettingSpeed | None:
     return next((m for m in done if m.settings == settings), None)
 
 
-def _generation(m: Measurement) -> float:
+def _generation(m: SettingSpeed) -> float:
     return m.generation_tokens_per_s
 
 
-def _prompt(m: Measurement) -> float:
+def _prompt(m: SettingSpeed) -> float:
     return m.prompt_tokens_per_s
 
 
@@ -157,9 +159,8 @@ def _label(s: Settings) -> str:
 def tuned_profile(base: Profile, best: Settings, name: str, hw: Hardware, model: Path) -> Profile:
     """``base`` with the measured settings; it wins over ``base`` on the same kind of box."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    run = replace(base.run, threads=best.n_threads, threads_batch=best.n_threads_batch,
-                  n_batch=best.n_batch, n_ubatch=best.n_ubatch,
-                  n_gpu_layers=best.n_gpu_layers if base.run.n_gpu_layers != 0 else 0)
+    measured = TUNED if base.run.n_gpu_layers != 0 else tuple(n for n in TUNED if n != "n_gpu_layers")
+    run = run_from_settings(base.run, best, measured)
     match = replace(base.match, priority=min(base.match.priority + 1, 100))
     description = f"tuned from {base.name} on {hw.summary()} with {model.name}, {when}"
     return replace(base, name=name, description=description, run=run, match=match, source=None)
@@ -168,7 +169,7 @@ def tuned_profile(base: Profile, best: Settings, name: str, hw: Hardware, model:
 # --- measuring through the engine -------------------------------------------------------------
 
 
-def measure_with_engine(model: Path, settings: Settings, sweep: Sweep) -> Measurement:
+def measure_with_engine(model: Path, settings: Settings, sweep: Sweep) -> SettingSpeed:
     """One worker with ``settings``: a warm-up request, then the measured one."""
     from edgekit.engine import Engine, Request
 
@@ -177,7 +178,7 @@ def measure_with_engine(model: Path, settings: Settings, sweep: Sweep) -> Measur
         engine.complete(Request(prompt="Warm up the caches.", max_tokens=WARMUP_TOKENS, seed=0))
         timings = [engine.complete(Request(prompt=f"{i} {prompt}", max_tokens=sweep.generate_tokens, seed=0)).timings
                    for i in range(max(1, sweep.repeats))]
-    return Measurement(settings, max(t.prompt_tokens_per_s for t in timings),
+    return SettingSpeed(settings, max(t.prompt_tokens_per_s for t in timings),
                        max(t.generation_tokens_per_s for t in timings))
 
 

@@ -22,7 +22,7 @@ from edgekit.cli import main
 from edgekit.engine import Engine
 from edgekit import gguf_file, hardware
 from edgekit.memory import KV_PAD, MiB, kv_bytes_per_layer, shape_of
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 from tests.fixtures.models import announce
 
 PROMPTS, GEN, REPEAT, CONCURRENCY = (16, 48), 40, 2, (1, 2)  # 40 tokens: long enough that a thread start is noise

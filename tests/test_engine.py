@@ -21,7 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from edgekit.engine import Chunk, Engine, Request, Result
 from edgekit.engine.text import TextAssembler
 from edgekit.errors import BadRequest, ContextOverflow, EngineError, ModelFormatError, TooLarge
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 
 # One thread: the suite shares two cores with everything else, and llama.cpp's spinning
 # thread pool stalls badly when its threads are descheduled.

@@ -12,8 +12,9 @@ from edgekit.convert.lora_gguf import convert_lora
 from edgekit.engine import Engine, Request
 from edgekit.errors import BadRequest, EngineError, ModelFormatError
 from edgekit.hardware import detect
-from edgekit.plan import LoraAdapter, Settings, plan_for
+from edgekit.plan import plan_for
 from edgekit.profiles import load_profile
+from edgekit.settings import LoraAdapter, Settings
 from edgekit.testmodels import make_test_lora
 from tests.fixtures.models import checkpoint, converted
 

@@ -18,7 +18,7 @@ from edgekit.engine.records import ToolCall
 from edgekit.engine.tool_output import CallStream, complete_calls
 from edgekit.engine.tools import SYNTAXES, ToolPlan, ToolSpec, call_text, check_tools
 from edgekit.errors import BadRequest
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 from edgekit.testmodels.chat_templates import CHAT_TEMPLATES
 
 SETTINGS = Settings(n_ctx=2048, n_threads=1, n_threads_batch=1)

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from edgekit.engine import Engine, Request
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 from tests.fixtures.models import converted
 
 SETTINGS = Settings(n_ctx=2048, n_threads=2, n_threads_batch=2)

@@ -20,8 +20,9 @@ from edgekit.errors import DoesNotFit, UsageError
 from edgekit.gguf_file import validate
 from edgekit.hardware import GPU, detect
 from edgekit.memory import MiB, estimate_memory
-from edgekit.plan import Settings, plan_for
+from edgekit.plan import plan_for
 from edgekit.profiles import load_profile
+from edgekit.settings import Settings
 
 BOARDS = Path(__file__).parent / "boards"
 LLAMA2_7B = dict(n_layer=32, n_embd=4096, n_ff=11008, n_head=32, n_head_kv=32, n_ctx=4096)
@@ -324,7 +325,7 @@ def test_auto_threads_leave_the_busy_cores_to_their_work(small3b):
 
 def test_a_fixed_thread_count_in_the_profile_is_kept_on_a_busy_box(small3b):
     base = load_profile("rpi5-8gb")
-    fixed = replace(base, run=replace(base.run, threads=4, threads_batch=4))
+    fixed = replace(base, run=replace(base.run, n_threads=4, n_threads_batch=4))
     plan = plan_for(small3b["Q4_K_M"], fixed, replace(board("rpi5-8gb"), busy_cores=3.0))
     assert (plan.settings.n_threads, plan.settings.n_threads_batch) == (4, 4)
 

@@ -21,7 +21,7 @@ description = "test box"
 quant = "Q4_K_M"
 
 [run]
-threads = 2
+n_threads = 2
 n_ctx = 1024
 """
 
@@ -56,7 +56,7 @@ def test_load_by_path_and_by_name_from_env_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_PROFILES", str(tmp_path))
     assert search_path()[0] == tmp_path
     by_name = load_profile("mybox")
-    assert by_name.run.threads == 2 and by_name.run.n_ctx == 1024
+    assert by_name.run.n_threads == 2 and by_name.run.n_ctx == 1024
     assert by_name.run.n_batch == 512  # unset keys take the defaults
     assert load_profile(tmp_path / "mybox.toml") == by_name
 
@@ -73,7 +73,7 @@ def test_env_folder_shadows_a_shipped_profile(tmp_path, monkeypatch):
         ("[run]\nthreds = 4\n", "unknown key 'run.threds'"),
         ("colour = 'red'\n", "unknown key 'colour'"),
         ("[run]\nn_ctx = 'big'\n", "run.n_ctx = 'big' is not an integer"),
-        ("[run]\nthreads = 'many'\n", "is not an integer or 'auto'"),
+        ("[run]\nn_threads = 'many'\n", "is not an integer or 'auto'"),
         ("[run]\nn_ctx = 10\n", "out of range"),
         ("[run]\ntype_k = 'q3_k'\n", "run.type_k = 'q3_k' is not one of"),
         ("[run]\nflash_attn = 1\n", "is not true or false"),

@@ -15,7 +15,7 @@ import pytest
 from edgekit.engine import Engine, Request, Result
 from edgekit.engine import cache_file
 from edgekit.engine.prompt_cache import PromptCacheConfig, clear, disk_files
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 
 SETTINGS = Settings(n_ctx=1024, n_threads=1, n_threads_batch=1, prompt_cache_mb=16)
 # A stand-in for Home Assistant's system prompt (~410 tokens); varied text, so the random

@@ -16,7 +16,8 @@ import pytest
 from edgekit.cli import main
 from edgekit.errors import ModelFormatError, OutputError, UsageError
 from edgekit.gguf_file import validate
-from edgekit.quantize import LEVELS, Progress, QuantResult, default_output, level_name, quantize, quantize_file
+from edgekit.quant_levels import LEVELS
+from edgekit.quantize import QuantizeProgress, QuantResult, default_output, level_name, quantize, quantize_file
 
 # Bits per weight of the tiny model: its 32000x256 embeddings and output are half its weights,
 # and llama.cpp keeps output.weight at Q6_K/Q8_0, so the ranges are wider than for a real model.
@@ -24,9 +25,9 @@ EXPECTED_BPW = {"Q8_0": (8.4, 8.6), "Q4_K_M": (4.5, 6.5)}
 
 
 @pytest.fixture(scope="module")
-def two_levels(tiny_gguf_f16: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[QuantResult], list[Progress]]:
+def two_levels(tiny_gguf_f16: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[QuantResult], list[QuantizeProgress]]:
     """Q8_0 and Q4_K_M of the tiny model, made in one call, with the progress it reported."""
-    seen: list[Progress] = []
+    seen: list[QuantizeProgress] = []
     out_dir = tmp_path_factory.mktemp("quant")
     return quantize(tiny_gguf_f16, ["Q8_0", "q4_k_m"], out_dir=out_dir, threads=2, progress=seen.append), seen
 
@@ -41,8 +42,8 @@ def _log_callback_address() -> int | None:
 
 
 def test_levels_come_from_llama_cpp() -> None:
-    assert LEVELS["Q4_K_M"] == llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    assert LEVELS["F32"] == llama_cpp.LLAMA_FTYPE_ALL_F32
+    assert LEVELS["Q4_K_M"].file_type == llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert LEVELS["F32"].file_type == llama_cpp.LLAMA_FTYPE_ALL_F32
     assert {"Q8_0", "Q6_K", "Q5_K_M", "Q4_0", "Q3_K_S", "Q2_K", "IQ4_NL", "IQ4_XS", "F16", "BF16"} <= set(LEVELS)
 
 
@@ -69,7 +70,7 @@ def test_default_output_name_drops_the_precision() -> None:
 # --- quantizing -----------------------------------------------------------------------------
 
 
-def test_two_levels_in_one_call_validate(two_levels: tuple[list[QuantResult], list[Progress]]) -> None:
+def test_two_levels_in_one_call_validate(two_levels: tuple[list[QuantResult], list[QuantizeProgress]]) -> None:
     results, _ = two_levels
     assert [r.level for r in results] == ["Q8_0", "Q4_K_M"]
     for result in results:
@@ -80,13 +81,13 @@ def test_two_levels_in_one_call_validate(two_levels: tuple[list[QuantResult], li
         assert low < result.bits_per_weight < high
 
 
-def test_outputs_hold_the_quantized_types(two_levels: tuple[list[QuantResult], list[Progress]]) -> None:
+def test_outputs_hold_the_quantized_types(two_levels: tuple[list[QuantResult], list[QuantizeProgress]]) -> None:
     q8, q4 = (validate(r.path) for r in two_levels[0])
     assert "Q8_0" in q8.quant_mix and "F16" not in q8.quant_mix
     assert "Q4_K" in q4.quant_mix and q4.size < q8.size
 
 
-def test_progress_counts_levels_and_tensors(two_levels: tuple[list[QuantResult], list[Progress]], tiny_gguf_f16: Path) -> None:
+def test_progress_counts_levels_and_tensors(two_levels: tuple[list[QuantResult], list[QuantizeProgress]], tiny_gguf_f16: Path) -> None:
     results, seen = two_levels
     tensors = len(validate(tiny_gguf_f16).tensors)
     for index, result in enumerate(results, start=1):
@@ -97,7 +98,7 @@ def test_progress_counts_levels_and_tensors(two_levels: tuple[list[QuantResult],
         assert [p.done for p in mine].count(True) == 1 and mine[-1].done
 
 
-def test_outputs_load_and_generate(two_levels: tuple[list[QuantResult], list[Progress]]) -> None:
+def test_outputs_load_and_generate(two_levels: tuple[list[QuantResult], list[QuantizeProgress]]) -> None:
     for result in two_levels[0]:
         llm = llama_cpp.Llama(str(result.path), n_ctx=64, n_threads=2, verbose=False)
         try:
@@ -113,7 +114,7 @@ def test_log_callback_is_restored(tiny_gguf_f16: Path, tmp_path: Path) -> None:
     assert _log_callback_address() == before
 
 
-def test_requantize_is_refused_without_the_flag(two_levels: tuple[list[QuantResult], list[Progress]], tmp_path: Path) -> None:
+def test_requantize_is_refused_without_the_flag(two_levels: tuple[list[QuantResult], list[QuantizeProgress]], tmp_path: Path) -> None:
     q8 = two_levels[0][0].path
     with pytest.raises(UsageError, match="already quantized.*--allow-requantize"):
         quantize_file(q8, "Q4_0", tmp_path / "again.gguf")

@@ -9,9 +9,9 @@ import pytest
 from edgekit.cli import main
 from edgekit.errors import OutputError
 from edgekit.hardware import detect
-from edgekit.plan import Settings
 from edgekit.profiles import load_profile
-from edgekit.tune import Measurement, Sweep, thread_candidates, tune, write_profile
+from edgekit.settings import Settings
+from edgekit.tune import SettingSpeed, Sweep, thread_candidates, tune, write_profile
 
 BOARDS = Path(__file__).parent / "boards"
 SMALL = Sweep(threads=(1, 2), batch_sizes=(64, 128), prompt_words=40, generate_tokens=8, repeats=1)
@@ -34,7 +34,7 @@ def test_tiny_sweep_writes_the_fastest_settings_as_a_profile(tiny_gguf_f16, tmp_
     out = write_profile(result, tmp_path / "bench-box.toml")
     written = load_profile(out)
     assert written.name == "bench-box"
-    assert (written.run.threads, written.run.threads_batch) == (result.settings.n_threads, result.settings.n_threads_batch)
+    assert (written.run.n_threads, written.run.n_threads_batch) == (result.settings.n_threads, result.settings.n_threads_batch)
     assert written.run.n_batch == written.run.n_ubatch == result.settings.n_batch
     assert written.match.priority == load_profile("cpu-generic").match.priority + 1
     assert [p.name for p in tmp_path.iterdir()] == ["bench-box.toml"]  # no temp file left
@@ -46,7 +46,7 @@ def test_tune_command_reports_progress_on_stderr(tiny_gguf_f16, tmp_path, capsys
     assert code == 0
     captured = capsys.readouterr()
     assert "tok/s" in captured.err and str(out) in captured.out
-    assert load_profile(out).run.threads == 1
+    assert load_profile(out).run.n_threads == 1
 
 
 def test_tune_refuses_an_unwritable_output_before_measuring(tiny_gguf_f16, tmp_path, capsys):
@@ -65,18 +65,18 @@ def test_big_little_board_gets_generation_on_big_cores_and_prompts_on_all(tiny_g
     """On an RK3588, decode is memory-bound and slows when A55s join; prompts gain from all eight."""
     hw = detect(BOARDS / "rk3588-rock5b-8gb")
 
-    def rk3588_speeds(model: Path, s: Settings, sweep: Sweep) -> Measurement:
+    def rk3588_speeds(model: Path, s: Settings, sweep: Sweep) -> SettingSpeed:
         big = min(s.n_threads, 4)
         little = max(0, s.n_threads - 4)
         generation = 2.0 * big - 3.0 * little  # stragglers on A55s hold back every token
         prompt = 20.0 * big + 8.0 * little + s.n_batch / 64
-        return Measurement(s, prompt, generation)
+        return SettingSpeed(s, prompt, generation)
 
     result = tune(tiny_gguf_f16, load_profile("cpu-generic"), hw, sweep=Sweep(batch_sizes=(128, 512)),
                   measure=rk3588_speeds, progress=lambda _: None)
     assert (result.settings.n_threads, result.settings.n_threads_batch) == (4, 8)
     assert result.settings.n_batch == 512
-    assert result.profile.run.threads == 4 and result.profile.run.threads_batch == 8
+    assert result.profile.run.n_threads == 4 and result.profile.run.n_threads_batch == 8
 
 
 def test_tune_writes_to_the_users_config_folder_by_default(tiny_gguf_f16, tmp_path, monkeypatch, capsys):

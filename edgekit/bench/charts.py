@@ -32,7 +32,7 @@ class Bar:
 
 
 @dataclass(frozen=True)
-class Box:
+class BoxPlot:
     label: str
     values: tuple[float, ...]
     colour: str
@@ -137,7 +137,7 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
 
 
-def box_chart(boxes: Sequence[Box], title: str, unit: str) -> str:
+def box_chart(boxes: Sequence[BoxPlot], title: str, unit: str) -> str:
     """Horizontal box plots (p25-p75 box, p50 line, p5-p99 whiskers) with every sample as a dot."""
     boxes = [b for b in boxes if b.values]
     top, height = PAD, PAD * 2 + ROW_H * len(boxes) + 40

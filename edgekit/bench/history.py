@@ -83,7 +83,7 @@ class Change:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class RunComparison:
     changes: tuple[Change, ...]
     unmatched: tuple[str, ...]  # settings only one of the runs has
     threshold: float
@@ -93,7 +93,7 @@ class Comparison:
         return tuple(c for c in self.changes if c.verdict == "regression")
 
 
-def compare(old: BenchRun, new: BenchRun, threshold: float = DEFAULT_THRESHOLD) -> Comparison:
+def compare(old: BenchRun, new: BenchRun, threshold: float = DEFAULT_THRESHOLD) -> RunComparison:
     """Every figure of every setting both runs measured."""
     if not 0 < threshold < 1:
         raise UsageError(f"--threshold {threshold}: give a fraction between 0 and 1, e.g. 0.1 for 10 %")
@@ -103,7 +103,7 @@ def compare(old: BenchRun, new: BenchRun, threshold: float = DEFAULT_THRESHOLD) 
         raise UsageError("the two runs share no setting (model file, mode, prompt and generation tokens, "
                          "concurrency): compare runs of the same benchmark")
     unmatched = [_label(k) for k in [*olds, *news] if (k in olds) != (k in news)]
-    return Comparison(tuple(changes), tuple(unmatched), threshold)
+    return RunComparison(tuple(changes), tuple(unmatched), threshold)
 
 
 def _by_setting(run: BenchRun) -> dict[tuple, Measurement]:
@@ -150,7 +150,7 @@ def _change(setting: str, figure: str, old: float, new: float, low: float | None
     return Change(setting, figure, old, new, change, low, high, verdict)
 
 
-def comparison_rows(result: Comparison) -> list[dict[str, str]]:
+def comparison_rows(result: RunComparison) -> list[dict[str, str]]:
     """Rows for the terminal table."""
     rows = []
     for c in result.changes:

@@ -21,7 +21,7 @@ from edgekit import gguf_file
 from edgekit.bench.results import Measurement
 from edgekit.bench.stats import mean
 from edgekit.errors import EngineError, UsageError
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 
 log = logging.getLogger(__name__)
 

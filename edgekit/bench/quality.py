@@ -27,6 +27,7 @@ import numpy as np
 from edgekit import gguf_file
 from edgekit.bench.stats import percentile
 from edgekit.errors import EngineError, ModelFormatError, UsageError
+from edgekit.settings import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def compare_quality(
         raise UsageError(f"--ctx {ctx}: use an even context of at least 8 tokens (e.g. 256)")
     infos = [gguf_file.validate(p) for p in [reference, *candidates]]
     text = calibration_text() if text is None else text
-    threads = threads or os.cpu_count() or 1
+    threads = threads or default_threads()[1]  # perplexity is prompt evaluation: the prompt threads
     with tempfile.TemporaryDirectory(prefix="edgekit-quality-") as tmp:
         with _loaded(infos[0].path, ctx, threads) as llm:
             plan = _plan_chunks(llm, text, ctx, chunks)

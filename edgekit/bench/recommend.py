@@ -26,8 +26,8 @@ from edgekit.bench.results import BenchRun, Measurement
 from edgekit.errors import DoesNotFit, UsageError
 from edgekit.plan import Target, settings_for, target_for
 from edgekit.profiles import Profile
+from edgekit.quant_levels import LEVELS, UNQUANTIZED
 
-PLAIN_TYPES = ("F32", "F16", "BF16")  # a reference must be one of these
 SPEED_PROMPT_TOKENS = 128  # the prompt the TTFT target is judged on
 SPEED_GEN_TOKENS = 32
 DEFAULT_MAX_KL = 0.05  # nats/token: about what Q4_K_M costs a 7B Llama; above it answers visibly change
@@ -101,11 +101,16 @@ def fit_options(files: Sequence[Path], target: Target) -> list[Option]:
 
 
 def find_reference(files: Sequence[Path], given: Path | None) -> Path | None:
-    """--reference, else the most precise plain (F32 > F16 > BF16) file among the inputs."""
+    """--reference, else the most precise unquantized (F32 > F16 > BF16) file among the inputs."""
     if given is not None:
         return given
-    plain = [(PLAIN_TYPES.index(t), p) for p in files if (t := gguf_file.validate(p).file_type or "") in PLAIN_TYPES]
+    plain = [(_precision(t), p) for p in files if (t := gguf_file.validate(p).file_type or "") in UNQUANTIZED]
     return min(plain)[1] if plain else None
+
+
+def _precision(level: str) -> tuple[float, bool]:
+    """Most bits first; at equal size F16 before BF16 (it keeps more mantissa bits)."""
+    return -LEVELS[level].bits_per_weight, level.startswith("BF")
 
 
 def speed_from_run(run: BenchRun, path: str, prompt_tokens: int) -> tuple[float, float] | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgekit.atomic import write_text
 from edgekit.bench.charts import (
-    PALETTE, Bar, Box, Point, Series, bar_chart, box_chart, legend, line_chart, scatter_chart,
+    PALETTE, Bar, BoxPlot, Point, Series, bar_chart, box_chart, legend, line_chart, scatter_chart,
 )
 from edgekit.bench.output import llama_bench_ratios, table_rows
 from edgekit.bench.quality import QualityResult, quality_table
@@ -135,8 +135,8 @@ def _vs_llama_bench(m: Measurement) -> str:
     return ", ".join(parts) + (f" ({rounds} paired rounds)" if rounds else " (llama-bench run once, apart)")
 
 
-def _boxes(run: BenchRun, colours: dict[str, str], pick) -> list[Box]:  # type: ignore[no-untyped-def]
-    return [Box(m.label, tuple(pick(m)), colours[m.model.file_type]) for m in run.measurements]
+def _boxes(run: BenchRun, colours: dict[str, str], pick) -> list[BoxPlot]:  # type: ignore[no-untyped-def]
+    return [BoxPlot(m.label, tuple(pick(m)), colours[m.model.file_type]) for m in run.measurements]
 
 
 def _latency_section(run: BenchRun, colours: dict[str, str]) -> str:

@@ -32,7 +32,7 @@ from edgekit.bench.sensors import Sensors
 from edgekit.bench.stats import differences
 from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import EngineError, UsageError
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -146,24 +146,23 @@ def _measure_workload(ctx: MeasureContext, engine: Any, maker: PromptMaker, prog
 
 
 def resolve_settings(info: gguf_file.GGUFInfo, config: BenchConfig, progress: Progress = log.info) -> Settings:
-    """The profile's plan for this file (or llama.cpp's defaults), with room for the longest test."""
-    settings = Settings()
-    if config.profile:
-        from edgekit.plan import settings_for  # planner: only with --profile
+    """What `edgekit serve` would run this file with (the plan for --profile's box, or for this one),
+    with --threads if given and room for the longest test; the settings are reported through ``progress``."""
+    from edgekit.plan import settings_for  # the planner reads the box: only when benchmarking
 
-        plan = settings_for([info], config.profile, this_box=config.this_box)
-        progress(f"{info.path.name}: settings of profile {plan.profile} for {plan.box}; measured on this machine")
-        settings = plan.settings
-    threads = config.threads or settings.n_threads or os.cpu_count() or 1
+    plan = settings_for([info], config.profile, this_box=config.this_box)
+    settings = plan.settings
+    if config.threads:
+        settings = dataclasses.replace(settings, n_threads=config.threads, n_threads_batch=config.threads)
     need = max(config.prompt_tokens) + config.gen_tokens + _CTX_MARGIN
     if config.workload == "assist":  # sized before the tokenizer loads: a token a character at worst
         from edgekit.bench.workload import ANSWER_TOKENS, prompt_chars
 
         need = max(need, prompt_chars(config.entities) + ANSWER_TOKENS + _CTX_MARGIN)
-    return dataclasses.replace(
-        settings, n_threads=threads, n_threads_batch=config.threads or settings.n_threads_batch or threads,
-        n_ctx=max(settings.n_ctx, need),
-    )
+    settings = dataclasses.replace(settings, n_ctx=max(settings.n_ctx, need))
+    progress(f"{info.path.name}: profile {plan.profile} for {plan.box}; measured on this machine with "
+             f"settings: {settings.summary()}" + (" (--threads)" if config.threads else ""))
+    return settings
 
 
 @dataclass(frozen=True)

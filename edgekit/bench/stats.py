@@ -87,7 +87,7 @@ def differences(times: Sequence[float], counts: Sequence[int] | None = None) -> 
 
 
 @dataclass(frozen=True)
-class Comparison:
+class PairedRatio:
     """Our rate against a reference rate, the two measured in alternation, round by round.
 
     On a shared or throttling box a single run moves by 10-20%; pairing each of our
@@ -106,11 +106,11 @@ class Comparison:
                 f"paired median ratio {self.median_ratio:.3f}, best against best {self.best_ratio:.3f}")
 
 
-def compare_rounds(ours: Sequence[float], theirs: Sequence[float]) -> Comparison:
+def compare_rounds(ours: Sequence[float], theirs: Sequence[float]) -> PairedRatio:
     """Compare rates (higher is better) measured in alternating rounds, pair by pair."""
     if len(ours) != len(theirs) or not ours or min(theirs) <= 0:
         raise ValueError("compare_rounds needs one positive reference rate for each of our rates")
-    return Comparison(
+    return PairedRatio(
         n=len(ours), ours_median=percentile(ours, 50), theirs_median=percentile(theirs, 50),
         median_ratio=percentile([a / b for a, b in zip(ours, theirs)], 50), best_ratio=max(ours) / max(theirs),
     )

@@ -40,23 +40,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from edgekit.hardware import detect
-    from edgekit.profiles import resolve_profile
-    from edgekit.tune import Sweep, check_output, tune, write_profile
-
+    from edgekit.plan import target_for
     from edgekit.profiles import user_profiles
+    from edgekit.tune import Sweep, check_output, tune, write_profile
 
     output = args.output
     if output is None:  # the user's own folder, on the profile search path: --profile local finds it
         output = user_profiles() / "local.toml"
         output.parent.mkdir(parents=True, exist_ok=True)
     check_output(output)
-    hardware = detect()
-    base, reason = resolve_profile(args.profile, hardware)
-    print(f"edgekit: tuning from {reason}", file=sys.stderr)
+    target = target_for(args.profile, this_box=True)  # tuning measures this machine, whatever the profile
+    print(f"edgekit: tuning from {target.profile_reason}", file=sys.stderr)
     sweep = Sweep(threads=tuple(args.threads) if args.threads else None,
                   batch_sizes=tuple(args.batch) if args.batch else Sweep().batch_sizes)
-    result = tune(args.model, base, hardware, name=output.stem, sweep=sweep,
+    result = tune(args.model, target.profile, target.hardware, name=output.stem, sweep=sweep,
                   progress=lambda line: print(f"edgekit: {line}", file=sys.stderr))
     write_profile(result, output)
     s = result.settings

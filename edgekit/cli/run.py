@@ -20,14 +20,14 @@ def _run_settings(args: argparse.Namespace) -> Any:
                         lora=_adapters(getattr(args, "lora", None)))
     s = plan.settings
     threads = "; ".join(r for r in plan.reasons if " threads: " in r) or f"{s.n_threads} threads from the profile"
-    print(f"edgekit: profile {plan.profile} for {plan.box}: n_ctx {s.n_ctx}, {threads}", file=sys.stderr)
+    print(f"edgekit: profile {plan.profile} for {plan.box}: {threads}; settings: {s.summary()}", file=sys.stderr)
     return s
 
 
 def _adapters(specs: list[str] | None) -> tuple[Any, ...]:
     """--lora NAME=adapter.gguf[:SCALE] (repeatable) as the adapters the engine loads."""
     from edgekit.convert.lora import parse_lora_arg
-    from edgekit.plan import LoraAdapter
+    from edgekit.settings import LoraAdapter
 
     return tuple(LoraAdapter(name, str(path), scale) for name, path, scale in map(parse_lora_arg, specs or []))
 
@@ -70,10 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--system needs the chat template: with --raw, put the system text in the prompt")
     schema = None
     if args.json_schema is not None:
-        try:
-            schema = json.loads(args.json_schema.read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--json-schema {args.json_schema}: {exc}") from None
+        from edgekit.strict import read_json_object
+
+        schema = read_json_object(args.json_schema, "--json-schema", UsageError, fix="give a JSON Schema")
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
     request = Request(
         prompt=args.prompt if args.raw else None,

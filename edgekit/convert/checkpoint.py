@@ -18,6 +18,7 @@ import numpy as np
 
 from edgekit.convert.halfcast import to_float32_from_half
 from edgekit.errors import ModelFormatError
+from edgekit.strict import read_json_object
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -105,13 +106,7 @@ def read_json(file: Path, what: str) -> dict[str, Any]:
     """A JSON object from ``file``, or ModelFormatError naming the file."""
     if not file.is_file():
         raise ModelFormatError(f"{file} is missing ({what}); is this a Hugging Face checkpoint folder?")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{file} is not valid JSON ({exc}); re-download it") from None
-    if not isinstance(data, dict):
-        raise ModelFormatError(f"{file} should hold a JSON object")
-    return data
+    return read_json_object(file, what, ModelFormatError, fix="re-download it")
 
 
 def _weight_files(path: Path) -> list[Path]:

@@ -17,14 +17,13 @@ from gguf.quants import quant_shape_to_byte_shape, quantize
 from edgekit.convert.checkpoint import RAW_DTYPES, TensorRef, to_float32
 from edgekit.convert.halfcast import to_float16
 from edgekit.convert.llama import permute_rows
+from edgekit.quant_levels import LEVELS
 
 Q = gguf.GGMLQuantizationType
-# edgekit/llama.cpp output type name -> (GGML type of 2-D weights, llama.cpp file type)
-OUTTYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
-    "f32": (Q.F32, gguf.LlamaFileType.ALL_F32),
-    "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
-    "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
-    "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+# edgekit/llama.cpp output type name -> (GGML type of 2-D weights, llama.cpp file type), from the level table
+OUTTYPES: dict[str, tuple[gguf.GGMLQuantizationType, int]] = {
+    name: (Q[LEVELS[name.upper()].main_type], LEVELS[name.upper()].file_type)
+    for name in ("f32", "f16", "bf16", "q8_0")
 }
 CHUNK_ELEMENTS = 1 << 20  # ~4 MB of float32 per step: cache-friendly, and RSS stays flat
 NATIVE = {Q.F32: np.dtype(np.float32), Q.F16: np.dtype(np.float16)}  # types GGUFWriter infers from the dtype

@@ -18,6 +18,7 @@ from sentencepiece import SentencePieceProcessor
 
 from edgekit.convert import bpe
 from edgekit.errors import ModelFormatError
+from edgekit.strict import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,4 @@ def _token_id(tokens: list[bytes], entry: Any) -> int | None:
 def _json(file: Path) -> dict[str, Any]:
     if not file.is_file():
         return {}
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{file} is not valid JSON ({exc}); re-download it") from None
-    return data if isinstance(data, dict) else {}
+    return read_json_object(file, "the tokenizer file", ModelFormatError, fix="re-download it")

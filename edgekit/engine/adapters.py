@@ -15,7 +15,7 @@ from typing import Any
 
 from edgekit.engine.records import Request
 from edgekit.errors import BadRequest, ModelFormatError
-from edgekit.plan import LoraAdapter, Settings
+from edgekit.settings import LoraAdapter, Settings
 
 Choice = tuple[str | None, float]  # (adapter name or None for the bare model, scale)
 

@@ -24,10 +24,9 @@ from edgekit.engine.adapters import check_adapter, check_adapter_files
 from edgekit.engine.chat import ChatTemplate
 from edgekit.engine.prompt_cache import CacheStats, PromptCacheConfig
 from edgekit.engine.process import WorkerDied, WorkerProcess, is_error, unwrap
-from edgekit.engine.records import Chunk, ModelInfo, Request, Result, Timings
-from edgekit.engine.worker import Job
+from edgekit.engine.records import Chunk, EngineJob, ModelInfo, Request, Result, Timings
 from edgekit.errors import BadRequest, EngineError
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +172,7 @@ class Engine:
             if seq is None:  # cancelled while it waited
                 yield _cancelled_result(request, t_call)
                 return
-            yield from self._run(current, Job(seq, request, prompt, add_bos, t_call, plan))
+            yield from self._run(current, EngineJob(seq, request, prompt, add_bos, t_call, plan))
         finally:
             self._forget(request.id)
             self._run_lock.release()
@@ -243,7 +242,7 @@ class Engine:
         messages, offered = toolcalls.chat_messages(request, self._template.source)
         return self._template.render(messages, add_generation_prompt=True, tools=offered)
 
-    def _run(self, current: WorkerProcess, job: Job) -> Iterator[Chunk | Result]:
+    def _run(self, current: WorkerProcess, job: EngineJob) -> Iterator[Chunk | Result]:
         finished = False
         try:
             current.send(("generate", job))

@@ -21,12 +21,11 @@ import numpy as np
 from edgekit.engine.forced import ForcedText
 from edgekit.engine.kv_state import capture_state, restore_state
 from edgekit.engine.prompt_cache import PromptCache, common_prefix
-from edgekit.engine.records import Chunk, FinishReason, Request, Result, Timings, ToolCall
+from edgekit.engine.records import Chunk, EngineJob, FinishReason, Request, Result, Timings, ToolCall
 from edgekit.engine.sampling import SamplerChain
 from edgekit.engine.text import TextAssembler
 from edgekit.engine.tool_grammar import tool_grammar
 from edgekit.engine.tool_output import CallStream
-from edgekit.engine.worker import Job
 from edgekit.errors import BadRequest, ContextOverflow, EngineError, TooLarge
 
 _NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL callback: removes ours after the prompt
@@ -67,7 +66,7 @@ class Runner:
         # Checked by ggml between graph nodes, so a cancel lands inside a long prompt batch.
         self._abort = llama_cpp.ggml_abort_callback(lambda _data: self._cancelled())
 
-    def run(self, job: Job, emit: Callable[[Chunk], None]) -> Result:
+    def run(self, job: EngineJob, emit: Callable[[Chunk], None]) -> Result:
         """Evaluate the prompt (reusing the cached prefix), then sample until a finish reason."""
         self._seq, self._request_id = job.seq, job.request.id
         progress = _Progress(t_start=time.perf_counter())
@@ -132,7 +131,7 @@ class Runner:
     def _cancelled(self) -> bool:
         return self._cancel_seq.value == self._seq
 
-    def _tokenize_prompt(self, job: Job) -> list[int]:
+    def _tokenize_prompt(self, job: EngineJob) -> list[int]:
         """The prompt's tokens, checked against the context and the request's limits here, where they
         are counted: a daemon's limits cost no tokenizing of their own."""
         tokens = self.tokenize(job.prompt, job.add_bos, special=True)
@@ -212,7 +211,7 @@ class Runner:
             raise EngineError(f"llama.cpp failed to evaluate the prompt: {exc}") from exc
 
     def _generate(
-        self, job: Job, n_prompt: int, sampler: SamplerChain, emit: Callable[[Chunk], None], progress: _Progress
+        self, job: EngineJob, n_prompt: int, sampler: SamplerChain, emit: Callable[[Chunk], None], progress: _Progress
     ) -> FinishReason:
         """Sample up to the token limit, appending what a grammar forces in the same batch."""
         answer = _Answer(job, _Outbox(emit, self._request_id, job.request.stream_interval_ms / 1000, progress))
@@ -349,7 +348,7 @@ class _Answer:
     """The answer's way out: token bytes -> text (stop strings, whole characters) -> tool calls
     held apart from text -> the outbox."""
 
-    def __init__(self, job: Job, outbox: _Outbox) -> None:
+    def __init__(self, job: EngineJob, outbox: _Outbox) -> None:
         self._text = TextAssembler(job.request.stop)
         self._calls = CallStream(job.tools) if job.tools else None
         self._outbox = outbox
@@ -425,7 +424,7 @@ def usable_context(llm: Any) -> int:
     return min(llm.n_ctx(), len(llm.input_ids))
 
 
-def _result(job: Job, reason: FinishReason, p: _Progress) -> Result:
+def _result(job: EngineJob, reason: FinishReason, p: _Progress) -> Result:
     evaluated = p.prompt_tokens - p.cached
     gen_s = p.t_end - p.t_first if p.t_first is not None else 0.0
     timings = Timings(

@@ -19,7 +19,7 @@ from typing import Any
 from edgekit import errors
 from edgekit.engine.records import ModelInfo
 from edgekit.errors import EngineError
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 
 POLL_S = 0.5  # how often a waiting recv() checks that the worker still lives
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from edgekit.engine.tools import ToolPlan  # tools reads Request from here: typing only
 
 # "tool_calls": the model ended its turn with one or more calls (Result.tool_calls holds them).
 FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
@@ -139,3 +142,15 @@ class ModelInfo:
     eos_token: str = ""
     supports_tools: bool = False  # the chat template renders the `tools` variable
     adapters: tuple[str, ...] = ()  # LoRA adapters loaded beside the model, by name
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    """What the engine sends its worker for one request: the text to tokenize and when it was called."""
+
+    seq: int  # the number the cancel flag is set to, to cancel this job
+    request: Request
+    prompt: str  # rendered chat prompt or the raw prompt
+    add_bos: bool
+    t_call: float  # parent's time.perf_counter() when stream() was called
+    tools: ToolPlan | None = None  # the calls the answer may hold (grammar and parser)

@@ -10,7 +10,7 @@ cancel flag, the prompt cache's counters and ours (EngineCounters), and the firs
 
 Messages, child -> parent: ("ready", ModelInfo) | ("error", error class name, message)
 | Chunk | Result | ("tokens", [int]) | ("warmed", {states, bytes, ms}). Parent -> child:
-("generate", Job) | ("tokenize", text, add_bos, special) | ("warm_cache", recent) | ("close",).
+("generate", EngineJob) | ("tokenize", text, add_bos, special) | ("warm_cache", recent) | ("close",).
 A second pipe answers "ping" with "pong" from its own thread, so liveness can be
 checked while a request runs (llama.cpp releases the GIL while it computes).
 """
@@ -21,33 +21,18 @@ import ctypes
 import dataclasses
 import logging
 import mmap
-import os
 import signal
 import threading
 from multiprocessing.connection import Connection
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from edgekit import errors
 from edgekit.engine.prompt_cache import COUNTERS_OFFSET, SHARED_BYTES, Counters, PromptCache, PromptCacheConfig
-from edgekit.engine.records import ModelInfo, Request
-from edgekit.engine.tools import ToolPlan
-from edgekit.plan import Settings
+from edgekit.engine.records import ModelInfo
+from edgekit.settings import Settings, default_threads
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Job:
-    """What the parent sends for one request: the text to tokenize and when it was called."""
-
-    seq: int  # the number the cancel flag is set to, to cancel this job
-    request: Request
-    prompt: str  # rendered chat prompt or the raw prompt
-    add_bos: bool
-    t_call: float  # parent's time.perf_counter() when stream() was called
-    tools: ToolPlan | None = None  # the calls the answer may hold (grammar and parser)
 
 
 class EngineCounters(ctypes.Structure):
@@ -207,11 +192,14 @@ def llama_kwargs(settings: Settings) -> dict[str, Any]:
     """Settings as llama_cpp.Llama's keyword arguments (KV types by gguf-py's names)."""
     from gguf import GGMLQuantizationType
 
-    threads = settings.n_threads or len(os.sched_getaffinity(0))
+    threads, threads_batch = settings.n_threads, settings.n_threads_batch or settings.n_threads
+    if threads is None or threads_batch is None:  # no plan gave them: the plan's rule, for this machine
+        auto, auto_batch = default_threads()
+        threads, threads_batch = threads or auto, threads_batch or auto_batch
     return dict(
         n_ctx=settings.n_ctx,
         n_threads=threads,
-        n_threads_batch=settings.n_threads_batch or threads,
+        n_threads_batch=threads_batch,
         n_gpu_layers=settings.n_gpu_layers,
         n_batch=settings.n_batch,
         n_ubatch=settings.n_ubatch,
@@ -239,19 +227,16 @@ def _model_info(llm: Any, model_path: str, load_ms: float) -> ModelInfo:
         n_vocab=llm.n_vocab(),
         chat_template=llm.metadata.get("tokenizer.chat_template"),
         architecture=llm.metadata.get("general.architecture", "unknown"),
-        quant=_file_type_name(llama_cpp.llama_model_ftype(llm.model)),
+        quant=_level_name(llama_cpp.llama_model_ftype(llm.model)),
         load_ms=load_ms,
         bos_token=model.token_get_text(bos) if bos != -1 else "",
         eos_token=model.token_get_text(eos) if eos != -1 else "",
     )
 
 
-def _file_type_name(ftype: int) -> str:
-    """LLAMA_FTYPE_MOSTLY_Q4_K_M -> "Q4_K_M", from llama_cpp's own constants."""
-    import llama_cpp
+def _level_name(ftype: int) -> str:
+    """LLAMA_FTYPE_MOSTLY_Q4_K_M -> "Q4_K_M", by the one quant-level table."""
+    from edgekit.quant_levels import level_of_file_type
 
-    for name, value in vars(llama_cpp).items():
-        if name.startswith("LLAMA_FTYPE_") and value == ftype and name != "LLAMA_FTYPE_GUESSED":
-            return name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
-    return f"ftype {ftype}"
-
+    level = level_of_file_type(ftype)
+    return level.name if level else f"ftype {ftype}"

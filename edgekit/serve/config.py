@@ -15,8 +15,6 @@ import logging
 import os
 import re
 import socket
-import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -25,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edgekit.errors import ConfigError
+from edgekit.strict import Source, build, read_toml
 
 log = logging.getLogger(__name__)
 
@@ -204,13 +203,13 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
     """Build the ServeConfig: defaults < TOML file < environment < flags (None flags are ignored)."""
     env = os.environ if env is None else env
     path = path or (Path(env["EDGEKIT_CONFIG"]) if env.get("EDGEKIT_CONFIG") else None)
-    tree = _read_toml(path) if path else {}
+    tree = read_toml(path, "config file") if path else {}
     for (section, name), value in _env_values(env).items():
         tree.setdefault(section, {})[name] = value
     for dest, (section, name) in FLAG_FIELDS.items():
         if flags and flags.get(dest) is not None:
             tree.setdefault(section, {})[name] = flags[dest]
-    config = _build(ServeConfig, tree, "")
+    config = build(ServeConfig, tree, Source("config: ", from_strings=True, retired=RETIRED))
     _check(config)
     return config
 
@@ -290,16 +289,6 @@ def with_overrides(config: ServeConfig, section: str, **values: Any) -> ServeCon
     return replace(config, **{section: replace(getattr(config, section), **values)})
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist (give an existing edgekit.toml)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
-
-
 def _env_values(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
     values: dict[tuple[str, str], str] = {}
     for section in fields(ServeConfig):
@@ -315,63 +304,6 @@ def _env_values(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
 
 def _section_type(section: str) -> type:
     return typing.get_type_hints(ServeConfig)[section]
-
-
-def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
-    """Construct dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where or 'config'}: expected a table, got {table!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - known)
-    if f"{where}{unknown[0] if unknown else ''}" in RETIRED:
-        raise ConfigError(f"setting {where}{unknown[0]}: {RETIRED[where + unknown[0]]}")
-    if unknown:
-        raise ConfigError(f"unknown setting '{where}{unknown[0]}' (known: {', '.join(sorted(known))})")
-    values = {}
-    for name, raw in table.items():
-        kind = hints[name]
-        key = f"{where}{name}"
-        values[name] = _build(kind, raw, f"{key}.") if dataclass_type(kind) else _coerce(raw, kind, key)
-    return cls(**values)
-
-
-def dataclass_type(kind: Any) -> bool:
-    return isinstance(kind, type) and hasattr(kind, "__dataclass_fields__")
-
-
-def _coerce(value: Any, kind: Any, key: str) -> Any:
-    """Check a TOML value (or convert an environment string) to the field's type."""
-    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-    if value in ("", None) and type(None) in options:
-        return None
-    for option in options:
-        converted = _convert(value, option)
-        if converted is not None:
-            return converted
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
-    raise ConfigError(f"setting {key} = {value!r}: expected {names}")
-
-
-def _convert(value: Any, kind: type) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(str(value).lower())
-    if kind in (int, float) and not isinstance(value, bool):
-        try:
-            return kind(value) if kind is float or isinstance(value, int) or str(value).lstrip("-").isdigit() else None
-        except (TypeError, ValueError):
-            return None
-    if kind is str and isinstance(value, str):
-        return value
-    if kind is Path and isinstance(value, (str, Path)):
-        return Path(value).expanduser()
-    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a TOML list, or one string from the environment
-        items = [value] if isinstance(value, str) else value
-        if isinstance(items, list) and all(isinstance(v, str) for v in items):
-            return tuple(items)
-    return None
 
 
 def _check(config: ServeConfig) -> None:

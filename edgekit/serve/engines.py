@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from edgekit.engine.records import Chunk, Request, Result
 from edgekit.errors import ConfigError
-from edgekit.plan import Settings
+from edgekit.settings import Settings
 from edgekit.serve.config import CacheConfig, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -99,5 +99,6 @@ def settings_for(model: ModelConfig, prompt_cache_mb: int = 0) -> Settings:
 
     plan = plan_settings(model.path, model.profile, ctx=model.ctx, this_box=model.this_box,
                          prompt_cache_mb=prompt_cache_mb)
-    log.info("plan: profile %s for %s: %s", plan.profile, plan.box, "; ".join(plan.reasons) or "defaults")
+    log.info("plan: profile %s for %s: %s; settings: %s", plan.profile, plan.box, "; ".join(plan.reasons) or "defaults",
+             plan.settings.summary())
     return plan.settings

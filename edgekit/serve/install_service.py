@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgekit.atomic import atomic_path
 from edgekit.errors import ConfigError
-from edgekit.profiles import Profile, choose_profile, load_profile
+from edgekit.profiles import Profile
 from edgekit.serve.config import broker_address, load_config, sanitise_device_id
 from edgekit.serve.systemd_unit import (
     DEFAULT_ENV_DIR,
@@ -84,15 +84,13 @@ def plan_installation(box: BoxSettings, *, dest: Path = Path("/etc/systemd/syste
                     password_file=password if password.is_file() else None,
                     api_key_file=api_key if box.http and api_key.is_file() else None)
     files = [RenderedFile(dest / spec.name, render_unit(spec))]
-    if profile is not None and _uses_gpu(profile):
+    if _uses_gpu(profile):
         files.append(RenderedFile(dest / f"{spec.name}.d" / "gpu.conf", render_gpu_dropin()))
-    profile_ref = None
-    if profile is not None and profile.source is not None:
+    profile_ref: str | Path = profile.name
+    if profile.source is not None:
         # A private copy beside the config: the service must not depend on a checkout it may not see.
         profile_ref = env_dir / "profiles" / f"{profile.name}.toml"
         files.append(RenderedFile(profile_ref, profile.source.read_text(encoding="utf-8")))
-    elif profile is not None:
-        profile_ref = profile.name
     name = box.instance or "edgekit"
     device_id = box.device_id or (f"{_hostname()}-{box.instance}" if box.instance else None)
     files.append(RenderedFile(env_dir / f"{name}.toml", render_config(model, profile_ref, box.broker, device_id, box.http),
@@ -157,17 +155,14 @@ def _checked_model(model: Path | None) -> Path:
     return model.resolve()
 
 
-def _profile_for(name: str | None) -> Profile | None:
-    """The named profile, or the one this box would choose: resolved now, so the service need not detect."""
-    if name is not None:
-        return load_profile(name)
-    try:
-        from edgekit.hardware import detect
-    except ImportError:  # detection not available: the daemon chooses at start-up
-        return None
-    profile, why = choose_profile(detect())
-    log.info("profile chosen for this box: %s", why)
-    return profile
+def _profile_for(name: str | None) -> Profile:
+    """The named profile, or the one this box would choose, as `serve` and `run` resolve it
+    (plan.target_for): resolved now, so the service need not detect."""
+    from edgekit.plan import target_for
+
+    target = target_for(name, this_box=True)
+    log.info("profile for this box: %s", target.profile_reason)
+    return target.profile
 
 
 def _uses_gpu(profile: Profile) -> bool:

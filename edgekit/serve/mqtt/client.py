@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 from edgekit.engine.records import Result
 from edgekit.errors import BrokerError, UsageError
 from edgekit.serve.config import BrokerConfig
+from edgekit.strict import read_json_object
 from edgekit.serve.mqtt.link import connect_blocking, message_property, new_client, publish_properties, quick_ack
 from edgekit.serve.mqtt.protocol import raise_for_error, read_result
 
@@ -192,15 +193,7 @@ def chat_body(prompt: str, *, system: str | None = None, max_tokens: int | None 
 
 def read_schema(path: Path) -> dict[str, Any]:
     """--json-schema FILE: a JSON Schema object, or a UsageError saying what is wrong with the file."""
-    try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"--json-schema {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--json-schema {path} is not JSON: {exc}") from None
-    if not isinstance(schema, dict):
-        raise UsageError(f"--json-schema {path} must hold a JSON object (a JSON Schema)")
-    return schema
+    return read_json_object(path, "--json-schema", UsageError, fix="give a JSON Schema")
 
 
 def timings_line(final: dict[str, Any], round_trip_ms: float) -> str:
