@@ -122,7 +122,9 @@ def test_no_two_classes_share_a_name():
 
 
 # Declared for a module we do not import by name: (distribution, why)
-INDIRECT = {"protobuf": "sentencepiece's sentencepiece_model_pb2 (testmodels/tokenizer.py) imports google.protobuf"}
+INDIRECT = {"protobuf": "sentencepiece's sentencepiece_model_pb2 (testmodels/tokenizer.py) imports google.protobuf",
+            # uvicorn's "auto" http and loop settings (serve/http/server.py) load them when installed
+            "httptools": "uvicorn's HTTP parser", "uvloop": "uvicorn's event loop"}
 # Optional modules (an extra) that a box without that extra has not installed: module -> distribution
 NOT_INSTALLED_HERE = {"pynvml": "nvidia-ml-py"}
 
