@@ -110,7 +110,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _merges(specs: list[str] | None) -> tuple[Any, ...]:
     """--lora PEFT_DIR[:SCALE] (repeatable) as the adapters convert merges."""
-    from edgekit.convert.lora import LoraMerge, open_peft, parse_lora_arg
+    from edgekit.convert.lora import LoraMerge, open_peft
+    from edgekit.lora_spec import parse_lora_arg
 
     return tuple(LoraMerge(open_peft(path), scale) for _, path, scale in map(parse_lora_arg, specs or []))
 
@@ -269,10 +270,9 @@ def _run_settings(args: argparse.Namespace) -> Any:
 
 def _adapters(specs: list[str] | None) -> tuple[Any, ...]:
     """--lora NAME=adapter.gguf[:SCALE] (repeatable) as the adapters the engine loads."""
-    from edgekit.convert.lora import parse_lora_arg
-    from edgekit.plan import LoraAdapter
+    from edgekit.plan import lora_adapters
 
-    return tuple(LoraAdapter(name, str(path), scale) for name, path, scale in map(parse_lora_arg, specs or []))
+    return lora_adapters(specs)
 
 
 def _timings_line(result: Any) -> str:
@@ -448,7 +448,7 @@ def cmd_install_service(args: argparse.Namespace) -> int:
 
     box = BoxSettings(model=args.model, profile=args.profile, broker=args.broker, instance=args.instance,
                       device_id=args.device_id, password_file=args.password_file, http=args.http,
-                      api_key_file=args.api_key_file)
+                      api_key_file=args.api_key_file, lora=tuple(args.lora or ()))
     installation = plan_installation(box, dest=args.dest, env_dir=args.env_dir)
     for warning in installation.warnings:
         print(f"edgekit: warning: {warning}", file=sys.stderr)
@@ -697,8 +697,7 @@ def _add_engine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     p.add_argument("--raw", action="store_true", help="no chat template: the prompt is the text")
-    p.add_argument("--lora", action="append", metavar="NAME=ADAPTER.gguf[:SCALE]",
-                   help="load a GGUF LoRA adapter beside the model (repeatable; edgekit convert-lora makes one)")
+    _add_lora_option(p)
     p.add_argument("--adapter", default=None, help="the --lora adapter this prompt runs with (default: the only one)")
     p.add_argument("--adapter-scale", type=float, default=None, help="scale for the adapter (default: its --lora scale)")
     p.set_defaults(func=cmd_run)
@@ -711,6 +710,12 @@ def _add_engine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=512, help="most tokens per answer")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy")
     p.set_defaults(func=cmd_chat)
+
+
+def _add_lora_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", action="append", metavar="NAME=ADAPTER.gguf[:SCALE]",
+                   help="load a GGUF LoRA adapter beside the model (repeatable; edgekit convert-lora makes one); "
+                        "a request picks it by NAME")
 
 
 def _add_daemon(sub: argparse._SubParsersAction) -> None:
@@ -727,6 +732,7 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="edgekit.toml (or EDGEKIT_CONFIG); docs/protocol.md")
     p.add_argument("--prefix", default=None, help="topic prefix (default: edgekit/DEVICE_ID)")
     p.add_argument("--device-id", default=None, help="this box's id in topics (default: the hostname)")
+    _add_lora_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("cache", help="list or clear the daemon's saved prompt states (the prompt cache)",
@@ -766,6 +772,7 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
                    help="also serve the Ollama and OpenAI APIs (written to the config's [http] listen)")
     p.add_argument("--api-key-file", type=Path, default=None,
                    help="HTTP API key, loaded as a systemd credential (default: ENV_DIR/http-api-key if present)")
+    _add_lora_option(p)
     p.add_argument("--force", action="store_true", help="replace an existing config/env file that differs")
     p.add_argument("--dry-run", action="store_true", help="print what would be written")
     p.set_defaults(func=cmd_install_service)

@@ -21,7 +21,7 @@ from edgekit.profiles import Profile, choose_profile, load_profile, matches
 
 MIN_CTX = 64
 
-__all__ = ["LoraAdapter", "Settings", "Plan", "Budget", "Target", "MemoryEstimate", "estimate_memory", "plan_for",
+__all__ = ["LoraAdapter", "lora_adapters", "Settings", "Plan", "Budget", "Target", "MemoryEstimate", "estimate_memory", "plan_for",
            "budget_for", "settings_for", "target_for", "nominal_hardware"]
 
 
@@ -32,6 +32,19 @@ class LoraAdapter:
     name: str
     path: str
     scale: float = 1.0  # the scale a request gets unless it gives its own
+
+
+def lora_adapters(specs: tuple[str, ...] | list[str] | None) -> tuple[LoraAdapter, ...]:
+    """``NAME=adapter.gguf[:SCALE]`` specs (`--lora`, ``[model] lora``) as adapters with unique names;
+    UsageError naming a bad spec or a repeated name."""
+    from edgekit.lora_spec import parse_lora_arg
+
+    adapters = tuple(LoraAdapter(name, str(path), scale) for name, path, scale in map(parse_lora_arg, specs or ()))
+    names = [a.name for a in adapters]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UsageError(f"LoRA adapter name {repeated[0]!r} is given twice: give each adapter its own NAME=")
+    return adapters
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ class EngineLike(Protocol):
     def render_prompt(self, messages: Any) -> str: ...
     def prompt_text(self, request: Request) -> tuple[str, bool]: ...
     def cache_stats(self) -> Any: ...  # edgekit.engine.prompt_cache.CacheStats, or None without a cache
+    load_count: int  # times the model was loaded (a crash's restart adds one; switching adapters never does)
 
 
 def open_engine(model: ModelConfig, cache: CacheConfig | None = None, cache_dir: Path | None = None) -> EngineLike:
@@ -109,6 +110,6 @@ def settings_for(model: ModelConfig, prompt_cache_mb: int = 0) -> Settings:
     from edgekit.plan import settings_for as plan_settings
 
     plan = plan_settings(model.path, model.profile, ctx=model.ctx, this_box=model.this_box,
-                         prompt_cache_mb=prompt_cache_mb)
+                         prompt_cache_mb=prompt_cache_mb, lora=model.adapters())
     log.info("plan: profile %s for %s: %s", plan.profile, plan.box, "; ".join(plan.reasons) or "defaults")
     return plan.settings

@@ -33,11 +33,12 @@ MESSAGE_FIELDS = {"role", "content", "tool_calls", "tool_call_id", "name"}
 ERROR_CODES = ("bad_request", "context_overflow", "busy", "expired", "cancelled", "too_large", "timeout",
                "duplicate", "internal")
 MAX_DEPTH = 32  # JSON nesting a request may use (a JSON schema included)
+MAX_ADAPTER_SCALE = 16.0  # |adapter_scale| beyond this only makes noise (1 is the adapter as trained)
 MAX_INT = 2**63  # integers beyond +-this are refused (Python would parse 4,300 digits, slowly)
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads lets "\\ud800" through: not UTF-8, cannot be echoed
 
-# Numeric fields (sampling, and how often to stream): (type, lowest, highest); a str bound
-# names a LimitsConfig field.
+# Numeric fields (sampling, how often to stream, the LoRA adapter's scale): (type, lowest,
+# highest); a str bound names a LimitsConfig field.
 SAMPLING: dict[str, tuple[type, float, float | str]] = {
     "max_tokens": (int, 1, "max_tokens"),
     "temperature": (float, 0.0, "max_temperature"),
@@ -47,9 +48,11 @@ SAMPLING: dict[str, tuple[type, float, float | str]] = {
     "repeat_penalty": (float, 0.0, 10.0),
     "seed": (int, 0, 2**32 - 1),
     "stream_interval_ms": (float, 0.0, 60000.0),
+    "adapter_scale": (float, -MAX_ADAPTER_SCALE, MAX_ADAPTER_SCALE),
 }
 ENVELOPE_FIELDS = ("id", "reply_to", "stream")
-REQUEST_FIELDS = set(SAMPLING) | {"messages", "prompt", "stop", "json_schema", "tools", "tool_choice", "warm"} | set(ENVELOPE_FIELDS)
+REQUEST_FIELDS = (set(SAMPLING) | {"messages", "prompt", "stop", "json_schema", "tools", "tool_choice", "warm", "adapter"}
+                  | set(ENVELOPE_FIELDS))
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,7 @@ def parse(data: dict[str, Any], reply: Reply, limits: LimitsConfig) -> Incoming:
     sampling = {name: _number(data, name, limits) for name in SAMPLING if data.get(name) is not None}
     sampling.setdefault("max_tokens", limits.default_max_tokens)
     request = Request(messages=messages, prompt=prompt, stop=_stop(data.get("stop"), limits),
-                      json_schema=_schema(data.get("json_schema")), tools=tools,
+                      json_schema=_schema(data.get("json_schema")), tools=tools, adapter=_adapter(data),
                       tool_choice=data.get("tool_choice", "auto"), id=reply.request_id, warm=warm, **sampling)
     toolcalls.tool_plan(request, None)  # tool_choice and the tools' schemas: bad_request now, not after the queue
     return Incoming(reply, request, stream)
@@ -252,6 +255,16 @@ def _stop(value: Any, limits: LimitsConfig) -> tuple[str, ...]:
     if len(stops) > limits.max_stop or any(len(s) > limits.max_stop_chars for s in stops):
         raise BadRequest(f"'stop': at most {limits.max_stop} strings of {limits.max_stop_chars} characters")
     return tuple(stops)
+
+
+def _adapter(data: dict[str, Any]) -> str | None:
+    """The LoRA adapter a request names (one loaded with --lora / [model] lora; the engine checks which)."""
+    name = data.get("adapter")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise BadRequest("'adapter' must be the name of a loaded LoRA adapter (a non-empty string)")
+    if name is None and data.get("adapter_scale") is not None:
+        raise BadRequest("'adapter_scale' needs 'adapter': the name of the LoRA adapter to scale")
+    return name
 
 
 def _schema(value: Any) -> dict[str, Any] | None:
@@ -301,6 +314,8 @@ def result_message(request_id: str, result: Result, device_id: str, queue_ms: fl
             "total_ms": round(t.total_ms + queue_ms, 3),
         },
         "device": device_id,
+        "adapter": result.adapter,  # the LoRA adapter that ran; null: the bare model
+        **({"adapter_scale": result.adapter_scale} if result.adapter is not None else {}),
     })
 
 
