@@ -216,7 +216,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from edgekit.plan import settings_for
 
-    plan = settings_for(list(args.model), args.profile, ctx=args.ctx, this_box=args.this_box, root=args.root)
+    plan = settings_for(list(args.model), args.profile, ctx=args.ctx, this_box=args.this_box, root=args.root,
+                        lora=_adapters(args.lora))
     if args.json:
         _print_json(plan.to_dict())
         return 0
@@ -671,6 +672,7 @@ def _add_hardware(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)  # a captured board's files
+    _add_lora_option(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("tune", help="measure the fastest threads/batch settings on this box",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from edgekit.errors import BadRequest, EngineError, ModelFormatError
 from edgekit.hardware import detect
 from edgekit.plan import LoraAdapter, Settings, plan_for
 from edgekit.profiles import load_profile
+from edgekit.serve.config import ModelConfig
+from edgekit.serve.engines import settings_for as serve_settings
 from edgekit.testmodels import make_test_lora
 from tests.fixtures.models import checkpoint, converted
 
@@ -142,3 +145,14 @@ def test_prompt_cache_keeps_each_adapters_states_apart_and_hits_for_each(
     with Engine(base, settings, prompt_cache=cache) as restarted:  # an adapter's states are found on disk
         result = restarted.complete(_long("garden"))
     assert result.text == expected["garden"] and result.timings.cached_prompt_tokens >= result.prompt_tokens - 4
+
+
+def test_serve_and_plan_count_the_adapters_given_with_lora(base: Path, adapters: dict[str, LoraAdapter], capsys: Capsys) -> None:
+    specs = (f"house={adapters['house'].path}", f"garden={adapters['garden'].path}:1.5")
+    settings = serve_settings(ModelConfig(path=base, profile="rpi5-8gb", lora=specs))  # what `serve --lora` plans
+    assert settings.lora == tuple(adapters.values())
+    assert main(["plan", str(base), "--profile", "rpi5-8gb", "--json", "--lora", specs[0], "--lora", specs[1]]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    size_mb = sum(Path(a.path).stat().st_size for a in adapters.values()) / 2**20
+    assert planned["estimate"]["adapters_mb"] == round(size_mb, 1) > 0
+    assert [a["name"] for a in planned["settings"]["lora"]] == ["house", "garden"]

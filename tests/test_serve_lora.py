@@ -110,6 +110,7 @@ def test_a_request_scale_overrides_the_adapters_and_the_answer_says_which_ran(
 def test_the_apis_list_the_adapter_variants_and_refuse_an_unknown_one_naming_those_served(
     daemon: DaemonProcess, mqtt: RequestClient, name: str
 ) -> None:
+    assert "2 LoRA adapter(s) loaded beside the model: house, garden" in daemon.output()  # the plan counted them
     assert [m.model for m in ollama.Client(host=daemon.url).list().models] == [
         f"{name}:latest", f"{name}:house", f"{name}:garden"]
     openai_client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="none", max_retries=0)
