@@ -170,7 +170,9 @@ def test_lora_adapters_are_passed_on_to_the_config_with_absolute_paths(tmp_path:
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "house.gguf").write_bytes(b"GGUF" + bytes(60))
     monkeypatch.chdir(tmp_path)
-    _dest, env_dir, _ = install(tmp_path, model, profile="cpu-generic", lora=("house=house.gguf:0.5",))
+    env_dir = tmp_path / "e"
+    assert main(["install-service", "--model", str(model), "--profile", "cpu-generic", "--dest", str(tmp_path / "d"),
+                 "--env-dir", str(env_dir), "--lora", "house=house.gguf:0.5"]) == 0
     adapters = load_config(env_dir / "edgekit.toml", env={}).model.adapters()
     assert [(a.name, a.path, a.scale) for a in adapters] == [("house", str(tmp_path / "house.gguf"), 0.5)]
     with pytest.raises(ConfigError, match="LoRA adapter .*attic.gguf does not exist"):
