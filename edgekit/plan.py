@@ -23,8 +23,21 @@ from edgekit.settings import LoraAdapter, Settings, auto_threads, settings_from_
 MIN_CTX = 64
 HARDWARE_ROOT_ENV = "EDGEKIT_HARDWARE_ROOT"  # a captured board's /proc and /sys: plan for it, not this box
 
-__all__ = ["Plan", "Budget", "Target", "MemoryEstimate", "estimate_memory", "plan_for",
+__all__ = ["lora_adapters", "Plan", "Budget", "Target", "MemoryEstimate", "estimate_memory", "plan_for",
            "budget_for", "settings_for", "target_for", "nominal_hardware"]
+
+
+def lora_adapters(specs: tuple[str, ...] | list[str] | None) -> tuple[LoraAdapter, ...]:
+    """``NAME=adapter.gguf[:SCALE]`` specs (`--lora`, ``[model] lora``) as adapters with unique names;
+    UsageError naming a bad spec or a repeated name."""
+    from edgekit.lora_spec import parse_lora_arg
+
+    adapters = tuple(LoraAdapter(name, str(path), scale) for name, path, scale in map(parse_lora_arg, specs or ()))
+    names = [a.name for a in adapters]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UsageError(f"LoRA adapter name {repeated[0]!r} is given twice: give each adapter its own NAME=")
+    return adapters
 
 
 @dataclass(frozen=True)

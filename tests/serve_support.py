@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,13 @@ class Listener:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def running(daemon: DaemonProcess) -> Iterator[DaemonProcess]:
+    """A module fixture's body: start ``daemon``, yield it, then check that it stopped cleanly."""
+    daemon.start()
+    yield daemon
+    assert daemon.stop() == 0, daemon.output()
 
 
 def finals(messages: list[Received]) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,11 +11,14 @@ import pytest
 from edgekit.cli import main
 from edgekit.convert.lora_gguf import convert_lora
 from edgekit.engine import Engine, Request
+from edgekit.engine.prompt_cache import PromptCacheConfig, disk_files
 from edgekit.errors import BadRequest, EngineError, ModelFormatError
 from edgekit.hardware import detect
 from edgekit.plan import plan_for
 from edgekit.profiles import load_profile
 from edgekit.settings import LoraAdapter, Settings
+from edgekit.serve.config import ModelConfig
+from edgekit.serve.engines import settings_for as serve_settings
 from edgekit.testmodels import make_test_lora
 from tests.fixtures.models import checkpoint, converted
 
@@ -31,15 +35,8 @@ def base(tiny_checkpoint: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoraAdapter]:
-    """Two different adapters: a standard LoRA on attention, an rsLoRA on everything."""
-    folder = tmp_path_factory.mktemp("adapters")
-    house = make_test_lora(folder / "house", "tiny", r=8, alpha=32, seed=3, targets=("q_proj", "k_proj", "v_proj", "o_proj"))
-    garden = make_test_lora(folder / "garden", "tiny", r=4, alpha=8, use_rslora=True, seed=4)
-    return {
-        "house": LoraAdapter("house", str(convert_lora(house, tiny_checkpoint, folder / "house.gguf").path)),
-        "garden": LoraAdapter("garden", str(convert_lora(garden, tiny_checkpoint, folder / "garden.gguf").path), 1.5),
-    }
+def adapters(tiny_adapters: dict[str, LoraAdapter]) -> dict[str, LoraAdapter]:
+    return tiny_adapters
 
 
 def _request(adapter: str | None = None, scale: float | None = None) -> Request:
@@ -115,3 +112,48 @@ def test_cli_run_with_a_lora(base: Path, adapters: dict[str, LoraAdapter], alone
     assert capsys.readouterr().out.strip() == alone["house"].strip()
     assert main(["run", str(base), "--raw", "-p", PROMPT, "--lora", f"a={house}", "--lora", f"b={house}"]) != 0
     assert "choose one with --adapter NAME" in capsys.readouterr().err
+
+
+# --- the prompt cache keyed on the adapter ------------------------------------------------------
+
+LONG = "".join(f"Device {i}: {('kitchen light', 'hall heater', 'garage door')[i % 3]} is {('on', 'off')[i % 2]}. "
+               for i in range(12))  # ~120 tokens: worth a saved state
+
+
+def _long(adapter: str | None) -> Request:
+    return Request(prompt=LONG, max_tokens=12, adapter=adapter)
+
+
+def test_prompt_cache_keeps_each_adapters_states_apart_and_hits_for_each(
+    base: Path, adapters: dict[str, LoraAdapter], tmp_path: Path
+) -> None:
+    settings = replace(SETTINGS, lora=tuple(adapters.values()), prompt_cache_mb=16)
+    choices = (None, "house", "garden")
+    with Engine(base, settings) as plain:  # no cache; every switch empties the context
+        expected = {name: plain.complete(_long(name)).text for name in choices}
+    assert len(set(expected.values())) == 3
+    cache = PromptCacheConfig(dir=tmp_path, min_tokens=8)
+    with Engine(base, settings, prompt_cache=cache) as engine:
+        first = [engine.complete(_long(name)) for name in choices]
+        again = [engine.complete(_long(name)) for name in choices]
+        stats = engine.cache_stats()
+    assert [r.text for r in first] == [r.text for r in again] == [expected[name] for name in choices]
+    assert [r.timings.cached_prompt_tokens for r in first] == [0, 0, 0]  # no state of another adapter is used
+    assert all(r.timings.cached_prompt_tokens >= first[0].prompt_tokens - 4 for r in again)
+    assert (stats.hits, stats.misses, stats.restores, stats.saves) == (3, 3, 3, 3)
+    labels = sorted(f.label for f in disk_files(tmp_path))
+    assert [label.partition(" + ")[2] for label in labels] == ["", "LoRA garden x1.5", "LoRA house x1"]
+    with Engine(base, settings, prompt_cache=cache) as restarted:  # an adapter's states are found on disk
+        result = restarted.complete(_long("garden"))
+    assert result.text == expected["garden"] and result.timings.cached_prompt_tokens >= result.prompt_tokens - 4
+
+
+def test_serve_and_plan_count_the_adapters_given_with_lora(base: Path, adapters: dict[str, LoraAdapter], capsys: Capsys) -> None:
+    specs = (f"house={adapters['house'].path}", f"garden={adapters['garden'].path}:1.5")
+    settings = serve_settings(ModelConfig(path=base, profile="rpi5-8gb", lora=specs))  # what `serve --lora` plans
+    assert settings.lora == tuple(adapters.values())
+    assert main(["plan", str(base), "--profile", "rpi5-8gb", "--json", "--lora", specs[0], "--lora", specs[1]]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    size_mb = sum(Path(a.path).stat().st_size for a in adapters.values()) / 2**20
+    assert planned["estimate"]["adapters_mb"] == round(size_mb, 1) > 0
+    assert [a["name"] for a in planned["settings"]["lora"]] == ["house", "garden"]

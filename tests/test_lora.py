@@ -14,7 +14,8 @@ import sentencepiece as spm
 from edgekit.cli import main
 from edgekit.convert import convert
 from edgekit.convert.llama import permute_rows
-from edgekit.convert.lora import LoraMerge, open_peft, parse_lora_arg
+from edgekit.convert.lora import LoraMerge, open_peft
+from edgekit.lora_spec import parse_lora_arg
 from edgekit.convert.lora_gguf import convert_lora
 from edgekit.errors import ModelFormatError, UnsupportedModel, UsageError
 from edgekit.testmodels import make_test_lora

@@ -127,3 +127,23 @@ def test_http_api_key_comes_from_its_file_or_systemds_credentials(tmp_path: Path
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="empty"):
         http_api_key(HttpConfig(api_key_file=tmp_path / "empty"), env={})
+
+
+def test_lora_adapters_come_from_the_toml_the_environment_or_repeated_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, '[model]\nlora = ["house=/a/house.gguf", "garden=/a/garden.gguf:1.5"]\n')
+    adapters = load_config(path, env={}).model.adapters()
+    assert [(a.name, a.path, a.scale) for a in adapters] == [("house", "/a/house.gguf", 1.0), ("garden", "/a/garden.gguf", 1.5)]
+    assert load_config(path, env={"EDGEKIT_MODEL_LORA": "attic=/b/attic.gguf"}).model.lora == ("attic=/b/attic.gguf",)
+    flags = {"lora": ["a=/x.gguf:0.5", "b=/y.gguf"]}
+    assert [a.name for a in load_config(path, env={}, flags=flags).model.adapters()] == ["a", "b"]
+
+
+@pytest.mark.parametrize(("lora", "words"), [
+    ('["house=/a.gguf", "house=/b.gguf"]', "'house' is given twice"),
+    ('["=/a.gguf"]', "bad --lora '=/a.gguf'"),
+    ('["house=/a.gguf:1e999"]', "finite number"),
+])
+def test_a_bad_lora_setting_is_refused_naming_it(tmp_path: Path, lora: str, words: str) -> None:
+    with pytest.raises(ConfigError, match="setting model.lora: ") as caught:
+        load_config(write(tmp_path, f"[model]\nlora = {lora}\n"), env={})
+    assert words in str(caught.value)

@@ -159,6 +159,19 @@ def test_http_is_written_to_the_config_and_its_api_key_becomes_a_credential(tmp_
     verify(dest / "edgekit.service")
 
 
+def test_lora_adapters_are_passed_on_to_the_config_with_absolute_paths(tmp_path: Path, model: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "house.gguf").write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.chdir(tmp_path)
+    env_dir = tmp_path / "e"
+    assert main(["install-service", "--model", str(model), "--profile", "cpu-generic", "--dest", str(tmp_path / "d"),
+                 "--env-dir", str(env_dir), "--lora", "house=house.gguf:0.5"]) == 0
+    adapters = load_config(env_dir / "edgekit.toml", env={}).model.adapters()
+    assert [(a.name, a.path, a.scale) for a in adapters] == [("house", str(tmp_path / "house.gguf"), 0.5)]
+    with pytest.raises(ConfigError, match="LoRA adapter .*attic.gguf does not exist"):
+        plan_installation(BoxSettings(model=model, lora=("attic=attic.gguf",)), dest=tmp_path / "d2", env_dir=tmp_path / "e2")
+
+
 def test_paths_the_sandbox_hides_are_warned_about(tmp_path: Path, model: Path) -> None:
     installation = plan_installation(BoxSettings(model=model, profile="cpu-generic"), dest=tmp_path / "d",
                                      env_dir=tmp_path / "e", executable=EDGEKIT)

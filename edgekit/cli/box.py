@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgekit.cli.options import HelpFormatter, add_box_options, comma_list, profile_help
+from edgekit.cli.options import HelpFormatter, add_box_options, add_lora_option, comma_list, profile_help
 from edgekit.cli.terminal import print_json
 
 
@@ -28,9 +28,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from edgekit.plan import settings_for
+    from edgekit.plan import lora_adapters, settings_for
 
-    plan = settings_for(list(args.model), args.profile, ctx=args.ctx, this_box=args.this_box, root=args.root)
+    plan = settings_for(list(args.model), args.profile, ctx=args.ctx, this_box=args.this_box, root=args.root,
+                        lora=lora_adapters(args.lora))
     if args.json:
         print_json(plan.to_dict())
         return 0
@@ -78,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ctx", type=int, default=None, help="context window in tokens (default: the profile's)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)  # a captured board's files
+    add_lora_option(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("tune", help="measure the fastest threads/batch settings on this box",

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edgekit.cli.options import HelpFormatter, add_box_options, profile_help
+from edgekit.cli.options import HelpFormatter, add_box_options, add_lora_option, profile_help
 from edgekit.cli.terminal import print_json
 from edgekit.serve.config import HTTP_DEFAULT_PORT
 
@@ -78,7 +78,7 @@ def cmd_install_service(args: argparse.Namespace) -> int:
 
     box = BoxSettings(model=args.model, profile=args.profile, broker=args.broker, instance=args.instance,
                       device_id=args.device_id, password_file=args.password_file, http=args.http,
-                      api_key_file=args.api_key_file)
+                      api_key_file=args.api_key_file, lora=tuple(args.lora or ()))
     installation = plan_installation(box, dest=args.dest, env_dir=args.env_dir)
     for warning in installation.warnings:
         print(f"edgekit: warning: {warning}", file=sys.stderr)
@@ -109,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="edgekit.toml (or EDGEKIT_CONFIG); docs/protocol.md")
     p.add_argument("--prefix", default=None, help="topic prefix (default: edgekit/DEVICE_ID)")
     p.add_argument("--device-id", default=None, help="this box's id in topics (default: the hostname)")
+    add_lora_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("cache", help="list or clear the daemon's saved prompt states (the prompt cache)",
@@ -148,6 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also serve the Ollama and OpenAI APIs (written to the config's [http] listen)")
     p.add_argument("--api-key-file", type=Path, default=None,
                    help="HTTP API key, loaded as a systemd credential (default: ENV_DIR/http-api-key if present)")
+    add_lora_option(p)
     p.add_argument("--force", action="store_true", help="replace an existing config/env file that differs")
     p.add_argument("--dry-run", action="store_true", help="print what would be written")
     p.set_defaults(func=cmd_install_service)

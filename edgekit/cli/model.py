@@ -51,7 +51,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _merges(specs: list[str] | None) -> tuple[Any, ...]:
     """--lora PEFT_DIR[:SCALE] (repeatable) as the adapters convert merges."""
-    from edgekit.convert.lora import LoraMerge, open_peft, parse_lora_arg
+    from edgekit.convert.lora import LoraMerge, open_peft
+    from edgekit.lora_spec import parse_lora_arg
 
     return tuple(LoraMerge(open_peft(path), scale) for _, path, scale in map(parse_lora_arg, specs or []))
 

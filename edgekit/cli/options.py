@@ -40,6 +40,12 @@ def profile_help(what: str = "plan for") -> str:
             f"default: the profile that matches this machine. Known: {names}")
 
 
+def add_lora_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", action="append", metavar="NAME=ADAPTER.gguf[:SCALE]",
+                   help="load a GGUF LoRA adapter beside the model (repeatable; edgekit convert-lora makes one); "
+                        "a request picks it by NAME")
+
+
 def add_box_options(p: argparse.ArgumentParser, what: str = "plan for", required: bool = False) -> None:
     p.add_argument("--profile", required=required, default=None, metavar="P", help=profile_help(what))
     p.add_argument("--this-box", action="store_true", default=None,

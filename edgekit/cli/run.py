@@ -8,28 +8,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgekit.cli.options import HelpFormatter, add_box_options
+from edgekit.cli.options import HelpFormatter, add_box_options, add_lora_option
 
 
 def _run_settings(args: argparse.Namespace) -> Any:
     """Settings for `run`/`chat`: the plan for --profile's box (or this one), with --ctx if given;
     one line on stderr says which box and how many threads, and why."""
-    from edgekit.plan import settings_for
+    from edgekit.plan import lora_adapters, settings_for
 
     plan = settings_for(args.model, args.profile, ctx=args.ctx, this_box=args.this_box,
-                        lora=_adapters(getattr(args, "lora", None)))
+                        lora=lora_adapters(getattr(args, "lora", None)))
     s = plan.settings
     threads = "; ".join(r for r in plan.reasons if " threads: " in r) or f"{s.n_threads} threads from the profile"
     print(f"edgekit: profile {plan.profile} for {plan.box}: {threads}; settings: {s.summary()}", file=sys.stderr)
     return s
-
-
-def _adapters(specs: list[str] | None) -> tuple[Any, ...]:
-    """--lora NAME=adapter.gguf[:SCALE] (repeatable) as the adapters the engine loads."""
-    from edgekit.convert.lora import parse_lora_arg
-    from edgekit.settings import LoraAdapter
-
-    return tuple(LoraAdapter(name, str(path), scale) for name, path, scale in map(parse_lora_arg, specs or []))
 
 
 def _timings_line(result: Any) -> str:
@@ -148,8 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     p.add_argument("--raw", action="store_true", help="no chat template: the prompt is the text")
-    p.add_argument("--lora", action="append", metavar="NAME=ADAPTER.gguf[:SCALE]",
-                   help="load a GGUF LoRA adapter beside the model (repeatable; edgekit convert-lora makes one)")
+    add_lora_option(p)
     p.add_argument("--adapter", default=None, help="the --lora adapter this prompt runs with (default: the only one)")
     p.add_argument("--adapter-scale", type=float, default=None, help="scale for the adapter (default: its --lora scale)")
     p.set_defaults(func=cmd_run)

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekit.convert.checkpoint import TensorRef, read_header, read_json, to_float32
 from edgekit.convert.llama import LAYER_TENSORS
-from edgekit.errors import ModelFormatError, UnsupportedModel, UsageError
+from edgekit.errors import ModelFormatError, UnsupportedModel
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -230,19 +230,3 @@ def delta_for(weight: str, merges: tuple[LoraMerge, ...]) -> LoraDelta | None:
     terms = tuple((m.scale * m.adapter.scaling(m.adapter.pairs[weight]), m.adapter.pairs[weight])
                   for m in merges if weight in m.adapter.pairs)
     return LoraDelta(terms) if terms else None
-
-
-def parse_lora_arg(text: str) -> tuple[str, Path, float]:
-    """``[NAME=]PATH[:SCALE]`` -> (name, path, scale); the name defaults to the file or folder stem."""
-    name, sep, rest = text.partition("=")
-    if not sep:
-        name, rest = "", text
-    path, scale = rest, 1.0
-    head, colon, tail = rest.rpartition(":")
-    if colon and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", tail):
-        path, scale = head, float(tail)
-    if not path or (sep and not name):
-        raise UsageError(f"bad --lora {text!r}: write PATH, PATH:SCALE or NAME=PATH[:SCALE]")
-    if not math.isfinite(scale):
-        raise UsageError(f"bad --lora {text!r}: the scale must be a finite number")
-    return name or Path(path).stem, Path(path), scale

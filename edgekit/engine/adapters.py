@@ -3,7 +3,8 @@
 llama.cpp keeps an adapter's A/B tensors in their own buffers (llama_adapter_lora_init) and adds
 scale * alpha / r * B @ A x in the graph of every context that has it set
 (llama_set_adapters_lora), so switching costs nothing but the KV cache: keys and values
-computed under one adapter are wrong under another, and the prefix cache starts over.
+computed under one adapter are wrong under another: the context's prefix starts over, and the
+prompt cache looks up states under the adapter's own key (prompt_cache.adapter_key).
 The parent checks names (check_adapter); the child (Adapters) holds the pointers.
 """
 
@@ -55,7 +56,7 @@ class Adapters:
 
         self._llama_cpp = llama_cpp
         self._llm = llm
-        self._settings = {a.name: a for a in lora}
+        self.by_name = {a.name: a for a in lora}
         self._loaded: dict[str, Any] = {}
         for adapter in lora:
             # llama.cpp warns once per tensor on a repacked (Q4_0/Q4_K) base that the pair stays
@@ -77,7 +78,7 @@ class Adapters:
         """The (name, scale) a request asks for: its own scale, else the adapter's."""
         if request.adapter is None:
             return (None, 0.0)
-        default = self._settings[request.adapter].scale
+        default = self.by_name[request.adapter].scale
         return (request.adapter, default if request.adapter_scale is None else float(request.adapter_scale))
 
     def use(self, choice: Choice) -> bool:

@@ -9,7 +9,6 @@ parent and the child, so the parent's call time can be compared with ours).
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import numpy as np
 
 from edgekit.engine.forced import ForcedText
 from edgekit.engine.kv_state import capture_state, restore_state
-from edgekit.engine.prompt_cache import PromptCache, common_prefix
+from edgekit.engine.prompt_cache import PromptCache, adapter_key, common_prefix
 from edgekit.engine.records import Chunk, EngineJob, FinishReason, Request, Result, Timings, ToolCall
 from edgekit.engine.sampling import SamplerChain
 from edgekit.engine.text import TextAssembler
@@ -53,8 +52,10 @@ class Runner:
         self._llm = llm
         self._counters = counters  # worker.EngineCounters in shared memory, or None
         self._adapters = adapters  # edgekit.engine.adapters.Adapters, or None (no LoRA support needed)
-        self._adapter_active = False  # the prompt cache's saved states are the bare model's only
-        self._cache_all = cache
+        self._cache = cache
+        self._cache_keys: dict[tuple[str | None, float], tuple[bytes, str]] = {}  # per adapter choice
+        if cache is not None:
+            self._cache_keys[(None, 0.0)] = (cache.key, cache.label)  # the bare model's
         self._cancel_seq = cancel_seq  # c_long in shared memory: equals job.seq when that job is cancelled
         self._seq = -1
         self._request_id = ""
@@ -76,7 +77,7 @@ class Runner:
         if job.request.warm:  # fill the cache with the prompt's state, generate nothing
             reason: FinishReason = "stop" if self._prefill(tokens, progress) else "cancelled"
             progress.t_end = time.perf_counter()
-            return _result(job, reason, progress)
+            return _result(job, reason, progress, adapter)
         sampler = SamplerChain(self._vocab, self._llm.n_vocab(), job.request, tool_grammar(job.tools) if job.tools else None)
         try:
             if self._prefill(tokens, progress):
@@ -86,22 +87,27 @@ class Runner:
         finally:
             sampler.close()
         progress.t_end = time.perf_counter()
-        return dataclasses.replace(_result(job, reason, progress), adapter=adapter[0], adapter_scale=adapter[1] if adapter[0] else None)
+        return _result(job, reason, progress, adapter)
 
     def _use_adapter(self, request: Any) -> tuple[str | None, float]:
-        """Apply the request's LoRA (or none); a change empties the prefix cache, whose keys it changes."""
+        """Apply the request's LoRA (or none). A change makes every cached key and value stale: the
+        context's prefix starts over and the prompt cache turns to the states made with this choice."""
         if self._adapters is None:
             return (None, 0.0)
         choice = self._adapters.choice(request)
         if self._adapters.use(choice):
             self._llm.n_tokens = 0  # the next eval drops the KV cache (see _reuse_prefix)
-        self._adapter_active = choice[0] is not None
+            if self._cache is not None:
+                self._cache.select(*self._cache_key(choice))
         return choice
 
-    @property
-    def _cache(self) -> PromptCache | None:
-        """The prompt cache, off while a LoRA adapter runs: its states hold the bare model's KV."""
-        return None if self._adapter_active else self._cache_all
+    def _cache_key(self, choice: tuple[str | None, float]) -> tuple[bytes, str]:
+        """The prompt cache's key for an adapter choice (the bare model's, or adapter_key's), made once."""
+        if choice not in self._cache_keys:
+            name, scale = choice
+            path = self._adapters.by_name[name].path
+            self._cache_keys[choice] = adapter_key(self._cache_keys[(None, 0.0)], path, name, scale)
+        return self._cache_keys[choice]
 
     def after_reply(self) -> None:
         """Save the context's state to the prompt cache, once the answer is on its way."""
@@ -424,7 +430,7 @@ def usable_context(llm: Any) -> int:
     return min(llm.n_ctx(), len(llm.input_ids))
 
 
-def _result(job: EngineJob, reason: FinishReason, p: _Progress) -> Result:
+def _result(job: EngineJob, reason: FinishReason, p: _Progress, adapter: tuple[str | None, float] = (None, 0.0)) -> Result:
     evaluated = p.prompt_tokens - p.cached
     gen_s = p.t_end - p.t_first if p.t_first is not None else 0.0
     timings = Timings(
@@ -439,4 +445,5 @@ def _result(job: EngineJob, reason: FinishReason, p: _Progress) -> Result:
         generation_tokens_per_s=p.decoded / gen_s if gen_s > 0 and p.decoded else 0.0,
         total_ms=(p.t_end - job.t_call) * 1000,
     )
-    return Result(job.request.id, "".join(p.texts), reason, p.prompt_tokens, p.completion, timings, p.tool_calls)
+    return Result(job.request.id, "".join(p.texts), reason, p.prompt_tokens, p.completion, timings, p.tool_calls,
+                  adapter=adapter[0], adapter_scale=adapter[1] if adapter[0] is not None else None)

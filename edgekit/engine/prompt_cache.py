@@ -5,7 +5,10 @@ A request whose tokens share a prefix with any saved state gets that state resto
 the plan's budget (Settings.prompt_cache_mb) and on disk (``PromptCacheConfig.dir``) up to a
 size cap, least recently used first out; a restart finds them again. Every state is saved
 under a key of the model file's identity, the settings that shape the KV cache and the
-llama.cpp version, so a state is never restored into a model it was not made by.
+llama.cpp version, so a state is never restored into a model it was not made by. A LoRA
+adapter changes every key and value the model computes, so a request that runs one looks up
+and saves states under a key that adds the adapter file's identity and scale (adapter_key):
+one cache and one RAM budget, states never mixed across adapters.
 
 This module runs in the engine's child process; the parent only builds the config and
 reads the shared counters (``CacheStats``).
@@ -33,9 +36,10 @@ log = logging.getLogger(__name__)
 
 HEADER_HASH_BYTES = 4 << 20  # the GGUF's metadata and tensor table sit in its first megabytes
 # Settings that change what a KV state means (the rest, threads or batch sizes, do not).
-# Later fields named rope_*/yarn_*/lora* are taken in too.
+# Later fields named rope_*/yarn_* are taken in too. The adapters loaded (Settings.lora) are not:
+# they change nothing until a request applies one, and then adapter_key names it.
 KV_SHAPING = ("n_ctx", "type_k", "type_v", "flash_attn")
-KV_SHAPING_PREFIXES = ("rope_", "yarn_", "lora")
+KV_SHAPING_PREFIXES = ("rope_", "yarn_")
 
 
 @dataclass(frozen=True)
@@ -82,21 +86,35 @@ class CacheStats:
 def cache_key(model_path: str, settings: Any, llama_version: str) -> tuple[bytes, str]:
     """The key states are saved under, and a label naming the model and settings for humans."""
     path = Path(model_path)
-    st = path.stat()
-    with open(path, "rb") as f:
-        head = hashlib.sha256(f.read(HEADER_HASH_BYTES)).hexdigest()
     kv = {f.name: getattr(settings, f.name) for f in fields(settings)
           if f.name in KV_SHAPING or f.name.startswith(KV_SHAPING_PREFIXES)}
-    identity = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": head,
-                "kv": kv, "llama_cpp": llama_version}
+    identity = {**file_identity(path), "kv": kv, "llama_cpp": llama_version}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).digest()
     label = f"{path.name} ctx {kv.get('n_ctx')} kv {kv.get('type_k')}/{kv.get('type_v')}"
     return key, label
 
 
+def adapter_key(base: tuple[bytes, str], adapter_path: str, name: str, scale: float) -> tuple[bytes, str]:
+    """The key (and label) of states made with a LoRA adapter applied at ``scale`` on the model of
+    ``base`` (cache_key's): the adapter file's identity and the scale join the model's key."""
+    identity = {"model_key": base[0].hex(), **file_identity(Path(adapter_path)), "scale": float(scale)}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).digest()
+    return key, f"{base[1]} + LoRA {name} x{scale:g}"
+
+
+def file_identity(path: Path) -> dict[str, Any]:
+    """A file's size, mtime and the hash of its first megabytes (its GGUF header and tensor table)."""
+    st = path.stat()
+    with open(path, "rb") as f:
+        head = hashlib.sha256(f.read(HEADER_HASH_BYTES)).hexdigest()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": head}
+
+
 @dataclass
 class _Entry:
     name: str
+    key: bytes  # the model's (and adapter's) key it was made under: only that key finds it
+    label: str
     tokens: np.ndarray
     size: int  # payload bytes
     data: bytes | None = None  # in RAM when set
@@ -105,18 +123,20 @@ class _Entry:
 
 
 class PromptCache:
-    """Saved states of one model under one key: lookup by longest token prefix, LRU in RAM and on disk."""
+    """Saved states of one model: lookup by longest token prefix under the selected key (the bare
+    model's, or with an adapter: select), LRU in RAM and on disk across all keys."""
 
     def __init__(self, config: PromptCacheConfig, key: bytes, label: str, ram_bytes: int, counters: Counters) -> None:
         self.config, self.key, self.label, self.ram_bytes = config, key, label, ram_bytes
         self.counters = counters
         self._entries: dict[str, _Entry] = {}
+        self._scanned: set[bytes] = set()  # keys whose files on disk are indexed
         self._lock = threading.Lock()  # the writer thread updates entries and disk figures
         self._writes: queue.Queue[Any] = queue.Queue()
         self._writer: threading.Thread | None = None
         if config.dir is not None:
             config.dir.mkdir(parents=True, exist_ok=True)
-            self._scan()
+            self._scan(key)
             self._enforce_disk_cap()
             self._writer = threading.Thread(target=self._write_loop, daemon=True, name="prompt-cache-writer")
             self._writer.start()
@@ -126,13 +146,21 @@ class PromptCache:
     def min_tokens(self) -> int:
         return self.config.min_tokens
 
+    def select(self, key: bytes, label: str) -> None:
+        """Look up and save under ``key`` from now on (the request's adapter changed); its files on
+        disk are indexed the first time."""
+        self.key, self.label = key, label
+        if self.config.dir is not None and key not in self._scanned:
+            self._scan(key)
+            self._publish()
+
     # --- lookup and load ---------------------------------------------------------------------
 
     def best(self, tokens: np.ndarray) -> tuple[str | None, int]:
         """The saved state sharing the longest prefix with ``tokens``, and that prefix's length."""
         best: tuple[int, int, str | None] = (0, 0, None)  # (shared, -size, name): the smaller state on a tie
         with self._lock:
-            entries = list(self._entries.values())
+            entries = [e for e in self._entries.values() if e.key == self.key]
         for entry in entries:
             best = max(best, (common_prefix(entry.tokens, tokens), -entry.size, entry.name))
         return best[2], best[0]
@@ -166,7 +194,7 @@ class PromptCache:
     def warm(self, count: int) -> tuple[int, int]:
         """Read the ``count`` most recently used states into RAM (within the budget); (states, bytes)."""
         with self._lock:
-            recent = sorted(self._entries.values(), key=lambda e: -e.last_used)[:count]
+            recent = sorted((e for e in self._entries.values() if e.key == self.key), key=lambda e: -e.last_used)[:count]
         loaded = total = 0
         for entry in recent:
             if entry.data is None and total + entry.size > self.ram_bytes:
@@ -176,8 +204,10 @@ class PromptCache:
         return loaded, total
 
     def most_recent(self) -> str | None:
+        """The most recently used state under the selected key."""
         with self._lock:
-            return max(self._entries.values(), key=lambda e: e.last_used).name if self._entries else None
+            mine = [e for e in self._entries.values() if e.key == self.key]
+        return max(mine, key=lambda e: e.last_used).name if mine else None
 
     # --- save ----------------------------------------------------------------------------------
 
@@ -196,10 +226,10 @@ class PromptCache:
             return
         tokens = np.array(tokens, dtype=np.int32)
         name = self.key.hex()[:16] + "-" + hashlib.sha256(tokens.tobytes()).hexdigest()[:24]
-        entry = _Entry(name, tokens, len(data), last_used=time.time())
+        entry = _Entry(name, self.key, self.label, tokens, len(data), last_used=time.time())
         with self._lock:
-            superseded = [e.name for e in self._entries.values()
-                          if e.name != name and common_prefix(e.tokens, tokens) == len(e.tokens)]
+            superseded = [e.name for e in self._entries.values() if e.key == self.key
+                          and e.name != name and common_prefix(e.tokens, tokens) == len(e.tokens)]
             for old in superseded:  # a saved prefix of this one: the new state holds it all
                 self._entries.pop(old, None)
             self._entries[name] = entry
@@ -221,25 +251,28 @@ class PromptCache:
         assert self.config.dir is not None
         return self.config.dir / (name + cache_file.SUFFIX)
 
-    def _scan(self) -> None:
-        """Index this key's files (headers checked now, payloads when restored)."""
-        prefix = self.key.hex()[:16] + "-"
+    def _scan(self, key: bytes) -> None:
+        """Index ``key``'s files (headers checked now, payloads when restored)."""
+        self._scanned.add(key)
+        prefix = key.hex()[:16] + "-"
         for path in cache_file.files_in(self.config.dir):
             if not path.name.startswith(prefix):
-                continue  # another model's or settings' states: theirs to use
+                continue  # another model's, settings' or adapter's states: theirs to use
             name = path.name.removesuffix(cache_file.SUFFIX)
             try:
-                header = cache_file.read_header(path, self.key)
+                header = cache_file.read_header(path, key)
                 mtime = path.stat().st_mtime
             except (BadCacheFile, OSError) as exc:
                 self.drop(name, str(exc))
                 continue
-            self._entries[name] = _Entry(name, header.tokens, header.payload_len, header=header, last_used=mtime)
+            with self._lock:
+                self._entries.setdefault(name, _Entry(name, key, header.label, header.tokens, header.payload_len,
+                                                      header=header, last_used=mtime))
 
     def _read(self, entry: _Entry) -> bytes | None:
         try:
             if entry.header is None:  # written by us while running and since evicted: read it afresh
-                entry.header = cache_file.read_header(self._path(entry.name), self.key)
+                entry.header = cache_file.read_header(self._path(entry.name), entry.key)
             return cache_file.read_payload(self._path(entry.name), entry.header)
         except FileNotFoundError:  # cleared from outside (`edgekit cache clear`)
             with self._lock:
@@ -272,8 +305,8 @@ class PromptCache:
         while (item := self._writes.get()) is not None:
             entry, data, superseded = item
             try:
-                cache_file.write(self._path(entry.name), self.key, entry.tokens, data, self.label)
-                entry.header = cache_file.read_header(self._path(entry.name), self.key)
+                cache_file.write(self._path(entry.name), entry.key, entry.tokens, data, entry.label)
+                entry.header = cache_file.read_header(self._path(entry.name), entry.key)
             except (OSError, BadCacheFile) as exc:
                 log.warning("prompt cache: could not write %s: %s", self._path(entry.name), exc)
             for old in superseded:

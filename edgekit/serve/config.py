@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, UsageError
 from edgekit.strict import Source, build, read_toml
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,13 @@ class ModelConfig:
     ctx: int | None = None  # context window override; None = the profile's
     this_box: bool = False  # plan for this machine even when it is not one of the profile's boxes
     warm_up: bool = True  # run one tiny request before announcing READY/online
+    lora: tuple[str, ...] = ()  # LoRA adapters loaded beside the model, "NAME=adapter.gguf[:SCALE]"; requests pick one by name
+
+    def adapters(self) -> tuple[Any, ...]:
+        """``lora`` as edgekit.plan.LoraAdapter records (checked by _check when the config loads)."""
+        from edgekit.plan import lora_adapters
+
+        return lora_adapters(self.lora)
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "profile": ("model", "profile"),
     "this_box": ("model", "this_box"),
     "ctx": ("model", "ctx"),
+    "lora": ("model", "lora"),
     "broker": ("broker", "url"),
     "prefix": ("topics", "prefix"),
     "device_id": ("topics", "device_id"),
@@ -314,6 +322,10 @@ def _check(config: ServeConfig) -> None:
         http_address(config.http.listen)
     elif config.broker.url == "none":
         raise ConfigError("broker none and no HTTP listener: nothing to serve (give --http [HOST:]PORT or a broker)")
+    try:
+        config.model.adapters()
+    except UsageError as exc:
+        raise ConfigError(f"setting model.lora: {exc}") from None
     limits = config.limits
     positive = {"limits.max_payload_bytes": limits.max_payload_bytes, "limits.max_tokens": limits.max_tokens,
                 "limits.queue_size": limits.queue_size, "broker.keepalive_s": config.broker.keepalive_s,

@@ -9,6 +9,7 @@ API (front ends are written against this):
     core.cancel(job)    # queued: finished "cancelled" now; running: the engine stops within a token
     core.jobs_of(owner, request_id) -> [Job]   # id-based cancel and dedup, per requester
     core.metrics        # counters per front end; core.engine: the EngineLike
+    core.snapshot()     # the metrics payload ({node}/metrics, GET /edgekit/metrics), model_loads included
 
 Every accepted job ends in exactly one ``sink.finish(job, Outcome)``, called on the core's
 worker thread (or at once for a cancel of a queued job, and at the drain with code
@@ -99,6 +100,7 @@ class Core:
         self._unload_requested = False
         self._worker: threading.Thread | None = None
         self._per_token_s = 0.0  # measured at start, for the default time limit
+        self._loads_closed = 0  # model loads of engines closed since (keep_alive 0, SIGHUP): model_loads() adds them
         self.failure: str | None = None  # why the core gave up (a dead thread): run() raises it
 
     # --- the API of the front ends ----------------------------------------------------------------
@@ -130,6 +132,16 @@ class Core:
         engine = self.engine
         return engine.cache_stats() if engine is not None else None
 
+    def model_loads(self) -> int:
+        """Times a model was loaded since the start: the boot, a SIGHUP, a crashed worker's restart, a
+        request after keep_alive 0. Switching LoRA adapters never adds one: the metrics prove it."""
+        engine = self.engine
+        return self._loads_closed + (getattr(engine, "load_count", 0) if engine is not None else 0)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The metrics payload the front ends publish (MQTT {node}/metrics, HTTP GET /edgekit/metrics)."""
+        return self.metrics.snapshot(len(self.queue), self.busy, self.cache_stats(), self.model_loads())
+
     @property
     def busy(self) -> bool:
         return self._running is not None
@@ -147,6 +159,7 @@ class Core:
         with self._engine_lock:
             if not self._unload_requested or self.engine is None or self.busy or len(self.queue) or self.draining:
                 return
+            self._loads_closed = self.model_loads()
             engine, self.engine, self.unloaded, self._unload_requested = self.engine, None, True, False
         engine.close()
         log.info("model unloaded (keep_alive 0); the next request loads it again")
@@ -287,9 +300,11 @@ class Core:
             self.notifier.ready(f"reload failed: {exc}")
             return
         with self._engine_lock:
+            self._loads_closed = self.model_loads()
             old, self.engine = self.engine, new
             self.config = replace(self.config, model=model)
-        old.close()
+        if old is not None:  # None: keep_alive 0 had unloaded it
+            old.close()
         for front_end in self.front_ends:
             front_end.reloaded()
         self.notifier.ready(f"serving {model_name(self.config)} (reloaded)")

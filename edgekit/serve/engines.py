@@ -30,6 +30,7 @@ class EngineLike(Protocol):
     def alive(self) -> bool: ...
     def close(self) -> None: ...
     def cache_stats(self) -> Any: ...  # edgekit.engine.prompt_cache.CacheStats, or None without a cache
+    load_count: int  # times the model was loaded (a crash's restart adds one; switching adapters never does)
 
 
 def open_engine(model: ModelConfig, cache: CacheConfig | None = None, cache_dir: Path | None = None) -> EngineLike:
@@ -98,7 +99,7 @@ def settings_for(model: ModelConfig, prompt_cache_mb: int = 0) -> Settings:
     from edgekit.plan import settings_for as plan_settings
 
     plan = plan_settings(model.path, model.profile, ctx=model.ctx, this_box=model.this_box,
-                         prompt_cache_mb=prompt_cache_mb)
+                         prompt_cache_mb=prompt_cache_mb, lora=model.adapters())
     log.info("plan: profile %s for %s: %s; settings: %s", plan.profile, plan.box, "; ".join(plan.reasons) or "defaults",
              plan.settings.summary())
     return plan.settings

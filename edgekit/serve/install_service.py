@@ -13,8 +13,9 @@ import os
 import re
 import socket
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from edgekit.atomic import atomic_path
 from edgekit.errors import ConfigError
@@ -46,6 +47,7 @@ class BoxSettings:
     password_file: Path | None = None  # the broker password; None = <env_dir>/mqtt-password if it exists
     http: str | None = None  # "[HOST:]PORT": also serve the Ollama and OpenAI APIs
     api_key_file: Path | None = None  # the HTTP API key; None = <env_dir>/http-api-key if it exists
+    lora: tuple[str, ...] = ()  # "NAME=adapter.gguf[:SCALE]": LoRA adapters served beside the model
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,12 @@ def plan_installation(box: BoxSettings, *, dest: Path = Path("/etc/systemd/syste
     if box.broker is not None:
         broker_address(box.broker)  # a ConfigError naming the problem, before anything is rendered
     model = _checked_model(box.model)
+    lora = _checked_adapters(box.lora)
     profile = _profile_for(box.profile)
     executable = executable or default_executable()
     problems = (service_visibility_problem(model, "the model"),
-                service_visibility_problem(executable, "the edgekit executable"))
+                service_visibility_problem(executable, "the edgekit executable"),
+                *(service_visibility_problem(Path(a.path), f"the LoRA adapter {a.name}") for a in lora))
     password = box.password_file or env_dir / "mqtt-password"
     api_key = box.api_key_file or env_dir / "http-api-key"
     spec = UnitSpec(executable=executable, env_dir=env_dir, template=box.instance is not None,
@@ -93,7 +97,8 @@ def plan_installation(box: BoxSettings, *, dest: Path = Path("/etc/systemd/syste
         files.append(RenderedFile(profile_ref, profile.source.read_text(encoding="utf-8")))
     name = box.instance or "edgekit"
     device_id = box.device_id or (f"{_hostname()}-{box.instance}" if box.instance else None)
-    files.append(RenderedFile(env_dir / f"{name}.toml", render_config(model, profile_ref, box.broker, device_id, box.http),
+    files.append(RenderedFile(env_dir / f"{name}.toml", render_config(model, profile_ref, box.broker, device_id, box.http,
+                                                                            lora),
                               editable=True))
     files.append(RenderedFile(env_dir / "edgekit.env", render_env(), editable=True))
     unit = f"edgekit@{box.instance}.service" if box.instance else UNIT_NAME
@@ -121,10 +126,12 @@ def write_installation(installation: Installation, *, force: bool = False) -> li
 
 
 def render_config(model: Path, profile: str | Path | None, broker: str | None, device_id: str | None,
-                  http: str | None = None) -> str:
-    """The box's edgekit.toml: the fields docs/protocol.md describes; the rest keep their defaults."""
+                  http: str | None = None, lora: tuple[Any, ...] = ()) -> str:
+    """The box's edgekit.toml: the fields docs/protocol.md describes; the rest keep their defaults.
+    ``lora``: edgekit.plan.LoraAdapter records, written back as [model] lora's specs."""
+    specs = [f"{a.name}={a.path}:{a.scale:g}" for a in lora] or None
     sections = {
-        "model": {"path": str(model), "profile": str(profile) if profile is not None else None},
+        "model": {"path": str(model), "profile": str(profile) if profile is not None else None, "lora": specs},
         "broker": {"url": broker},
         "topics": {"device_id": device_id},
         "http": {"listen": http},
@@ -153,6 +160,18 @@ def _checked_model(model: Path | None) -> Path:
     if not model.is_file():
         raise ConfigError(f"model {model} does not exist (give the path of a .gguf file on this box)")
     return model.resolve()
+
+
+def _checked_adapters(specs: tuple[str, ...]) -> tuple[Any, ...]:
+    """--lora specs as adapters with absolute paths (the service's working folder is not the caller's)."""
+    from edgekit.plan import lora_adapters
+
+    adapters = lora_adapters(specs)
+    for adapter in adapters:
+        if not Path(adapter.path).is_file():
+            raise ConfigError(f"LoRA adapter {adapter.path} does not exist (give the path of a GGUF adapter "
+                              "on this box: `edgekit convert-lora` makes one)")
+    return tuple(replace(a, path=str(Path(a.path).resolve())) for a in adapters)
 
 
 def _profile_for(name: str | None) -> Profile:

@@ -46,8 +46,9 @@ class Metrics:
             self.errors[code] += 1
             self._by_front_end.setdefault(front_end, Counter())[code] += 1
 
-    def snapshot(self, queue_depth: int, running: bool, cache: Any = None) -> dict[str, Any]:
-        """The metrics payload; ``cache`` is the engine's CacheStats (zeros without a prompt cache)."""
+    def snapshot(self, queue_depth: int, running: bool, cache: Any = None, model_loads: int = 0) -> dict[str, Any]:
+        """The metrics payload; ``cache`` is the engine's CacheStats (zeros without a prompt cache),
+        ``model_loads`` the times the model was loaded since the start (Core.model_loads)."""
         with self._lock:
             ttft = sorted(self._ttft_ms)
             return {
@@ -64,6 +65,7 @@ class Metrics:
                 "ttft_p95_ms": _percentile(ttft, 95),
                 "memory_mb": round(process_tree_rss_bytes() / 2**20, 1),
                 "uptime_s": round(time.monotonic() - self._started, 1),
+                "model_loads": model_loads,
                 **cache_fields(cache),
             }
 

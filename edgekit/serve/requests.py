@@ -20,9 +20,10 @@ from edgekit.serve.config import LimitsConfig
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_FIELDS = {"role", "content", "tool_calls", "tool_call_id", "name"}
+MAX_ADAPTER_SCALE = 16.0  # |adapter_scale| beyond this only makes noise (1 is the adapter as trained)
 
-# Numeric fields (sampling, and how often to stream): (type, lowest, highest); a str bound
-# names a LimitsConfig field.
+# Numeric fields (sampling, how often to stream, the LoRA adapter's scale): (type, lowest,
+# highest); a str bound names a LimitsConfig field.
 SAMPLING: dict[str, tuple[type, float, float | str]] = {
     "max_tokens": (int, 1, "max_tokens"),
     "temperature": (float, 0.0, "max_temperature"),
@@ -32,8 +33,10 @@ SAMPLING: dict[str, tuple[type, float, float | str]] = {
     "repeat_penalty": (float, 0.0, 10.0),
     "seed": (int, 0, 2**32 - 1),
     "stream_interval_ms": (float, 0.0, 60000.0),
+    "adapter_scale": (float, -MAX_ADAPTER_SCALE, MAX_ADAPTER_SCALE),
 }
-FIELDS = frozenset(SAMPLING) | {"messages", "prompt", "stop", "json_schema", "tools", "tool_choice", "warm", "stream"}
+FIELDS = frozenset(SAMPLING) | {"messages", "prompt", "stop", "json_schema", "tools", "tool_choice", "warm", "stream",
+                                         "adapter"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def check_request(data: dict[str, Any], limits: LimitsConfig, request_id: str,
     sampling = {name: _number(data, name, limits) for name in SAMPLING if data.get(name) is not None}
     sampling.setdefault("max_tokens", limits.default_max_tokens)
     request = Request(messages=messages, prompt=prompt, stop=_stop(data.get("stop"), limits),
-                      json_schema=_schema(data.get("json_schema")), tools=tools,
+                      json_schema=_schema(data.get("json_schema")), tools=tools, adapter=_adapter(data),
                       tool_choice=data.get("tool_choice", "auto"), id=request_id, warm=warm, **sampling)
     toolcalls.tool_plan(request, None)  # tool_choice and the tools' schemas: bad_request now, not after the queue
     return Asked(request, stream)
@@ -122,6 +125,16 @@ def _stop(value: Any, limits: LimitsConfig) -> tuple[str, ...]:
     if len(stops) > limits.max_stop or any(len(s) > limits.max_stop_chars for s in stops):
         raise BadRequest(f"'stop': at most {limits.max_stop} strings of {limits.max_stop_chars} characters")
     return tuple(stops)
+
+
+def _adapter(data: dict[str, Any]) -> str | None:
+    """The LoRA adapter a request names (one loaded with --lora / [model] lora; the engine checks which)."""
+    name = data.get("adapter")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise BadRequest("'adapter' must be the name of a loaded LoRA adapter (a non-empty string)")
+    if name is None and data.get("adapter_scale") is not None:
+        raise BadRequest("'adapter_scale' needs 'adapter': the name of the LoRA adapter to scale")
+    return name
 
 
 def _schema(value: Any) -> dict[str, Any] | None:

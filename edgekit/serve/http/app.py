@@ -48,6 +48,7 @@ def build_app(core: Any, settings: HttpSettings) -> ASGIApp:
     from edgekit.serve.http import ollama, openai  # they import this module's helpers
 
     routes = [Route(path, handler, methods=methods) for path, methods, handler in (*ollama.ROUTES, *openai.ROUTES)]
+    routes.append(Route("/edgekit/metrics", metrics, methods=["GET"]))
     app = Starlette(routes=routes, exception_handlers={ApiError: _api_error, HTTPException: _http_error,
                                                         Exception: _unexpected})
     app.state.core = core
@@ -99,14 +100,28 @@ async def json_body(http: HttpRequest) -> dict[str, Any]:
     return data
 
 
-def check_model(http: HttpRequest, asked: Any) -> str:
-    """The served model's name when ``asked`` names it (tag ':latest' optional); 404 naming it otherwise."""
-    name = http.app.state.settings.model_name
+def check_model(http: HttpRequest, asked: Any) -> tuple[str, str | None]:
+    """The name to echo and the LoRA adapter to run for ``asked``: the served model (tag ':latest'
+    optional) runs bare, ``<model>:<adapter>`` with that adapter (loaded with --lora, so no reload);
+    400 or 404 naming what this server serves otherwise."""
+    from edgekit.serve.http.models import adapter_names
+
+    name, adapters = http.app.state.settings.model_name, adapter_names(http)
+    served = f"{name!r}" + (f" and, with its LoRA adapters, {', '.join(repr(f'{name}:{a}') for a in adapters)}"
+                            if adapters else "")
     if not isinstance(asked, str) or not asked:
-        raise ApiError(400, f"give 'model' (this server serves {name!r})")
-    if asked not in (name, f"{name}:latest") and asked.removesuffix(":latest") != name:
-        raise ApiError(404, f"model {asked!r} not found: this server serves {name!r}", "not_found_error")
-    return name
+        raise ApiError(400, f"give 'model' (this server serves {served})")
+    if asked.removesuffix(":latest") == name:
+        return name, None
+    adapter = asked.removeprefix(f"{name}:")
+    if adapter != asked and adapter in adapters:
+        return asked, adapter
+    raise ApiError(404, f"model {asked!r} not found: this server serves {served}", "not_found_error")
+
+
+async def metrics(http: HttpRequest) -> Response:
+    """GET /edgekit/metrics: the payload MQTT publishes on {node}/metrics (docs/protocol.md)."""
+    return JSONResponse(http.app.state.core.snapshot())
 
 
 def engine_request(http: HttpRequest, fields: dict[str, Any]) -> Request:

@@ -1,7 +1,8 @@
 """The served model as both APIs describe it: Ollama's tags/show entries, OpenAI's model object,
 and keep_alive's load and unload through the core.
 
-One model is served, under one name (``[http] model_name``, else the GGUF file's stem).
+One model is served, under one name (``[http] model_name``, else the GGUF file's stem), and
+each LoRA adapter loaded beside it (``--lora NAME=...``) as ``<name>:<NAME>``: Ollama's model:tag.
 """
 
 from __future__ import annotations
@@ -67,8 +68,26 @@ async def described(http: HttpRequest) -> tuple[GGUFInfo | None, ModelInfo | Non
     return await asyncio.to_thread(file_info, model_path(http)), loaded_info(http)
 
 
+def adapter_names(http: HttpRequest) -> tuple[str, ...]:
+    """The LoRA adapters served beside the model, by name (the config's [model] lora, after a SIGHUP the new one)."""
+    config = getattr(http.app.state.core, "config", None)
+    return tuple(a.name for a in config.model.adapters()) if config is not None else ()
+
+
+def ollama_entries(http: HttpRequest, header: GGUFInfo | None, info: ModelInfo | None) -> list[dict[str, Any]]:
+    """/api/tags (and /api/ps): the model, then one entry per adapter (``<name>:<adapter>``)."""
+    base = ollama_entry(http, header, info)
+    name = http.app.state.settings.model_name
+    entries = [base]
+    for adapter in adapter_names(http):
+        variant = f"{name}:{adapter}"
+        digest = hashlib.sha256(f"{base['digest']}:{variant}".encode()).hexdigest()
+        entries.append({**base, "name": variant, "model": variant, "digest": digest})
+    return entries
+
+
 def ollama_entry(http: HttpRequest, header: GGUFInfo | None, info: ModelInfo | None) -> dict[str, Any]:
-    """One /api/tags (and /api/ps) entry."""
+    """The served model's /api/tags (and /api/ps) entry."""
     name = http.app.state.settings.model_name
     path = model_path(http)
     stat = path.stat() if path is not None and path.exists() else None
@@ -97,10 +116,16 @@ def ollama_show(http: HttpRequest, header: GGUFInfo | None, info: ModelInfo | No
             "modified_at": ollama_entry(http, header, info)["modified_at"]}
 
 
-def openai_model(http: HttpRequest) -> dict[str, Any]:
+def openai_models(http: HttpRequest) -> list[dict[str, Any]]:
+    """/v1/models: the model, then one object per adapter (``<name>:<adapter>``)."""
+    name = http.app.state.settings.model_name
+    return [openai_model(http, name)] + [openai_model(http, f"{name}:{a}") for a in adapter_names(http)]
+
+
+def openai_model(http: HttpRequest, model_id: str) -> dict[str, Any]:
     path = model_path(http)
     created = int(path.stat().st_mtime) if path is not None and path.exists() else 0
-    return {"id": http.app.state.settings.model_name, "object": "model", "created": created, "owned_by": "edgekit"}
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "edgekit"}
 
 
 def _details(header: GGUFInfo | None, info: ModelInfo | None) -> dict[str, Any]:

@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 
 # Ollama's options -> edgekit's request fields. num_ctx is the plan's (clamped, see _context);
 # the rest of Ollama's options (num_thread, num_batch, mirostat, ...) are the box's plan, not a request's.
-# stream_interval_ms is edgekit's own (0: a line per token, as `edgekit bench --via http://` asks).
+# stream_interval_ms is edgekit's own (0: a line per token, as `edgekit bench --via http://` asks), and so is
+# adapter_scale (the scale of the LoRA adapter that the model name "<model>:<adapter>" picks).
 OPTIONS = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
            "min_p": "min_p", "seed": "seed", "stop": "stop", "repeat_penalty": "repeat_penalty",
-           "stream_interval_ms": "stream_interval_ms"}
+           "stream_interval_ms": "stream_interval_ms", "adapter_scale": "adapter_scale"}
 JSON_OBJECT = {"type": "object"}  # format "json": any JSON object
 
 
@@ -46,7 +47,7 @@ async def version(http: HttpRequest) -> Response:
 
 
 async def tags(http: HttpRequest) -> Response:
-    return JSONResponse({"models": [models.ollama_entry(http, *await models.described(http))]})
+    return JSONResponse({"models": models.ollama_entries(http, *await models.described(http))})
 
 
 async def ps(http: HttpRequest) -> Response:
@@ -54,9 +55,8 @@ async def ps(http: HttpRequest) -> Response:
     header, info = await models.described(http)
     if info is None:
         return JSONResponse({"models": []})
-    entry = {**models.ollama_entry(http, header, info), "expires_at": "2318-01-01T00:00:00Z", "size_vram": 0,
-             "context_length": info.n_ctx}
-    return JSONResponse({"models": [entry]})
+    loaded = {"expires_at": "2318-01-01T00:00:00Z", "size_vram": 0, "context_length": info.n_ctx}
+    return JSONResponse({"models": [{**entry, **loaded} for entry in models.ollama_entries(http, header, info)]})
 
 
 async def show(http: HttpRequest) -> Response:
@@ -81,11 +81,12 @@ async def pull(http: HttpRequest) -> Response:
 
 async def chat(http: HttpRequest) -> Response:
     data = await json_body(http)
-    name = check_model(http, data.get("model"))
+    name, adapter = check_model(http, data.get("model"))
     options = data.get("options") if isinstance(data.get("options"), dict) else {}
     # tool_choice is not Ollama's: edgekit reads it from options (the ollama client passes options through).
     fields = {"messages": _messages(data.get("messages")), "tools": data.get("tools") or None,
-              "tool_choice": options.get("tool_choice") if data.get("tools") else None, **_common(http, data)}
+              "tool_choice": options.get("tool_choice") if data.get("tools") else None, "adapter": adapter,
+              **_common(http, data)}
     if all(m["role"] == "system" for m in fields["messages"] or ()):  # nothing to answer: Ollama's load request
         system = fields["messages"] or []
         return await _load_only(http, data, name, {"message": {"role": "assistant", "content": ""}}, system)
@@ -94,7 +95,7 @@ async def chat(http: HttpRequest) -> Response:
 
 async def generate(http: HttpRequest) -> Response:
     data = await json_body(http)
-    name = check_model(http, data.get("model"))
+    name, adapter = check_model(http, data.get("model"))
     prompt = data.get("prompt")
     if not prompt:  # Ollama's load request (keep_alive 0: unload)
         system = [{"role": "system", "content": data["system"]}] if data.get("system") else []
@@ -109,7 +110,8 @@ async def generate(http: HttpRequest) -> Response:
         system = data.get("system")
         text = {"messages": ([{"role": "system", "content": system}] if system else [])
                 + [{"role": "user", "content": prompt}]}
-    return await _answer(http, data, name, {**text, **_common(http, data)}, _generate_piece, _generate_final)
+    fields = {**text, "adapter": adapter, **_common(http, data)}
+    return await _answer(http, data, name, fields, _generate_piece, _generate_final)
 
 
 ROUTES: list[tuple[str, list[str], Callable[..., Any]]] = [

@@ -29,18 +29,18 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 async def list_models(http: HttpRequest) -> Response:
-    return JSONResponse({"object": "list", "data": [models.openai_model(http)]})
+    return JSONResponse({"object": "list", "data": models.openai_models(http)})
 
 
 async def get_model(http: HttpRequest) -> Response:
-    check_model(http, http.path_params["model"])
-    return JSONResponse(models.openai_model(http))
+    name, _adapter = check_model(http, http.path_params["model"])
+    return JSONResponse(models.openai_model(http, name))
 
 
 async def chat_completions(http: HttpRequest) -> Response:
     data = await json_body(http)
-    name = check_model(http, data.get("model"))
-    fields = {"messages": _messages(data.get("messages")), "tools": data.get("tools") or None,
+    name, adapter = check_model(http, data.get("model"))
+    fields = {"adapter": adapter, "messages": _messages(data.get("messages")), "tools": data.get("tools") or None,
               "tool_choice": data.get("tool_choice") if data.get("tools") else None,
               "json_schema": _response_format(data.get("response_format")),
               "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens"), **_sampling(data)}
@@ -49,13 +49,13 @@ async def chat_completions(http: HttpRequest) -> Response:
 
 async def completions(http: HttpRequest) -> Response:
     data = await json_body(http)
-    name = check_model(http, data.get("model"))
+    name, adapter = check_model(http, data.get("model"))
     prompt = data.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise ApiError(400, "'prompt' must be a non-empty string (one prompt per request)", "invalid_request_error")
-    fields = {"prompt": prompt, "max_tokens": data.get("max_tokens") or COMPLETIONS_DEFAULT_MAX_TOKENS,
+    fields = {"adapter": adapter, "prompt": prompt, "max_tokens": data.get("max_tokens") or COMPLETIONS_DEFAULT_MAX_TOKENS,
               **_sampling(data)}
     return await _answer(http, data, name, fields, TextStream, _text_object)
 
@@ -76,7 +76,8 @@ def _sampling(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false")
     return {"temperature": data.get("temperature"), "top_p": data.get("top_p"), "seed": data.get("seed"),
-            "stop": data.get("stop"), "stream": stream}
+            "stop": data.get("stop"), "stream": stream,
+            "adapter_scale": data.get("adapter_scale")}  # edgekit's own (extra_body): the LoRA adapter's scale
 
 
 def _response_format(value: Any) -> dict[str, Any] | None:

@@ -399,6 +399,5 @@ class MqttFrontEnd:
     def _publish_metrics_every(self) -> None:
         while not self._stopped.wait(self.config.daemon.metrics_interval_s):
             if self.client.is_connected():
-                snapshot = self.core.metrics.snapshot(len(self.core.queue), self.core.busy,
-                                                     self.core.cache_stats())
+                snapshot = self.core.snapshot()
                 self.outbox.send(announce.metrics(self.topics, snapshot))

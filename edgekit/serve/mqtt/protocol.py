@@ -292,6 +292,8 @@ def result_message(request_id: str, result: Result, device_id: str, queue_ms: fl
             "total_ms": round(t.total_ms + queue_ms, 3),
         },
         "device": device_id,
+        "adapter": result.adapter,  # the LoRA adapter that ran; null: the bare model
+        **({"adapter_scale": result.adapter_scale} if result.adapter is not None else {}),
     })
 
 
@@ -335,7 +337,8 @@ def read_result(message: dict[str, Any]) -> Result:
             completion_tokens=usage["completion_tokens"], generation_ms=t["generation_ms"],
             generation_tokens_per_s=t["generation_tokens_per_s"], total_ms=t["total_ms"])
         return Result(message["id"], message["text"], message["finish_reason"], usage["prompt_tokens"],
-                      usage["completion_tokens"], timings, _tool_calls(message))
+                      usage["completion_tokens"], timings, _tool_calls(message), message.get("adapter"),
+                      message.get("adapter_scale"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"not a result message ({type(exc).__name__}: {exc}): {_excerpt(message)}") from None
 
