@@ -9,7 +9,6 @@ Everything lands in ./demo (or $EDGEKIT_DEMO_DIR) and is reused by the next run.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal

@@ -109,7 +109,7 @@ def _bars(run: BenchRun, colours: dict[str, str], figure: str) -> list[Bar]:
 def _speed_section(run: BenchRun, colours: dict[str, str]) -> str:
     gen = bar_chart(_bars(run, colours, "gen_tps"), "Generation tokens per second", "tokens/s (mean ± stdev)")
     pp = bar_chart(_bars(run, colours, "prompt_tps"), "Prompt tokens per second", "tokens/s (mean ± stdev)")
-    return (f"<h2>Throughput per quant level and setting</h2>"
+    return ("<h2>Throughput per quant level and setting</h2>"
             + _figure("Generation, tokens/s", gen) + _figure("Prompt processing, tokens/s", pp)
             + _llama_bench_note(run))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,7 +83,9 @@ def _adapter_choice(args: argparse.Namespace) -> str | None:
     """--adapter NAME, or the one adapter given with --lora."""
     if args.adapter is not None or not args.lora:
         return args.adapter
-    names = [adapter.name for adapter in _adapters(args.lora)]
+    from edgekit.plan import lora_adapters
+
+    names = [adapter.name for adapter in lora_adapters(args.lora)]
     if len(names) > 1:
         from edgekit.errors import UsageError
 

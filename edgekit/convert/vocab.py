@@ -7,7 +7,6 @@ ids, merges, the add_bos/add_eos flags and the chat template come from gguf-py's
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
