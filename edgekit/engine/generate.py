@@ -69,6 +69,8 @@ class Runner:
         """Evaluate the prompt (reusing the cached prefix), then sample until a finish reason."""
         self._seq, self._request_id = job.seq, job.request.id
         progress = _Progress(t_start=time.perf_counter())
+        if self._cache_all is not None:
+            self._cache_all.hold_writes()  # until after_reply: the cores are this request's
         adapter = self._use_adapter(job.request)
         tokens = self._tokenize_prompt(job)
         progress.prompt_tokens = len(tokens)
@@ -105,11 +107,14 @@ class Runner:
     def after_reply(self) -> None:
         """Save the context's state to the prompt cache, once the answer is on its way."""
         llm, cache = self._llm, self._cache
-        if cache is None or llm.n_tokens == 0:
-            return
-        tokens = np.array(llm.input_ids[: llm.n_tokens], dtype=np.int32)
-        if cache.wants(tokens):
-            cache.save(tokens, capture_state(llm))
+        try:
+            if cache is not None and llm.n_tokens > 0:
+                tokens = np.array(llm.input_ids[: llm.n_tokens], dtype=np.int32)
+                if cache.wants(tokens):
+                    cache.save(tokens, capture_state(llm))
+        finally:
+            if self._cache_all is not None:
+                self._cache_all.release_writes()
 
     def warm_cache(self, recent: int) -> dict[str, float]:
         """Read the most recently used states into RAM and restore the newest into the context."""
