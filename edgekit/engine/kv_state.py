@@ -19,8 +19,10 @@ def capture_state(llm: Any) -> bytearray:
     """The KV state of the context's sequence (llama_state_seq_get_data), written straight into a bytearray."""
     size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
     data = bytearray(size)
-    n = llama_cpp.llama_state_seq_get_data(llm.ctx, _pointer(data), size, 0)
-    del data[n:]  # shrinks in place (llama.cpp never writes more than get_size said)
+    view = _view(data)
+    n = llama_cpp.llama_state_seq_get_data(llm.ctx, view, size, 0)
+    del view  # the bytearray cannot shrink while ctypes holds its buffer
+    del data[n:]  # in place (llama.cpp writes at most what get_size said)
     return data
 
 
@@ -30,7 +32,7 @@ def restore_state(llm: Any, tokens: np.ndarray, data: bytes | bytearray) -> bool
     llm.n_tokens = 0
     if len(tokens) > len(llm.input_ids):
         return False
-    if llama_cpp.llama_state_seq_set_data(llm.ctx, _pointer(data), len(data), 0) == 0:
+    if llama_cpp.llama_state_seq_set_data(llm.ctx, _view(data), len(data), 0) == 0:
         llm._ctx.kv_cache_seq_rm(0, 0, -1)
         return False
     llm.input_ids[: len(tokens)] = tokens
@@ -38,8 +40,8 @@ def restore_state(llm: Any, tokens: np.ndarray, data: bytes | bytearray) -> bool
     return True
 
 
-def _pointer(data: bytes | bytearray) -> Any:
-    """A uint8 pointer to ``data``'s own buffer, no copy (c_char_p for immutable bytes)."""
+def _view(data: bytes | bytearray) -> Any:
+    """``data``'s own buffer as a uint8 array llama.cpp can take for a pointer, no copy."""
     if isinstance(data, bytearray):
-        return ctypes.cast((ctypes.c_uint8 * len(data)).from_buffer(data), ctypes.POINTER(ctypes.c_uint8))
-    return ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
+        return (ctypes.c_uint8 * len(data)).from_buffer(data)
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))  # immutable bytes: read only
