@@ -123,14 +123,14 @@ def restart_round(model: Path, broker, folder: Path) -> dict[str, float]:
     finally:
         assert daemon.stop() == 0, daemon.output()
     return {"same_text": warm["text"] == cold["text"], "cold_ms": cold["timings"]["time_to_first_token_ms"],
-            "warm_ms": warm["timings"]["time_to_first_token_ms"],
+            "warm_ms": warm["timings"]["time_to_first_token_ms"], "warm_prompt_ms": warm["timings"]["prompt_ms"],
             "prompt_tokens": cold["usage"]["prompt_tokens"], "cached": warm["usage"]["cached_prompt_tokens"],
             "warm_up_ms": warm_ms(daemon), "start_cold_s": start_cold, "start_warm_s": start_warm, "load": load()}
 
 
 def report_round(i: int, r: dict[str, float]) -> None:
     print(f"round {i} edgekit: cold TTFT {r['cold_ms']:8.0f} ms | after SIGTERM + restart {r['warm_ms']:6.0f} ms "
-          f"({r['cached']} of {r['prompt_tokens']} cached) ratio {r['warm_ms'] / r['cold_ms']:.3f} | "
+          f"({r['cached']} of {r['prompt_tokens']} cached, {r['warm_prompt_ms']:.0f} ms prompt) ratio {r['warm_ms'] / r['cold_ms']:.3f} | "
           f"warm-up {r['warm_up_ms']:.0f} ms, start to online {r['start_cold_s']:.1f} s empty / "
           f"{r['start_warm_s']:.1f} s warm, same text: {r['same_text']}, load {r['load']:.1f}", flush=True)
 

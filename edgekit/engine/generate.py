@@ -177,9 +177,10 @@ class Runner:
         cache = self._cache
         assert cache is not None
         loaded = cache.load(name)
-        if loaded is None:
-            return
-        if restore_state(self._llm, *loaded):
+        llm = self._llm
+        if loaded is None or common_prefix(llm.input_ids[: llm.n_tokens], loaded[0]) == len(loaded[0]):
+            return  # gone, or the context holds it already (a warm prompt evaluated just before)
+        if restore_state(llm, *loaded):
             cache.counters.restores += 1
         else:
             cache.drop(name, "llama.cpp refused the state")

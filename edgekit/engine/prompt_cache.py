@@ -169,13 +169,15 @@ class PromptCache:
         """Read the ``count`` most recently used states into RAM (within the budget); (states, bytes)."""
         with self._lock:
             recent = sorted(self._entries.values(), key=lambda e: -e.last_used)[:count]
-        loaded = total = 0
+        chosen, total = [], 0
         for entry in recent:
             if entry.data is None and total + entry.size > self.ram_bytes:
                 continue
-            if self.load(entry.name) is not None:
-                loaded, total = loaded + 1, total + entry.size
-        return loaded, total
+            chosen.append(entry)
+            total += entry.size
+        # Oldest first: load() marks each used now, so the newest must come last to stay the newest.
+        loaded = [entry for entry in reversed(chosen) if self.load(entry.name) is not None]
+        return len(loaded), sum(entry.size for entry in loaded)
 
     def most_recent(self) -> str | None:
         with self._lock:
