@@ -143,7 +143,7 @@ def llama_server_missing() -> str | None:
     if LLAMA_SERVER.is_file() and os.access(LLAMA_SERVER, os.X_OK):
         return None
     return (f"no llama-server at {LLAMA_SERVER}: build it with benchmarks/build_llama_server.sh "
-            "(llama.cpp as llama-cpp-python vendors it; ~20 minutes on 2 cores) or set EDGEKIT_LLAMA_SERVER")
+            "(llama.cpp as llama-cpp-python vendors it; an hour on a busy 2-core box) or set EDGEKIT_LLAMA_SERVER")
 
 
 class LlamaServer:
