@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgekit.engine import Engine, Request, Result
@@ -224,3 +226,19 @@ def test_edgekit_cache_list_and_clear_find_the_daemons_folder_from_its_config(
     assert capsys.readouterr().out.startswith("removed 1 saved states")
     assert main(["cache", "list", "--dir", str(tmp_path / "state" / "prompt-cache")]) == 0
     assert "0 saved states" in capsys.readouterr().out
+
+
+def test_a_state_saved_while_a_request_runs_reaches_the_disk_only_after_it(tmp_path: Path):
+    from edgekit.engine.prompt_cache import Counters, PromptCache
+
+    cache = PromptCache(PromptCacheConfig(dir=tmp_path, min_tokens=8), b"k" * 32, "label", 64 << 20, Counters())
+    state = bytearray(random.Random(0).randbytes(9 << 20))  # three pieces of cache_file.PIECE
+    cache.hold_writes()
+    cache.save(np.arange(100, dtype=np.int32), state)
+    time.sleep(0.5)
+    assert cache_file.files_in(tmp_path) == [] and list(tmp_path.glob(".*.tmp")) == []
+    cache.release_writes()
+    cache.close()
+    (path,) = cache_file.files_in(tmp_path)
+    header = cache_file.read_header(path, b"k" * 32)
+    assert cache_file.read_payload(path, header) == state and list(header.tokens) == list(range(100))

@@ -23,6 +23,15 @@ def ask(client: RequestClient, system: str, question: str) -> Result:
     return answer.result
 
 
+def restores(broker_url: str) -> int:
+    """cache_restores from the next metrics the daemon publishes."""
+    metrics = Listener(broker_url, f"{PREFIX}/metrics")
+    try:
+        return metrics.until(lambda m: not m.retain, timeout_s=10).json["cache_restores"]
+    finally:
+        metrics.close()
+
+
 def test_the_cache_is_warm_before_online_answers_warm_requests_and_survives_a_sigterm_restart(
     tmp_path: Path, mosquitto, tiny_q8_0: Path
 ):
@@ -45,13 +54,18 @@ def test_the_cache_is_warm_before_online_answers_warm_requests_and_survives_a_si
         assert daemon.stop() == 0, daemon.output()
     assert len(disk_files(tmp_path / "state" / "prompt-cache")) >= 2
 
+    # Started again without warm_prompts (a warm prompt would be the last prefix put in the context).
+    daemon = DaemonProcess(tmp_path, tiny_q8_0, mosquitto.url, DEVICE, cache={"min_tokens": 16})
     daemon.start()
     try:
         with RequestClient(mosquitto.url, PREFIX, timeout_s=60) as client:
+            at_start = restores(mosquitto.url)
+            other_again = ask(client, OTHER, "How warm is zone 2?")  # the newest state: in the context since start
+            after_newest = restores(mosquitto.url)
             again = ask(client, SYSTEM, "Is room 3 on?")
-            other_again = ask(client, OTHER, "How warm is zone 2?")
     finally:
         assert daemon.stop() == 0, daemon.output()
+    assert at_start >= 1 and after_newest == at_start  # the first request found its prefix in the context
     assert again.text == first.text and other_again.text == other.text
     assert again.timings.cached_prompt_tokens >= 0.9 * again.prompt_tokens
     assert other_again.timings.cached_prompt_tokens >= 0.9 * other_again.prompt_tokens

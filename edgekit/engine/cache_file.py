@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ VERSION = 1
 SUFFIX = ".ekv"
 _FIXED = struct.Struct("<8sI32sIQIH")
 _CRC = struct.Struct("<I")
+PIECE = 4 << 20  # bytes checksummed or written between two pause() calls
 MAX_TOKENS = 1 << 22  # a header claiming more is corrupt (no context is that long)
 
 
@@ -46,22 +48,34 @@ class Header:
     payload_offset: int
 
 
-def encode_header(key: bytes, tokens: np.ndarray, payload: bytes | memoryview, label: str) -> bytes:
-    """The header for ``payload`` (a sequence state) of the prefix ``tokens`` under ``key``."""
+def encode_header(key: bytes, tokens: np.ndarray, payload_len: int, payload_crc: int, label: str) -> bytes:
+    """The header of a payload (a sequence state) of the prefix ``tokens`` under ``key``."""
     label_bytes = label.encode("utf-8")[:1024]
-    fixed = _FIXED.pack(MAGIC, VERSION, key, len(tokens), len(payload), zlib.crc32(payload),
-                        len(label_bytes))
+    fixed = _FIXED.pack(MAGIC, VERSION, key, len(tokens), payload_len, payload_crc, len(label_bytes))
     body = fixed + label_bytes + np.asarray(tokens, dtype="<i4").tobytes()
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def write(path: Path, key: bytes, tokens: np.ndarray, payload: bytes | memoryview, label: str) -> int:
-    """Write one state atomically (a crash leaves the old file or none); returns the file's size."""
-    header = encode_header(key, tokens, payload, label)
+def write(path: Path, key: bytes, tokens: np.ndarray, payload: bytes | bytearray, label: str,
+          pause: Callable[[], object] = lambda: None) -> Header:
+    """Write one state atomically (a crash leaves the old file or none); returns its header.
+
+    The payload is checksummed and written PIECE bytes at a time, calling ``pause()`` before
+    each piece: the prompt cache's writer waits there while a request runs, so on a small box
+    its tens of megabytes of CRC and copying never take a core from llama.cpp's threads.
+    """
+    view = memoryview(payload)
+    crc = 0
+    for at in range(0, len(view), PIECE):
+        pause()
+        crc = zlib.crc32(view[at:at + PIECE], crc)
+    header = encode_header(key, tokens, len(view), crc, label)
     with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(header)
-        f.write(payload)
-    return len(header) + len(payload)
+        for at in range(0, len(view), PIECE):
+            pause()
+            f.write(view[at:at + PIECE])
+    return Header(key, np.array(tokens, dtype=np.int32), len(view), crc, label, payload_offset=len(header))
 
 
 def read_header(path: Path, key: bytes) -> Header:

@@ -71,7 +71,9 @@ class Runner:
         """Evaluate the prompt (reusing the cached prefix), then sample until a finish reason."""
         self._seq, self._request_id = job.seq, job.request.id
         progress = _Progress(t_start=time.perf_counter())
-        tokens = self._tokenize_prompt(job)  # first: a refused prompt changes nothing here
+        if self._cache is not None:
+            self._cache.hold_writes()  # until after_reply: the cores are this request's
+        tokens = self._tokenize_prompt(job)  # before the adapter: a refused prompt changes nothing here
         adapter = self._use_adapter(job.request)
         progress.prompt_tokens = len(tokens)
         if job.request.warm:  # fill the cache with the prompt's state, generate nothing
@@ -112,11 +114,14 @@ class Runner:
     def after_reply(self) -> None:
         """Save the context's state to the prompt cache, once the answer is on its way."""
         llm, cache = self._llm, self._cache
-        if cache is None or llm.n_tokens == 0:
-            return
-        tokens = np.array(llm.input_ids[: llm.n_tokens], dtype=np.int32)
-        if cache.wants(tokens):
-            cache.save(tokens, capture_state(llm))
+        try:
+            if cache is not None and llm.n_tokens > 0:
+                tokens = np.array(llm.input_ids[: llm.n_tokens], dtype=np.int32)
+                if cache.wants(tokens):
+                    cache.save(tokens, capture_state(llm))
+        finally:
+            if self._cache is not None:
+                self._cache.release_writes()
 
     def warm_cache(self, recent: int) -> dict[str, float]:
         """Read the most recently used states into RAM and restore the newest into the context."""
@@ -176,9 +181,10 @@ class Runner:
         cache = self._cache
         assert cache is not None
         loaded = cache.load(name)
-        if loaded is None:
-            return
-        if restore_state(self._llm, *loaded):
+        llm = self._llm
+        if loaded is None or common_prefix(llm.input_ids[: llm.n_tokens], loaded[0]) == len(loaded[0]):
+            return  # gone, or the context holds it already (a warm prompt evaluated just before)
+        if restore_state(llm, *loaded):
             cache.counters.restores += 1
         else:
             cache.drop(name, "llama.cpp refused the state")

@@ -117,7 +117,7 @@ class _Entry:
     label: str
     tokens: np.ndarray
     size: int  # payload bytes
-    data: bytes | None = None  # in RAM when set
+    data: bytes | bytearray | None = None  # in RAM when set
     header: cache_file.Header | None = None  # on disk when set
     last_used: float = 0.0
 
@@ -134,6 +134,8 @@ class PromptCache:
         self._lock = threading.Lock()  # the writer thread updates entries and disk figures
         self._writes: queue.Queue[Any] = queue.Queue()
         self._writer: threading.Thread | None = None
+        self._idle = threading.Event()  # clear while a request runs: the writer waits (hold_writes)
+        self._idle.set()
         if config.dir is not None:
             config.dir.mkdir(parents=True, exist_ok=True)
             self._scan(key)
@@ -165,7 +167,7 @@ class PromptCache:
             best = max(best, (common_prefix(entry.tokens, tokens), -entry.size, entry.name))
         return best[2], best[0]
 
-    def load(self, name: str) -> tuple[np.ndarray, bytes] | None:
+    def load(self, name: str) -> tuple[np.ndarray, bytes | bytearray] | None:
         """The state's tokens and bytes, checked; None (after one warning and a delete) if it is bad."""
         with self._lock:
             entry = self._entries.get(name)
@@ -195,13 +197,15 @@ class PromptCache:
         """Read the ``count`` most recently used states into RAM (within the budget); (states, bytes)."""
         with self._lock:
             recent = sorted((e for e in self._entries.values() if e.key == self.key), key=lambda e: -e.last_used)[:count]
-        loaded = total = 0
+        chosen, total = [], 0
         for entry in recent:
             if entry.data is None and total + entry.size > self.ram_bytes:
                 continue
-            if self.load(entry.name) is not None:
-                loaded, total = loaded + 1, total + entry.size
-        return loaded, total
+            chosen.append(entry)
+            total += entry.size
+        # Oldest first: load() marks each used now, so the newest must come last to stay the newest.
+        loaded = [entry for entry in reversed(chosen) if self.load(entry.name) is not None]
+        return len(loaded), sum(entry.size for entry in loaded)
 
     def most_recent(self) -> str | None:
         """The most recently used state under the selected key."""
@@ -218,7 +222,15 @@ class PromptCache:
         _name, common = self.best(tokens)
         return len(tokens) - common >= self.min_tokens
 
-    def save(self, tokens: np.ndarray, data: bytes) -> None:
+    def hold_writes(self) -> None:
+        """A request starts: disk writes wait until release_writes (they would take a core from llama.cpp)."""
+        self._idle.clear()
+
+    def release_writes(self) -> None:
+        """The request is answered and its state saved: the writer may go on."""
+        self._idle.set()
+
+    def save(self, tokens: np.ndarray, data: bytes | bytearray) -> None:
         """Keep a new state: in RAM if the budget allows, written to disk in the background."""
         if self.config.dir is None and len(data) > self.ram_bytes:
             return
@@ -242,6 +254,7 @@ class PromptCache:
     def close(self) -> None:
         """Let the writer finish what is queued (a clean exit loses no state)."""
         if self._writer is not None:
+            self._idle.set()
             self._writes.put(None)
             self._writer.join()
 
@@ -282,7 +295,7 @@ class PromptCache:
             self.drop(entry.name, str(exc))
         return None
 
-    def _keep_in_ram(self, entry: _Entry, data: bytes) -> None:
+    def _keep_in_ram(self, entry: _Entry, data: bytes | bytearray) -> None:
         """Hold ``data`` in RAM, evicting the least recently used states' bytes to stay in budget."""
         if len(data) > self.ram_bytes:
             self._publish()
@@ -305,8 +318,8 @@ class PromptCache:
         while (item := self._writes.get()) is not None:
             entry, data, superseded = item
             try:
-                cache_file.write(self._path(entry.name), entry.key, entry.tokens, data, entry.label)
-                entry.header = cache_file.read_header(self._path(entry.name), entry.key)
+                entry.header = cache_file.write(self._path(entry.name), entry.key, entry.tokens, data, entry.label,
+                                                pause=self._idle.wait)
             except (OSError, BadCacheFile) as exc:
                 log.warning("prompt cache: could not write %s: %s", self._path(entry.name), exc)
             for old in superseded:

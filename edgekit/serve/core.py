@@ -198,16 +198,20 @@ class Core:
     def start(self) -> None:
         """Model first (READY means warm), then the front ends."""
         self.notifier.status("loading the model")
-        self.engine = open_engine(self.config.model, self.config.cache, self.config.cache_dir)
-        if self.config.limits.max_request_s is None:
-            self._per_token_s = seconds_per_token(self.engine)
-            log.info("time limit per request: 30 s + 3 x %.0f ms per token of max_tokens and a quarter of the "
-                     "context (set limits.max_request_s to fix it)", self._per_token_s * 1000)
+        measure = self._measure_speed if self.config.limits.max_request_s is None else None
+        self.engine = open_engine(self.config.model, self.config.cache, self.config.cache_dir, before_warming=measure)
         self._worker = threading.Thread(target=self._work, name="edgekit-worker", daemon=True)
         self._worker.start()
         for front_end in self.front_ends:
             front_end.start(self)
         self.notifier.ready(f"serving {model_name(self.config)} on {self.describe()}")
+
+    def _measure_speed(self, engine: EngineLike) -> None:
+        """This box's decode speed, for the default time limit: before the prompt cache is warmed,
+        whose newest state the measuring request would push out of the context."""
+        self._per_token_s = seconds_per_token(engine)
+        log.info("time limit per request: 30 s + 3 x %.0f ms per token of max_tokens and a quarter of the "
+                 "context (set limits.max_request_s to fix it)", self._per_token_s * 1000)
 
     def describe(self) -> str:
         return ", ".join(front_end.describe() for front_end in self.front_ends)

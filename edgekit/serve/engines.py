@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,9 +33,11 @@ class EngineLike(Protocol):
     load_count: int  # times the model was loaded (a crash's restart adds one; switching adapters never does)
 
 
-def open_engine(model: ModelConfig, cache: CacheConfig | None = None, cache_dir: Path | None = None) -> EngineLike:
-    """Start the engine on ``model.path``, run the warm-up request and warm the prompt cache
-    (so READY/online mean warm); raises our errors on failure."""
+def open_engine(model: ModelConfig, cache: CacheConfig | None = None, cache_dir: Path | None = None,
+                before_warming: Callable[[EngineLike], object] | None = None) -> EngineLike:
+    """Start the engine on ``model.path``, run the warm-up request, then ``before_warming`` (more
+    requests of the caller's), then warm the prompt cache: last, so the newest saved prefix stays
+    in the context for the first request (READY/online mean warm); raises our errors on failure."""
     from edgekit.engine import Engine
     from edgekit.engine.prompt_cache import PromptCacheConfig
 
@@ -49,6 +51,8 @@ def open_engine(model: ModelConfig, cache: CacheConfig | None = None, cache_dir:
         if model.warm_up:
             result = engine.warm_up()
             log.info("warm-up: %.1f ms to the first token", result.timings.time_to_first_token_ms)
+        if before_warming is not None:
+            before_warming(engine)
         if on:
             warm_prompt_cache(engine, cache)
     except BaseException:
@@ -75,13 +79,14 @@ def time_limit_s(request: Request, n_ctx: int, per_token_s: float, configured: f
 
 
 def warm_prompt_cache(engine: Any, cache: CacheConfig) -> None:
-    """Restore the most recently used states, then evaluate the configured prompts not cached yet."""
+    """Evaluate the configured prompts not cached yet, then restore the most recently used states:
+    last, so the context holds the newest (the prefix the last request before a restart used)."""
     t0 = time.perf_counter()
-    warmed = engine.warm_cache(cache.warm_recent)
     evaluated = 0
     for text in cache.warm_prompts:
         result = engine.warm(warm_request(text, bool(engine.info.chat_template)))
         evaluated += result.prompt_tokens - result.timings.cached_prompt_tokens
+    warmed = engine.warm_cache(cache.warm_recent)
     log.info("prompt cache: warmed in %.0f ms (%d saved states restored, %.1f MB; %d warm_prompts, "
              "%d tokens evaluated)", (time.perf_counter() - t0) * 1000, warmed["states"], warmed["bytes"] / 2**20,
              len(cache.warm_prompts), evaluated)

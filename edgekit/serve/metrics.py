@@ -75,6 +75,7 @@ def cache_fields(cache: Any) -> dict[str, Any]:
     return {
         "cache_hits": cache.hits if cache else 0,
         "cache_misses": cache.misses if cache else 0,
+        "cache_restores": cache.restores if cache else 0,  # states copied into llama.cpp (at start too)
         "cache_entries": cache.entries if cache else 0,
         "cache_ram_mb": round(cache.ram_bytes / 2**20, 1) if cache else 0.0,
         "cache_disk_mb": round(cache.disk_bytes / 2**20, 1) if cache else 0.0,
