@@ -37,6 +37,9 @@ def lora_adapters(specs: tuple[str, ...] | list[str] | None) -> tuple[LoraAdapte
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise UsageError(f"LoRA adapter name {repeated[0]!r} is given twice: give each adapter its own NAME=")
+    if "latest" in names:  # over HTTP BASE:latest is the bare model (Ollama's default tag)
+        raise UsageError("LoRA adapter name 'latest' would be taken for the bare model over HTTP (BASE:latest): "
+                         "give it another NAME=")
     return adapters
 
 

@@ -142,6 +142,7 @@ def test_lora_adapters_come_from_the_toml_the_environment_or_repeated_flags(tmp_
     ('["house=/a.gguf", "house=/b.gguf"]', "'house' is given twice"),
     ('["=/a.gguf"]', "bad --lora '=/a.gguf'"),
     ('["house=/a.gguf:1e999"]', "finite number"),
+    ('["latest=/a.gguf"]', "'latest' would be taken for the bare model"),
 ])
 def test_a_bad_lora_setting_is_refused_naming_it(tmp_path: Path, lora: str, words: str) -> None:
     with pytest.raises(ConfigError, match="setting model.lora: ") as caught:
