@@ -167,8 +167,10 @@ def test_a_daemon_killed_at_each_step_of_an_answers_qos_2_flow_answers_once_afte
         daemon.start()
         got = gather(listener, set(ids), timeout_s=120, settle_s=3)
         once_each(got, ids)
-        if step != "done":  # the first answer's flow was unfinished: resumed with its packet id, not run again
-            assert "finishing 1 answer(s) a killed process left unfinished" in daemon.output(), daemon.output()
+        if step != "done":  # the first answer's flow (and any answer sent after it on a fast box) was
+            # unfinished: resumed with its packet id, not run again
+            assert re.search(r"finishing [1-9]\d* answer\(s\) a killed process left unfinished", daemon.output()), \
+                daemon.output()
         assert daemon.stop() == 0
         daemon.start()  # every request was acknowledged: nothing comes again
         assert finals(listener.collect(3)) == []
