@@ -19,6 +19,7 @@ from gguf import GGUFReader
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgekit.engine import Chunk, Engine, Request, Result
+from edgekit.engine.process import OPENMP_SPIN_COUNT, worker_environment
 from edgekit.engine.text import TextAssembler
 from edgekit.errors import BadRequest, ContextOverflow, EngineError, ModelFormatError, TooLarge
 from edgekit.settings import Settings
@@ -313,6 +314,41 @@ def test_a_killed_worker_is_not_alive(own_engine: Engine):
     os.kill(own_engine.pid, signal.SIGKILL)
     time.sleep(0.2)
     assert not own_engine.alive()
+
+
+def threads_cpu_ns(pid: int) -> int:
+    """CPU time of all of a process's threads so far, in ns (schedstat: finer than clock ticks)."""
+    return sum(int((task / "schedstat").read_text().split()[0]) for task in Path(f"/proc/{pid}/task").iterdir())
+
+
+def cpu_after_an_answer_ns(engine: Engine) -> int:
+    """What the worker's threads burn in the 0.3 s after an answer: OpenMP's spin-wait, nothing else."""
+    engine.complete(Request(prompt="hello", max_tokens=2))
+    before = threads_cpu_ns(engine.pid)
+    time.sleep(0.3)
+    return threads_cpu_ns(engine.pid) - before
+
+
+def test_the_engines_threads_stop_spinning_soon_after_an_answer(tiny_gguf_f16: Path, monkeypatch):
+    """libgomp's own spin (300,000 pauses, ~10 ms on x86) burns every core after each answer, the
+    cores that the daemon and its client need then (benchmarks/bench_http.py); ours is 1/15 of it."""
+    two_threads = Settings(n_ctx=128, n_threads=2, n_threads_batch=2)
+    with Engine(tiny_gguf_f16, two_threads) as ours:
+        environment = Path(f"/proc/{ours.pid}/environ").read_bytes().split(b"\0")
+        assert f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}".encode() in environment
+        ours_ns = min(cpu_after_an_answer_ns(ours) for _ in range(3))
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")  # libgomp's default, as a user may set it: left alone
+    with Engine(tiny_gguf_f16, two_threads) as libgomps:
+        default_ns = min(cpu_after_an_answer_ns(libgomps) for _ in range(3))
+    if default_ns < 2_000_000:
+        pytest.skip(f"this CPU's spin-wait is short anyway ({default_ns / 1e6:.1f} ms of CPU after an answer)")
+    assert ours_ns < default_ns / 4, (ours_ns, default_ns)
+
+
+def test_a_users_own_openmp_settings_win():
+    assert "GOMP_SPINCOUNT" not in worker_environment({"OMP_WAIT_POLICY": "active"})
+    assert worker_environment({"GOMP_SPINCOUNT": "7", "PATH": "/bin"}) == {"GOMP_SPINCOUNT": "7", "PATH": "/bin"}
+    assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin", "GOMP_SPINCOUNT": OPENMP_SPIN_COUNT}
 
 
 def test_a_request_needs_exactly_one_of_messages_and_prompt(engine: Engine):

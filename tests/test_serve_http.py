@@ -184,6 +184,37 @@ def test_a_client_that_disconnects_mid_stream_frees_the_engine_at_once(web: http
     assert latest_metrics(mosquitto)["by_front_end"]["http"]["cancelled"] == cancelled_before + 1
 
 
+def test_a_client_that_leaves_before_a_whole_answer_frees_the_engine(web: httpx.Client, mqtt: RequestClient,
+                                                                     mosquitto, name: str) -> None:
+    """stream false: nothing is sent until the end, so the daemon watches the connection itself."""
+    cancelled_before = latest_metrics(mosquitto)["by_front_end"].get("http", {}).get("cancelled", 0)
+    body = {"model": name, "prompt": "Once upon a time", "stream": False, "options": {"num_predict": 2000}}
+    with pytest.raises(httpx.ReadTimeout):
+        web.post("/api/generate", json=body, timeout=0.5)  # the client gives up and closes the connection
+    answer = mqtt.ask({"prompt": "Hi", "max_tokens": 1})
+    queue_ms = answer.final["timings"]["queue_ms"]
+    print(f"an MQTT request sent as the HTTP client left waited {queue_ms:.0f} ms in the queue")
+    assert answer.final["type"] == "result" and queue_ms < 2000
+    assert latest_metrics(mosquitto)["by_front_end"]["http"]["cancelled"] == cancelled_before + 1
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/v1/completions"])
+def test_a_whole_answer_says_its_queue_and_engine_time_in_server_timing(web: httpx.Client, name: str,
+                                                                        path: str) -> None:
+    body = ({"model": name, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}} if path == "/api/generate"
+            else {"model": name, "prompt": "Hi", "max_tokens": 2})
+    t0 = time.perf_counter()
+    answer = web.post(path, json=body)
+    round_trip_ms = (time.perf_counter() - t0) * 1000
+    assert answer.status_code == 200
+    timing = dict(re.findall(r"(\w+);dur=([0-9.]+)", answer.headers["Server-Timing"]))
+    assert set(timing) == {"queue", "engine"}
+    queue_ms, engine_ms = float(timing["queue"]), float(timing["engine"])
+    assert 0 < engine_ms and 0 <= queue_ms and queue_ms + engine_ms < round_trip_ms
+    if path == "/api/generate":  # the engine's own total is inside the engine call the core timed
+        assert answer.json()["total_duration"] / 1e6 <= engine_ms
+
+
 def test_mqtt_and_http_requests_interleaved_are_all_answered(web: httpx.Client, mqtt: RequestClient,
                                                              name: str) -> None:
     answers: dict[str, Any] = {}

@@ -8,10 +8,12 @@ cancel flag as inherited file descriptors.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from multiprocessing.connection import Pipe
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,15 @@ from edgekit.errors import EngineError
 from edgekit.settings import Settings
 
 POLL_S = 0.5  # how often a waiting recv() checks that the worker still lives
+
+# After each graph llama.cpp's OpenMP threads (libgomp) spin before they sleep: 300,000 pauses by
+# default, ~10 ms on an x86 server core. After every answer, then, all the engine's threads burn
+# the cores that the daemon, its front end and the client need to hand that answer on (on a
+# 2-core box it was most of the HTTP front end's p99: benchmarks/bench_http.py), and an edge box
+# spends the energy for nothing. 20,000 (~0.6 ms there, less on ARM, whose spin has no pause)
+# still spans the gap between two tokens' graphs, so decoding keeps its speed (README, "Measured
+# on this project's build box"). A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+OPENMP_SPIN_COUNT = "20000"
 
 
 class WorkerDied(Exception):
@@ -39,7 +50,8 @@ class WorkerProcess:
         self.process = subprocess.Popen(
             # -P: the working directory is not put on sys.path, so a folder named edgekit there cannot
             # shadow the package (PYTHONPATH still counts: -I would drop it too).
-            [sys.executable, "-P", "-m", "edgekit.engine", *map(str, fds)], pass_fds=fds, stdin=subprocess.DEVNULL
+            [sys.executable, "-P", "-m", "edgekit.engine", *map(str, fds)], pass_fds=fds, stdin=subprocess.DEVNULL,
+            env=worker_environment(os.environ),
         )
         child_conn.close()  # so that our recv() sees EOF when the worker dies
         child_heartbeat.close()
@@ -121,6 +133,13 @@ class WorkerProcess:
         self.conn.close()
         self.heartbeat.close()
         return describe_exit(self.process.returncode)
+
+
+def worker_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment: ours, with OpenMP's spin after each graph cut short (OPENMP_SPIN_COUNT)."""
+    if "GOMP_SPINCOUNT" in env or "OMP_WAIT_POLICY" in env:
+        return dict(env)
+    return {**env, "GOMP_SPINCOUNT": OPENMP_SPIN_COUNT}
 
 
 def is_error(message: Any) -> bool:

@@ -54,6 +54,7 @@ class Outcome:
     result: Result | None = None  # set when code == "result"
     message: str = ""  # human text for errors
     queue_ms: float = 0.0
+    engine_ms: float = 0.0  # the engine's call as the core saw it (HTTP's Server-Timing): what a front end adds is the rest
 
 
 class Sink(Protocol):
@@ -364,7 +365,7 @@ class Core:
         if result.finish_reason == "cancelled":
             return Outcome("cancelled", message=f"cancelled after {result.completion_tokens} tokens",
                            queue_ms=queue_ms)
-        return Outcome("result", result, queue_ms=queue_ms)
+        return Outcome("result", result, queue_ms=queue_ms, engine_ms=job.engine_ms)
 
     def _timeout(self, job: Job, queue_ms: float) -> Outcome:
         return Outcome("timeout", message=f"stopped after its time limit of {job.time_limit_s:.0f} s "
@@ -379,12 +380,14 @@ class Core:
                                         self.config.limits.max_request_s)
         job.started = time.monotonic()
         # Checked by the engine where it tokenizes the prompt: once, and counted as the model counts.
-        request = replace(request, max_prompt_tokens=self.config.limits.max_prompt_tokens, max_tokens_must_fit=True)
-        if not job.stream:  # only the Result is wanted: no wake-ups for chunks
-            request = replace(request, stream_interval_ms=math.inf)
+        # Only the Result is wanted unless the job streams: no wake-ups for chunks.
+        request = replace(request, max_prompt_tokens=self.config.limits.max_prompt_tokens, max_tokens_must_fit=True,
+                          stream_interval_ms=request.stream_interval_ms if job.stream else math.inf)
         seq = 0
+        t_call = time.perf_counter()
         for item in self.engine.stream(request):
             if isinstance(item, Result):
+                job.engine_ms = (time.perf_counter() - t_call) * 1000
                 return item
             if job.cancelled or job.timed_out:  # a cancel or time limit that raced the engine's start
                 self.engine.cancel(request.id)

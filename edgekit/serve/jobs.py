@@ -31,6 +31,7 @@ class Job:
     started: float | None = None  # time.monotonic() when the worker took it
     time_limit_s: float | None = None  # set when it starts: past it, the job ends "timeout"
     timed_out: bool = False
+    engine_ms: float = 0.0  # how long the engine's call took, as the core saw it (set when it returns a Result)
 
     @property
     def request_id(self) -> str:

@@ -1,4 +1,4 @@
-"""The Starlette app: Ollama's and OpenAI's routes behind one API-key check and one body limit.
+"""The ASGI app: Ollama's and OpenAI's routes (Starlette's router) behind one API-key check and one body limit.
 
 Every error leaves in the shape of the API its path belongs to (``/v1/...``: OpenAI's
 ``{"error": {"message", "type", "code"}}``, else Ollama's ``{"error": "..."}``) with its
@@ -11,16 +11,16 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgekit.engine.records import Request
@@ -47,14 +47,23 @@ def build_app(core: Any, settings: HttpSettings) -> ASGIApp:
     """The ASGI app serving ``core``: routes of both APIs, errors in their shapes, key and size checks."""
     from edgekit.serve.http import ollama, openai  # they import this module's helpers
 
-    routes = [Route(path, handler, methods=methods) for path, methods, handler in (*ollama.ROUTES, *openai.ROUTES)]
-    routes.append(Route("/edgekit/metrics", metrics, methods=["GET"]))
-    app = Starlette(routes=routes, exception_handlers={ApiError: _api_error, HTTPException: _http_error,
-                                                        Exception: _unexpected})
-    app.state.core = core
-    app.state.settings = settings
-    app.state.num_ctx_logged = set()  # num_ctx values already logged as clamped (ollama.py)
-    return Guard(app, settings.api_key, settings.max_body_bytes)
+    # POST routes first (chat, generate and completions among them): the router tries each route in turn.
+    table = sorted((*ollama.ROUTES, *openai.ROUTES), key=lambda route: "POST" not in route[1])
+    routes = [Route(path, Endpoint(handler), methods=methods) for path, methods, handler in table]
+    routes.append(Route("/edgekit/metrics", Endpoint(metrics), methods=["GET"]))
+    return Api(Router(routes), core, settings)
+
+
+class Endpoint:
+    """A route's ASGI app: the handler gets the Request and returns the Response. Starlette's own wrapper
+    for a function endpoint also wraps each request in exception handlers; Api renders every error."""
+
+    def __init__(self, handler: Callable[[HttpRequest], Awaitable[Response]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handler(HttpRequest(scope, receive, send))
+        await response(scope, receive, send)
 
 
 def error_response(path: str, error: ApiError) -> Response:
@@ -68,24 +77,19 @@ def error_response(path: str, error: ApiError) -> Response:
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
-async def _api_error(http: HttpRequest, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    if exc.status >= 500:
-        log.warning("http %s %s: %d %s", http.method, http.url.path, exc.status, exc.message)
-    return error_response(http.url.path, exc)
-
-
-async def _http_error(http: HttpRequest, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    message = f"no route {http.method} {http.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-    return error_response(http.url.path, ApiError(exc.status_code, message, kind))
-
-
-async def _unexpected(http: HttpRequest, exc: Exception) -> Response:
-    log.error("http %s %s failed", http.method, http.url.path, exc_info=exc)
-    error = ApiError(500, f"internal error ({type(exc).__name__}): the daemon's log has the details", "server_error")
-    return error_response(http.url.path, error)
+def api_error_of(method: str, path: str, exc: Exception) -> ApiError:
+    """Any exception out of a route as the ApiError to answer: ours as raised, the router's 404/405 named,
+    anything else a 500 whose traceback goes to the log and never to the client."""
+    if isinstance(exc, ApiError):
+        if exc.status >= 500:
+            log.warning("http %s %s: %d %s", method, path, exc.status, exc.message)
+        return exc
+    if isinstance(exc, HTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        message = f"no route {method} {path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return ApiError(exc.status_code, message, kind)
+    log.error("http %s %s failed", method, path, exc_info=exc)
+    return ApiError(500, f"internal error ({type(exc).__name__}): the daemon's log has the details", "server_error")
 
 
 async def json_body(http: HttpRequest) -> dict[str, Any]:
@@ -106,13 +110,14 @@ def check_model(http: HttpRequest, asked: Any) -> tuple[str, str | None]:
     400 or 404 naming what this server serves otherwise."""
     from edgekit.serve.http.models import adapter_names
 
-    name, adapters = http.app.state.settings.model_name, adapter_names(http)
+    name = http.app.state.settings.model_name
+    if isinstance(asked, str) and asked.removesuffix(":latest") == name:
+        return name, None
+    adapters = adapter_names(http)
     served = f"{name!r}" + (f" and, with its LoRA adapters, {', '.join(repr(f'{name}:{a}') for a in adapters)}"
                             if adapters else "")
     if not isinstance(asked, str) or not asked:
         raise ApiError(400, f"give 'model' (this server serves {served})")
-    if asked.removesuffix(":latest") == name:
-        return name, None
     adapter = asked.removeprefix(f"{name}:")
     if adapter != asked and adapter in adapters:
         return asked, adapter
@@ -136,24 +141,46 @@ def engine_request(http: HttpRequest, fields: dict[str, Any]) -> Request:
     return asked.request
 
 
-class Guard:
-    """ASGI middleware: the API key on every route (constant time) and the body size limit (413)."""
+class Api:
+    """The ASGI app: the API key on every route (constant time), the body size limit (413), Starlette's
+    router, and every error rendered in its API's shape.
 
-    def __init__(self, app: ASGIApp, api_key: str | None, max_body_bytes: int) -> None:
-        self.app = app
-        self._key = api_key.encode() if api_key else None
-        self._max = max_body_bytes
+    One layer, not Starlette's application with its two error middlewares: an answer's path through
+    Python code runs on caches the engine has just flushed, so each layer costs several times what it
+    costs in a loop (benchmarks/bench_http.py). Routes reach the core and settings as ``http.app.state``.
+    """
+
+    def __init__(self, router: Router, core: Any, settings: HttpSettings) -> None:
+        self.router = router
+        self.state = State()
+        self.state.core = core
+        self.state.settings = settings
+        self.state.num_ctx_logged = set()  # num_ctx values already logged as clamped (ollama.py)
+        self._key = settings.api_key.encode() if settings.api_key else None
+        self._max = settings.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        refusal = self._refusal(headers)
+            return  # no websockets; lifespan is off
+        scope["app"] = self  # Request.app; with it the router raises 404/405 as HTTPException for us to render
+        refusal = self._refusal(dict(scope["headers"]))
         if refusal is not None:
             await error_response(scope["path"], refusal)(scope, receive, send)
             return
-        await self.app(scope, self._limited(receive), send)
+        started = False
+
+        async def sender(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.router(scope, self._limited(receive), sender)
+        except Exception as exc:
+            if started:  # a stream that failed after its first line: uvicorn logs it and closes the connection
+                raise
+            error = api_error_of(scope["method"], scope["path"], exc)
+            await error_response(scope["path"], error)(scope, receive, send)
 
     def _refusal(self, headers: dict[bytes, bytes]) -> ApiError | None:
         if self._key is not None and not hmac.compare_digest(_presented_key(headers), self._key):

@@ -23,7 +23,7 @@ from edgekit.engine.records import Chunk, Result
 from edgekit.serve.engines import warm_request
 from edgekit.serve.http import models
 from edgekit.serve.http.app import check_model, engine_request, json_body
-from edgekit.serve.http.jobs import ApiError, Finished, HttpJob, first_event, result_of
+from edgekit.serve.http.jobs import ApiError, Finished, HttpJob, finished_of, first_event, result_of
 from edgekit.serve.requests import ROLES
 
 log = logging.getLogger(__name__)
@@ -222,11 +222,11 @@ async def _answer(http: HttpRequest, data: dict[str, Any], name: str, fields: di
     job = HttpJob(http.app.state.core, request, fields["stream"])
     if not fields["stream"]:
         try:
-            result = await result_of(http, job)
+            done = await finished_of(http, job)
         finally:
             job.close()
             models.after_request(http, keep_alive)
-        return JSONResponse(_stamp(name, final(result, False)))
+        return JSONResponse(_stamp(name, final(done.result, False)), headers=done.server_timing())
     first = await first_event(http, job)  # an error before any text keeps its status (400, 503, ...)
     if isinstance(first, Finished) and first.error is not None:
         models.after_request(http, keep_alive)

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from edgekit.engine.records import Chunk, Result
 from edgekit.serve.http import models
 from edgekit.serve.http.app import check_model, engine_request, json_body
-from edgekit.serve.http.jobs import ApiError, Finished, HttpJob, first_event, result_of
+from edgekit.serve.http.jobs import ApiError, Finished, HttpJob, finished_of, first_event
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +144,11 @@ async def _answer(http: HttpRequest, data: dict[str, Any], name: str, fields: di
     head = {"id": f"{stream_type.prefix}-{request.id}", "created": int(time.time()), "model": name}
     if not fields["stream"]:
         try:
-            result = await result_of(http, job)
+            done = await finished_of(http, job)
         finally:
             job.close()
-        return JSONResponse({**head, "object": stream_type.whole_object, **whole(result)})
+        return JSONResponse({**head, "object": stream_type.whole_object, **whole(done.result)},
+                            headers=done.server_timing())
     first = await first_event(http, job)  # an error before any text keeps its status (400, 503, ...)
     if isinstance(first, Finished) and first.error is not None:
         raise first.error

@@ -53,8 +53,10 @@ class HttpFrontEnd:
         sock = self._bind()
         self.port = sock.getsockname()[1]
         models.file_info(self.settings.model_path)  # the header /api/show and /api/tags read, once, now
+        # proxy_headers off: nothing here reads the client's address or scheme, and it is one layer less
+        # on every request's path (benchmarks/bench_http.py).
         config = uvicorn.Config(build_app(core, self.settings), log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=STOP_TIMEOUT_S, server_header=False)
+                                timeout_graceful_shutdown=STOP_TIMEOUT_S, server_header=False, proxy_headers=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="edgekit-http", daemon=True)
