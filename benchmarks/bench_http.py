@@ -12,7 +12,7 @@ with itself cancels the engine's own noise (its tail on this kind of box is seve
 
 The client is a minimal HTTP/1.1 client on a kept-alive loopback socket (send the bytes, read the
 head and Content-Length bytes), so that the figures are the server's and not a client library's:
-http.client's and httpx's own costs (0.2-1 ms a request here) are printed on lines of their own.
+http.client's and httpx's own costs (about 0.4 and 1.6 ms a request here) are printed on lines of their own.
 
 Requests go in alternating blocks (engine alone, then HTTP), with a pause between blocks: llama.cpp's
 OpenMP threads spin for a while after each request, and two engines on one small box would otherwise

@@ -29,9 +29,9 @@ POLL_S = 0.5  # how often a waiting recv() checks that the worker still lives
 # default, ~10 ms on an x86 server core. After every answer, then, all the engine's threads burn
 # the cores that the daemon, its front end and the client need to hand that answer on (on a
 # 2-core box it was most of the HTTP front end's p99: benchmarks/bench_http.py), and an edge box
-# spends the energy for nothing. 20,000 (~0.6 ms there, less on ARM, whose spin has no pause)
-# still spans the gap between two tokens' graphs, so decoding keeps its speed (README, "Measured
-# on this project's build box"). A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+# spends the energy for nothing. 20,000 (~0.6 ms on that box) still spans the gap between two
+# tokens' graphs, so decoding keeps its speed (README, "Measured on this project's build box").
+# A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 OPENMP_SPIN_COUNT = "20000"
 
 
