@@ -6,7 +6,9 @@ split UTF-8 characters: good material for the streaming tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import signal
 import threading
@@ -109,6 +111,27 @@ def test_streamed_text_equals_complete_text_and_chunks_are_whole_characters(engi
         assert chunk.request_id == result.request_id and chunk.tokens >= 1
     assert result.finish_reason == "length" and result.completion_tokens == 48
     assert engine.complete(Request(**request)).text == result.text
+
+
+def test_with_an_infinite_stream_interval_no_chunk_is_sent_and_the_result_has_it_all(engine: Engine):
+    """Engine.complete and a daemon's whole answers: nobody reads chunks, so none costs a send and a wake-up."""
+    request = Request(prompt="The kitchen light is", max_tokens=48)
+    _, streamed = collect(engine, request)
+    items = list(engine.stream(dataclasses.replace(request, stream_interval_ms=math.inf)))
+    assert len(items) == 1 and isinstance(items[0], Result)
+    assert items[0].text == streamed.text and items[0].completion_tokens == 48
+    assert items[0].timings.time_to_first_token_ms > 0
+
+
+def test_a_cancel_made_before_the_engine_knew_the_request_still_stops_it(engine: Engine):
+    """The daemon's job flag is read once the request is registered: a cancel() that came first returned
+    False (the generator had not started) and must not be lost."""
+    request = Request(prompt="Tell me a long story:", max_tokens=300)
+    assert not engine.cancel(request.id)  # too early: the engine does not know it yet
+    items = list(engine.stream(request, cancelled=lambda: True))
+    assert [type(i) for i in items] == [Result] and items[0].finish_reason == "cancelled"
+    assert items[0].completion_tokens == 0
+    assert engine.complete(Request(prompt="hello", max_tokens=3)).completion_tokens == 3  # and the engine is free
 
 
 def test_the_first_chunk_goes_at_once_and_later_text_is_gathered_by_the_stream_interval(engine: Engine):

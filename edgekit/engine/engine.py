@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +152,19 @@ class Engine:
         """The prompt cache's hits, misses and bytes (None when the engine runs without one); never waits."""
         return CacheStats.of(self._cache_counters) if self.prompt_cache is not None else None
 
-    def stream(self, request: Request) -> Iterator[Chunk | Result]:
-        """Yield the answer's chunks in order; the last item is the Result."""
+    def stream(self, request: Request, cancelled: Callable[[], bool] | None = None) -> Iterator[Chunk | Result]:
+        """Yield the answer's chunks in order (none with stream_interval_ms inf); the last item is the Result.
+
+        ``cancelled``: the caller's own flag, read once the request is known here, so that a cancel()
+        made before that (it returned False: the generator had not started) still stops it.
+        """
         t_call = time.perf_counter()
         _check_request(request)
         check_adapter(request, self.settings)
         with self._state_lock:
             self._waiting.add(request.id)  # cancellable from here on
+            if cancelled is not None and cancelled():
+                self._cancel_early.add(request.id)
         try:
             self._run_lock.acquire()
         except BaseException:
@@ -179,7 +185,7 @@ class Engine:
 
     def complete(self, request: Request) -> Result:
         """Run a request to the end and return its Result."""
-        # No one reads the chunks: the worker sends the first and then only the rest at the end.
+        # No one reads the chunks: the worker sends none (no pickling, no wake-up), the Result has it all.
         for item in self.stream(dataclasses.replace(request, stream_interval_ms=math.inf)):
             if isinstance(item, Result):
                 return item

@@ -9,6 +9,7 @@ parent and the child, so the parent's call time can be compared with ours).
 from __future__ import annotations
 
 import ctypes
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -309,7 +310,8 @@ class Runner:
 
 class _Outbox:
     """Streamed text on its way to the parent: the first piece at once (time to first token),
-    later ones gathered until ``interval_s`` has passed since the last send.
+    later ones gathered until ``interval_s`` has passed since the last send; with an infinite
+    interval nobody reads chunks (Engine.complete, a daemon's whole answer) and none is sent.
 
     Every send wakes the parent, and on a box with as many cores as llama.cpp has threads
     that wake-up lands on a core a compute thread needs: per-token sends cost a few percent
@@ -319,6 +321,7 @@ class _Outbox:
 
     def __init__(self, emit: Callable[[Chunk], None], request_id: str, interval_s: float, progress: _Progress) -> None:
         self._emit, self._request_id, self._interval_s, self._progress = emit, request_id, interval_s, progress
+        self._silent = interval_s == math.inf  # the text still gathers: the Result carries it
         self._texts: list[str] = []
         self._token_ms: list[float] = []
         self._last_send: float | None = None
@@ -330,7 +333,7 @@ class _Outbox:
         if text:
             self._texts.append(text)
             now = time.perf_counter()
-            if self._last_send is None or now - self._last_send >= self._interval_s:
+            if not self._silent and (self._last_send is None or now - self._last_send >= self._interval_s):
                 self.flush(now)
 
     def add_calls(self, calls: list[ToolCall]) -> None:
@@ -353,7 +356,8 @@ class _Outbox:
         self._token_ms = []
         self._last_send = now
         progress.texts.append(text)
-        self._emit(chunk)
+        if not self._silent:
+            self._emit(chunk)
 
 
 class _Answer:

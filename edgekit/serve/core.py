@@ -385,12 +385,11 @@ class Core:
                           stream_interval_ms=request.stream_interval_ms if job.stream else math.inf)
         seq = 0
         t_call = time.perf_counter()
-        for item in self.engine.stream(request):
+        # A cancel or time limit that comes before the engine knows the request is read from the job.
+        for item in self.engine.stream(request, cancelled=lambda: job.cancelled or job.timed_out):
             if isinstance(item, Result):
                 job.engine_ms = (time.perf_counter() - t_call) * 1000
                 return item
-            if job.cancelled or job.timed_out:  # a cancel or time limit that raced the engine's start
-                self.engine.cancel(request.id)
             if job.stream and isinstance(item, Chunk) and (item.text or item.tool_calls):
                 job.sink.chunk(job, seq, item)
                 seq += 1
