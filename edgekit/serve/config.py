@@ -17,7 +17,7 @@ import re
 import socket
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -290,11 +290,6 @@ def _first_line(path: Path, what: str) -> str:
     except OSError as exc:
         raise ConfigError(f"{what} file {path}: {exc.strerror} (check the path and its permissions)") from None
     return lines[0] if lines else ""
-
-
-def with_overrides(config: ServeConfig, section: str, **values: Any) -> ServeConfig:
-    """A copy with some fields of one section replaced (tests and reloads use it)."""
-    return replace(config, **{section: replace(getattr(config, section), **values)})
 
 
 def _env_values(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
